@@ -1,0 +1,624 @@
+//! The case-file model: records, finalisation and amendments, conflicts, schema versions, sync
+//! and bad input.
+
+use doorstep_sync_core::records::*;
+use doorstep_sync_core::testing::{self, at};
+use doorstep_sync_core::{
+    CaseFile, CaseFileError, Collection, ConflictKind, PeerState, Problem, RefusedSync,
+    body_from_json,
+};
+use serde_json::json;
+
+fn phone(server: &mut CaseFile, n: u32) -> CaseFile {
+    testing::replica(
+        server,
+        testing::author(&format!("user-{n}"), &format!("phone-{n}")),
+        testing::actor(n),
+    )
+    .unwrap()
+}
+
+/// Runs the sync protocol between two documents until neither has anything to send.
+fn sync_pair(a: &mut CaseFile, b: &mut CaseFile) {
+    let (mut a_state, mut b_state) = (PeerState::new(), PeerState::new());
+    for _ in 0..20 {
+        let to_b = a.generate_sync_message(&mut a_state);
+        if let Some(m) = &to_b {
+            b.receive_sync_message(&mut b_state, m).unwrap();
+        }
+        let to_a = b.generate_sync_message(&mut b_state);
+        if let Some(m) = &to_a {
+            a.receive_sync_message(&mut a_state, m).unwrap();
+        }
+        if to_a.is_none() && to_b.is_none() {
+            return;
+        }
+    }
+    panic!("sync did not finish in 20 rounds");
+}
+
+#[test]
+fn every_kind_of_record_round_trips_with_its_envelope() {
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let child_id = worker.add(&testing::child("Amy Example"), at(1)).unwrap();
+    let adult_id = worker
+        .add(&testing::household_member("Beth Example"), at(2))
+        .unwrap();
+    let mut joint = testing::visit("user-1", at(10), 300);
+    joint.visitors.push(Visitor {
+        user_id: "user-2".into(),
+        name: "Second Worker".into(),
+        role: Some("family support worker".into()),
+    });
+    joint.adults_seen = vec![adult_id.clone()];
+    joint.attempts.insert(
+        0,
+        ContactAttempt {
+            at: at(5),
+            outcome: VisitOutcome::NoAnswer,
+            note: Some("card left, called back later".into()),
+        },
+    );
+    let visit_id = worker.add(&joint, at(11)).unwrap();
+    let voice_id = worker
+        .add(&testing::pupil_voice(&child_id, "I get a tummy ache on Mondays"), at(12))
+        .unwrap();
+    let evidence_id = worker.add(&testing::evidence("user-1", at(13)), at(13)).unwrap();
+    worker.add(&testing::letter(1, at(20)), at(20)).unwrap();
+    let target = Target {
+        description: "Attend every morning session for 3 weeks".into(),
+        owner: "parent".into(),
+        starts_on: "2026-01-05".parse().unwrap(),
+        review_on: "2026-01-26".parse().unwrap(),
+        ends_on: "2026-02-13".parse().unwrap(),
+        outcome: None,
+        review_notes: String::new(),
+    };
+    worker.add(&target, at(21)).unwrap();
+    let contract = ParentingContract {
+        status: ContractStatus::Signed,
+        offered_on: "2026-01-06".parse().unwrap(),
+        reason_not_offered: None,
+        requirements: vec!["Child in school by 08:50".into()],
+        support_offered: vec!["Breakfast club place".into()],
+        duration_months: 6,
+        starts_on: Some("2026-01-12".parse().unwrap()),
+        review_dates: vec!["2026-03-02".parse().unwrap()],
+        signatures: vec![Signature {
+            signatory: Signatory::Parent,
+            name: "Beth Example".into(),
+            signed_on: "2026-01-12".parse().unwrap(),
+        }],
+    };
+    worker.add(&contract, at(22)).unwrap();
+    worker
+        .add(
+            &StageChange {
+                from_stage: "level 1".into(),
+                to_stage: "level 2".into(),
+                changed_on: "2026-01-05".parse().unwrap(),
+                reason: "attendance below 90% after letter 1".into(),
+            },
+            at(23),
+        )
+        .unwrap();
+    worker
+        .add(
+            &Consideration {
+                topic: ConsiderationTopic::Send,
+                notes: "SENCO consulted".into(),
+                agencies: vec!["CAMHS".into()],
+            },
+            at(24),
+        )
+        .unwrap();
+
+    sync_pair(&mut worker, &mut server);
+    let view = server.view().unwrap();
+    assert_eq!(view.visits.len(), 1);
+    let visit = &view.visits[0];
+    assert_eq!(visit.id, visit_id);
+    assert_eq!(visit.body, joint);
+    assert_eq!(visit.author, testing::author("user-1", "phone-1"));
+    assert_eq!(visit.device_time, at(11));
+    assert_eq!(visit.body.visitors.len(), 2, "a joint visit keeps both workers");
+    assert_eq!(view.voice[0].id, voice_id);
+    assert_eq!(view.evidence[0].id, evidence_id);
+    assert_eq!(view.contacts[0].body.letter_number, Some(1));
+    assert_eq!(view.targets[0].body, target);
+    assert_eq!(view.contracts[0].body, contract);
+    assert_eq!(view.children[0].id, child_id);
+    assert_eq!(view.household[0].body.risks_to_staff.len(), 1);
+    assert_eq!(view.stage_changes.len(), 1);
+    assert_eq!(view.considerations.len(), 1);
+    assert!(view.conflicts.is_empty());
+    assert_eq!(
+        view.actors.get(&testing::actor(1).to_hex_string()),
+        Some(&testing::author("user-1", "phone-1")),
+        "the document says who each actor is"
+    );
+}
+
+#[test]
+fn finalised_records_change_only_through_amendments_with_a_trail() {
+    let mut file = testing::new_case("case-1");
+    file.set_author(testing::author("user-1", "phone-1"), testing::actor(1));
+    let mut visit = testing::visit("user-1", at(1), 50);
+    let id = file.add(&visit, at(2)).unwrap();
+    visit.concerns = "child looked tired".into();
+    file.update(&id, &visit, at(3)).unwrap();
+    file.finalise(Collection::Visits, &id, at(4)).unwrap();
+
+    visit.concerns = "changed afterwards".into();
+    let refused = file.update(&id, &visit, at(5));
+    assert!(matches!(refused, Err(CaseFileError::Finalised { .. })));
+    assert!(matches!(
+        file.finalise(Collection::Visits, &id, at(5)),
+        Err(CaseFileError::Finalised { .. })
+    ));
+
+    let amendment = file
+        .amend(
+            Collection::Visits,
+            &id,
+            "concerns",
+            json!("child looked tired and hungry"),
+            "second worker's recollection added",
+            at(6),
+        )
+        .unwrap();
+    let read = file.get::<HomeVisit>(&id).unwrap();
+    assert_eq!(read.body.concerns, "child looked tired and hungry");
+    let finalised = read.finalised.unwrap();
+    assert_eq!(finalised.at, at(4));
+    assert_eq!(finalised.by, testing::author("user-1", "phone-1"));
+    assert_eq!(read.amendments.len(), 1);
+    let trail = &read.amendments[0];
+    assert_eq!(trail.id, amendment);
+    assert_eq!(trail.original, json!("child looked tired"));
+    assert_eq!(trail.new, json!("child looked tired and hungry"));
+    assert_eq!(trail.reason, "second worker's recollection added");
+    assert_eq!(trail.at, at(6));
+    assert_eq!(trail.by, testing::author("user-1", "phone-1"));
+
+    // A second amendment supersedes the first; the trail keeps both.
+    file.amend(Collection::Visits, &id, "concerns", json!("v3"), "typo", at(7))
+        .unwrap();
+    let read = file.get::<HomeVisit>(&id).unwrap();
+    assert_eq!(read.body.concerns, "v3");
+    assert_eq!(read.amendments.len(), 2);
+    assert_eq!(read.amendments[1].original, json!("child looked tired and hungry"));
+    assert!(file.conflicts().unwrap().is_empty());
+}
+
+#[test]
+fn amendments_are_refused_without_a_reason_or_with_bad_values_and_change_nothing() {
+    let mut file = testing::new_case("case-1");
+    let id = file.add(&testing::pupil_voice("child-1", "words"), at(1)).unwrap();
+    assert!(matches!(
+        file.amend(Collection::Voice, &id, "words", json!("x"), "why", at(2)),
+        Err(CaseFileError::NotFinalised { .. })
+    ));
+    file.finalise(Collection::Voice, &id, at(2)).unwrap();
+    let heads = file.heads();
+    assert!(matches!(
+        file.amend(Collection::Voice, &id, "words", json!("x"), "  ", at(3)),
+        Err(CaseFileError::MissingReason)
+    ));
+    assert!(matches!(
+        file.amend(Collection::Voice, &id, "no_such_field", json!(1), "r", at(3)),
+        Err(CaseFileError::UnknownField { .. })
+    ));
+    match file.amend(Collection::Voice, &id, "scale_value", json!(11), "r", at(3)) {
+        Err(CaseFileError::Validation { errors, .. }) => {
+            assert_eq!(errors.0[0].field, "scale_value");
+            assert_eq!(errors.0[0].problem, Problem::OutOfRange { min: 0, max: 10 });
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    assert!(matches!(
+        file.amend(Collection::Voice, "missing", "words", json!("x"), "r", at(3)),
+        Err(CaseFileError::UnknownRecord { .. })
+    ));
+    assert_eq!(file.heads(), heads, "refused amendments change nothing");
+    assert!(matches!(
+        file.finalise(Collection::Contacts, &id, at(3)),
+        Err(CaseFileError::NotFinalisable { .. })
+    ));
+}
+
+#[test]
+fn validation_errors_name_the_field() {
+    let missing = json!({"speaker": "pupil", "tool": "conversation", "words": "hello"});
+    match body_from_json::<VoiceEntry>(missing, "voice entry") {
+        Err(CaseFileError::Validation { errors, .. }) => {
+            assert_eq!(errors.0[0].field, "speaker_ref");
+            assert_eq!(errors.0[0].problem, Problem::Missing);
+        }
+        other => panic!("expected missing field, got {other:?}"),
+    }
+    let bad_date = json!({
+        "name": "A", "date_of_birth": "2015-02-30", "subject_of_case": true,
+        "school": "S", "sen": "none"
+    });
+    match body_from_json::<Child>(bad_date, "child") {
+        Err(CaseFileError::Validation { errors, .. }) => {
+            assert_eq!(errors.0[0].field, "date_of_birth");
+            assert!(matches!(errors.0[0].problem, Problem::Invalid { .. }));
+        }
+        other => panic!("expected invalid date, got {other:?}"),
+    }
+    let mut visit = testing::visit("u", at(10), 10);
+    visit.ended_at = Some(at(5));
+    visit.location = " ".into();
+    let mut file = testing::new_case("case-1");
+    let heads = file.heads();
+    match file.add(&visit, at(1)) {
+        Err(CaseFileError::Validation { errors, .. }) => {
+            let fields: Vec<&str> = errors.fields().collect();
+            assert_eq!(fields, ["location", "ended_at"]);
+        }
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+    let mut evidence = testing::evidence("u", at(1));
+    evidence.sha256 = "not-a-hash".into();
+    evidence.media_type = "jpeg".into();
+    match file.add(&evidence, at(1)) {
+        Err(CaseFileError::Validation { errors, .. }) => {
+            assert_eq!(errors.fields().collect::<Vec<_>>(), ["sha256", "media_type"]);
+        }
+        other => panic!("expected validation errors, got {other:?}"),
+    }
+    assert_eq!(file.heads(), heads, "nothing written on refusal");
+    assert!(matches!(
+        file.get::<HomeVisit>("nope"),
+        Err(CaseFileError::UnknownRecord { .. })
+    ));
+}
+
+#[test]
+fn concurrent_edits_are_listed_with_who_set_each_and_resolved_everywhere() {
+    let mut server = testing::new_case("case-1");
+    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let mut a = phone(&mut server, 1);
+    let mut b = phone(&mut server, 2);
+    let mut c = phone(&mut server, 3);
+    let mut visit_a = a.get::<HomeVisit>(&id).unwrap().body;
+    visit_a.concerns = "no food in the house".into();
+    a.update(&id, &visit_a, at(2)).unwrap();
+    let mut visit_b = b.get::<HomeVisit>(&id).unwrap().body;
+    visit_b.concerns = "house was warm and tidy".into();
+    visit_b.discussed = "morning routine".into();
+    b.update(&id, &visit_b, at(3)).unwrap();
+
+    sync_pair(&mut a, &mut server);
+    sync_pair(&mut b, &mut server);
+    sync_pair(&mut c, &mut server);
+    sync_pair(&mut a, &mut server);
+    for file in [&a, &b, &c, &server] {
+        let conflicts = file.conflicts().unwrap();
+        assert_eq!(conflicts.len(), 1, "only the field both set is in conflict");
+        let conflict = &conflicts[0];
+        assert_eq!(conflict.field, "concerns");
+        assert_eq!(conflict.kind, ConflictKind::ConcurrentEdits);
+        let mut setters: Vec<_> = conflict
+            .values
+            .iter()
+            .map(|v| (v.set_by.clone().unwrap().user_id, v.value.clone()))
+            .collect();
+        setters.sort_by(|x, y| x.0.cmp(&y.0));
+        assert_eq!(
+            setters,
+            [
+                ("user-1".to_string(), json!("no food in the house")),
+                ("user-2".to_string(), json!("house was warm and tidy"))
+            ]
+        );
+    }
+    // A draft in conflict cannot be finalised until a person decides.
+    assert!(matches!(
+        c.finalise(Collection::Visits, &id, at(4)),
+        Err(CaseFileError::FieldInConflict { .. })
+    ));
+    let conflict = c.conflicts().unwrap().remove(0);
+    assert!(matches!(
+        c.resolve_conflict(&conflict.id, &json!("something else"), at(5)),
+        Err(CaseFileError::NotAConflictingValue)
+    ));
+    let resolution = c
+        .resolve_conflict(&conflict.id, &json!("no food in the house"), at(5))
+        .unwrap();
+    assert_eq!(resolution.by, testing::author("user-3", "phone-3"));
+    assert_eq!(resolution.alternatives.len(), 2);
+    // Someone else resolving the same conflict after it was resolved is told it is stale.
+    let mut late = phone(&mut c, 4);
+    assert!(matches!(
+        late.resolve_conflict(&conflict.id, &json!("house was warm and tidy"), at(6)),
+        Err(CaseFileError::UnknownConflict(_))
+    ));
+
+    sync_pair(&mut c, &mut server);
+    sync_pair(&mut a, &mut server);
+    sync_pair(&mut b, &mut server);
+    for file in [&a, &b, &c, &server] {
+        assert!(file.conflicts().unwrap().is_empty());
+        let visit = file.get::<HomeVisit>(&id).unwrap().body;
+        assert_eq!(visit.concerns, "no food in the house");
+        assert_eq!(visit.discussed, "morning routine");
+        assert_eq!(file.resolutions().unwrap().len(), 1);
+    }
+}
+
+#[test]
+fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
+    let mut server = testing::new_case("case-1");
+    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let mut a = phone(&mut server, 1);
+    let mut b = phone(&mut server, 2);
+    // a finalises while b, offline, still edits the draft.
+    a.finalise(Collection::Visits, &id, at(2)).unwrap();
+    let mut visit = b.get::<HomeVisit>(&id).unwrap().body;
+    visit.actions_agreed = "late edit".into();
+    b.update(&id, &visit, at(3)).unwrap();
+    sync_pair(&mut a, &mut server);
+    sync_pair(&mut b, &mut server);
+    sync_pair(&mut a, &mut server);
+    for file in [&a, &b, &server] {
+        let read = file.get::<HomeVisit>(&id).unwrap();
+        assert_eq!(
+            read.body.actions_agreed, "Walk to school together on Mondays",
+            "the finalised value stands until a person decides"
+        );
+        let conflicts = file.conflicts().unwrap();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].kind, ConflictKind::EditConcurrentWithFinalisation);
+        assert_eq!(conflicts[0].field, "actions_agreed");
+        assert_eq!(conflicts[0].values.len(), 2);
+    }
+    // Choosing the late edit turns it into an amendment.
+    let conflict = b.conflicts().unwrap().remove(0);
+    b.resolve_conflict(&conflict.id, &json!("late edit"), at(4)).unwrap();
+    let read = b.get::<HomeVisit>(&id).unwrap();
+    assert_eq!(read.body.actions_agreed, "late edit");
+    assert_eq!(read.amendments.len(), 1);
+    assert!(b.conflicts().unwrap().is_empty());
+
+    // Two amendments of one field made without seeing each other.
+    sync_pair(&mut b, &mut server);
+    sync_pair(&mut a, &mut server);
+    a.amend(Collection::Visits, &id, "discussed", json!("from a"), "a's note", at(5))
+        .unwrap();
+    b.amend(Collection::Visits, &id, "discussed", json!("from b"), "b's note", at(6))
+        .unwrap();
+    sync_pair(&mut a, &mut server);
+    sync_pair(&mut b, &mut server);
+    sync_pair(&mut a, &mut server);
+    let conflicts = server.conflicts().unwrap();
+    assert_eq!(conflicts.len(), 1);
+    assert_eq!(conflicts[0].kind, ConflictKind::ConcurrentAmendments);
+    assert!(matches!(
+        a.amend(Collection::Visits, &id, "discussed", json!("x"), "r", at(7)),
+        Err(CaseFileError::FieldInConflict { .. })
+    ));
+    server
+        .resolve_conflict(&conflicts[0].id, &json!("from a"), at(8))
+        .unwrap();
+    sync_pair(&mut a, &mut server);
+    sync_pair(&mut b, &mut server);
+    for file in [&a, &b, &server] {
+        assert!(file.conflicts().unwrap().is_empty());
+        let read = file.get::<HomeVisit>(&id).unwrap();
+        assert_eq!(read.body.discussed, "from a");
+        assert_eq!(read.amendments.len(), 4, "every amendment stays in the trail");
+    }
+}
+
+#[test]
+fn an_older_client_keeps_fields_it_does_not_know() {
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    let mut server = testing::new_case("case-1");
+    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    // A newer client adds a field to the visit, a new root map, and raises the version.
+    let mut newer = phone(&mut server, 1);
+    {
+        let doc = newer.doc_mut();
+        let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+        let (_, record) = doc.get(&visits, id.as_str()).unwrap().unwrap();
+        let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+        doc.put(&body, "weather", "heavy rain").unwrap();
+        doc.put_object(ROOT, "risk_assessments", automerge::ObjType::Map)
+            .unwrap();
+        doc.put(ROOT, "schema_version", 2_u64).unwrap();
+        doc.commit();
+    }
+    let mut older = phone(&mut server, 2);
+    sync_pair(&mut newer, &mut older);
+    assert!(older.written_by_newer_schema());
+    let mut visit = older.get::<HomeVisit>(&id).unwrap().body;
+    visit.discussed = "edited by the older client".into();
+    older.update(&id, &visit, at(2)).unwrap();
+    older.finalise(Collection::Visits, &id, at(3)).unwrap();
+    sync_pair(&mut older, &mut newer);
+    let doc = newer.doc();
+    let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+    let (_, record) = doc.get(&visits, id.as_str()).unwrap().unwrap();
+    let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+    let (weather, _) = doc.get(&body, "weather").unwrap().unwrap();
+    assert_eq!(weather.as_str(), Some("heavy rain"));
+    assert!(doc.get(ROOT, "risk_assessments").unwrap().is_some());
+    assert_eq!(newer.schema_version(), Some(2));
+    let raw = newer.raw_record(Collection::Visits, &id).unwrap();
+    assert_eq!(
+        raw.body.get("weather"),
+        Some(&json!("heavy rain")),
+        "the finalised content keeps the newer field too"
+    );
+    assert_eq!(raw.body.get("discussed"), Some(&json!("edited by the older client")));
+}
+
+#[test]
+fn corrupted_documents_and_sync_messages_are_errors_not_panics() {
+    let mut file = testing::new_case("case-1");
+    file.add(&testing::visit("u", at(1), 200), at(1)).unwrap();
+    let bytes = file.save();
+    let who = || (testing::author("u", "d"), testing::actor(9));
+    for cut in [0, 1, 7, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
+        let (author, actor) = who();
+        assert!(CaseFile::load(&bytes[..cut], author, actor).is_err(), "cut at {cut}");
+    }
+    for flip in (0..bytes.len()).step_by(7) {
+        let mut corrupt = bytes.clone();
+        corrupt[flip] ^= 0x5a;
+        let (author, actor) = who();
+        // Either refused, or (rarely, where the byte is not checked) a readable document.
+        if let Ok(file) = CaseFile::load(&corrupt, author, actor) {
+            let _ = file.view();
+        }
+    }
+    let (author, actor) = who();
+    assert!(matches!(
+        CaseFile::load(b"{\"not\": \"automerge\"}", author, actor),
+        Err(CaseFileError::Corrupt(_))
+    ));
+    // A valid Automerge document that is not a case file.
+    let mut other = automerge::AutoCommit::new();
+    let (author, actor) = who();
+    assert!(matches!(
+        CaseFile::load(&other.save(), author, actor),
+        Err(CaseFileError::NotACaseFile(_))
+    ));
+
+    let mut empty = CaseFile::empty(testing::author("u", "d"), testing::actor(2));
+    let message = file.generate_sync_message(&mut PeerState::new()).unwrap();
+    let mut state = PeerState::new();
+    for cut in [0, 1, message.len() / 2, message.len() - 1] {
+        assert!(
+            empty.receive_sync_message(&mut state, &message[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    assert!(empty.receive_sync_message(&mut state, b"\x42garbage").is_err());
+    assert!(PeerState::decode(b"\xff\xff").is_err());
+    assert!(empty.schema_version().is_none(), "nothing was applied");
+}
+
+#[test]
+fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_nothing() {
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    let mut server = testing::new_case("case-1");
+    let mut honest = phone(&mut server, 1);
+    honest.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let phone_actor = testing::actor(1);
+    let mut server_state = PeerState::new();
+    let mut phone_state = PeerState::new();
+    let before = server.heads();
+
+    // An impersonator: a phone of user 2 whose changes carry actor 7, not bound to it.
+    let mut impostor = phone(&mut server, 7);
+    impostor.add(&testing::visit("user-7", at(2), 10), at(2)).unwrap();
+    let mut impostor_state = PeerState::new();
+    let mut server_for_impostor = PeerState::new();
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Some(m) = server.generate_sync_message(&mut server_for_impostor) {
+            impostor.receive_sync_message(&mut impostor_state, &m).unwrap();
+        }
+        let Some(m) = impostor.generate_sync_message(&mut impostor_state) else {
+            break;
+        };
+        match server.receive_sync_message_checked(&mut server_for_impostor, &m, |a| {
+            *a == phone_actor
+        }) {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(matches!(refused, Some(RefusedSync::ForeignActor(_))));
+    assert_eq!(server.heads(), before);
+
+    // A phone writing a record that fails validation.
+    {
+        let doc = honest.doc_mut();
+        let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+        let bad = doc.put_object(&visits, "bad", automerge::ObjType::Map).unwrap();
+        doc.put(&bad, "meta", "not a map").unwrap();
+        doc.commit();
+    }
+    let mut outcome = Ok(vec![]);
+    for _ in 0..5 {
+        if let Some(m) = server.generate_sync_message(&mut server_state) {
+            honest.receive_sync_message(&mut phone_state, &m).unwrap();
+        }
+        let Some(m) = honest.generate_sync_message(&mut phone_state) else {
+            break;
+        };
+        outcome = server.receive_sync_message_checked(&mut server_state, &m, |a| *a == phone_actor);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    assert!(matches!(outcome, Err(RefusedSync::Invalid(_))), "{outcome:?}");
+    assert_eq!(server.heads(), before, "the stored document is left unchanged");
+}
+
+#[test]
+fn checked_receive_accepts_bound_actors_and_reports_the_changes() {
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    worker.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    let mut applied = Vec::new();
+    for _ in 0..5 {
+        let to_phone = server.generate_sync_message(&mut server_state);
+        if let Some(m) = &to_phone {
+            worker.receive_sync_message(&mut phone_state, m).unwrap();
+        }
+        let to_server = worker.generate_sync_message(&mut phone_state);
+        if let Some(m) = &to_server {
+            applied.extend(
+                server
+                    .receive_sync_message_checked(&mut server_state, m, |a| {
+                        *a == testing::actor(1)
+                    })
+                    .unwrap(),
+            );
+        }
+        if to_phone.is_none() && to_server.is_none() {
+            break;
+        }
+    }
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].actor, testing::actor(1));
+    assert_eq!(server.heads(), worker.heads());
+    assert_eq!(server.list::<HomeVisit>().unwrap().len(), 1);
+}
+
+#[test]
+fn peer_state_survives_a_restart() {
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    sync_pair(&mut worker, &mut server);
+    let mut state = PeerState::new();
+    let mut phone_state = PeerState::new();
+    // Bring both states up to date, then persist the server's and reload it.
+    loop {
+        let a = server.generate_sync_message(&mut state);
+        if let Some(m) = &a {
+            worker.receive_sync_message(&mut phone_state, m).unwrap();
+        }
+        let b = worker.generate_sync_message(&mut phone_state);
+        if let Some(m) = &b {
+            server.receive_sync_message(&mut state, m).unwrap();
+        }
+        if a.is_none() && b.is_none() {
+            break;
+        }
+    }
+    let restored = PeerState::decode(&state.encode()).unwrap();
+    assert_eq!(restored.shared_heads(), state.shared_heads());
+    assert_eq!(restored.shared_heads(), server.heads().as_slice());
+}
