@@ -1,1 +1,77 @@
-fn main(){}
+//! What a case file costs: time to record one visit, time to load a case holding 1,000 and
+//! 10,000 visits (bytes to document, and bytes to a typed list of visits), and saved bytes per
+//! visit. Notes are plain strings of 500 characters (DESIGN.md "Measured here").
+//!
+//! Run: `cargo bench -p doorstep-sync-core --bench case_file`
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use doorstep_sync_core::records::HomeVisit;
+use doorstep_sync_core::testing::{self, at};
+use doorstep_sync_core::{CaseFile, Collection};
+
+const NOTE_CHARS: usize = 500;
+
+fn case_with_visits(visits: usize) -> CaseFile {
+    let mut file = testing::new_case("bench");
+    file.set_author(testing::author("user-1", "phone-1"), testing::actor(1));
+    for i in 0..visits {
+        let started = at(i as i64 * 60);
+        let id = file
+            .add(&testing::visit("user-1", started, NOTE_CHARS), started)
+            .unwrap_or_default();
+        // One visit in three is finalised, as most are by the end of the day.
+        if i % 3 == 0 {
+            let _ = file.finalise(Collection::Visits, &id, started);
+        }
+    }
+    file
+}
+
+fn open(bytes: &[u8]) -> CaseFile {
+    CaseFile::load(
+        bytes,
+        testing::author("user-2", "phone-2"),
+        testing::actor(2),
+    )
+    .unwrap_or_else(|e| unreachable!("the benchmark's document loads: {e}"))
+}
+
+fn bench(c: &mut Criterion) {
+    let mut base = case_with_visits(100);
+    c.bench_function("record one visit (case holding 100 visits)", |b| {
+        b.iter_batched(
+            || open(&base.save()),
+            |mut file| {
+                let visit = testing::visit("user-2", at(1), NOTE_CHARS);
+                black_box(file.add(&visit, at(1)).unwrap_or_default());
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    for visits in [1_000, 10_000] {
+        let mut file = case_with_visits(visits);
+        let bytes = file.save();
+        let empty = testing::new_case("bench").save().len();
+        println!(
+            "saved size with {visits} visits: {} bytes, {:.0} bytes per visit",
+            bytes.len(),
+            (bytes.len() - empty) as f64 / visits as f64
+        );
+        let mut group = c.benchmark_group(format!("load a case with {visits} visits"));
+        group.sample_size(10);
+        group.bench_function("document", |b| b.iter(|| black_box(open(&bytes))));
+        group.bench_function("document and typed visits", |b| {
+            b.iter(|| {
+                let file = open(&bytes);
+                black_box(file.list::<HomeVisit>().map(|v| v.len()).unwrap_or(0))
+            })
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -35,9 +35,7 @@ use serde_json::{Map, Value as Json};
 use crate::attendance::{AttendanceCode, Mark, Session};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
 use crate::records::{CaseDetails, Collection, RecordBody, Validate};
-use crate::value::{
-    ensure_map, map_at, put_changed_fields, put_json, read_map, str_at,
-};
+use crate::value::{ensure_map, map_at, put_changed_fields, put_json, read_map, str_at};
 
 /// The schema version this build writes. Raise it when the layout or a record's fields change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -141,7 +139,10 @@ pub fn body_from_json<T: RecordBody>(json: Json, what: &'static str) -> Result<T
 }
 
 /// Deserialises JSON into `T`, turning serde's message into a typed error naming the field.
-pub fn from_json_named<T: serde::de::DeserializeOwned>(json: Json, what: &'static str) -> Result<T> {
+pub fn from_json_named<T: serde::de::DeserializeOwned>(
+    json: Json,
+    what: &'static str,
+) -> Result<T> {
     serde_path_to_error::deserialize::<_, T>(json).map_err(|err| {
         let path = err.path().to_string();
         let message = err.inner().to_string();
@@ -245,11 +246,12 @@ impl CaseFile {
                 "no schema_version at the root".into(),
             ));
         }
-        for key in Collection::ALL
-            .iter()
-            .map(|c| c.key())
-            .chain(["case", "actors", "attendance", "resolutions"])
-        {
+        for key in Collection::ALL.iter().map(|c| c.key()).chain([
+            "case",
+            "actors",
+            "attendance",
+            "resolutions",
+        ]) {
             if map_at(&self.doc, &ROOT, key).is_none() {
                 return Err(CaseFileError::NotACaseFile(format!("no `{key}` map")));
             }
@@ -371,7 +373,12 @@ impl CaseFile {
         self.write(at, &format!("add {collection}/{id}"), |file| {
             let doc = &mut file.doc;
             let record = doc.put_object(&records, id, ObjType::Map)?;
-            put_json(doc, &record, "meta", &serde_json::to_value(&meta).unwrap_or_default())?;
+            put_json(
+                doc,
+                &record,
+                "meta",
+                &serde_json::to_value(&meta).unwrap_or_default(),
+            )?;
             let body_obj = doc.put_object(&record, "body", ObjType::Map)?;
             for (key, value) in &body {
                 put_json(doc, &body_obj, key, value)?;
@@ -552,9 +559,8 @@ impl CaseFile {
     /// One record, untyped, with its current value.
     pub fn raw_record(&self, collection: Collection, id: &str) -> Result<RawRecord> {
         let record = self.record_obj(collection, id)?;
-        let meta_obj = map_at(&self.doc, &record, "meta").ok_or_else(|| {
-            CaseFileError::NotACaseFile(format!("{collection}/{id} has no meta"))
-        })?;
+        let meta_obj = map_at(&self.doc, &record, "meta")
+            .ok_or_else(|| CaseFileError::NotACaseFile(format!("{collection}/{id} has no meta")))?;
         let meta: RecordMeta =
             from_json_named(Json::Object(read_map(&self.doc, &meta_obj)), "record meta")?;
         let amendments = self.amendments(&record);
@@ -600,7 +606,13 @@ impl CaseFile {
         marks: &[Mark],
         at: DateTime<Utc>,
     ) -> Result<usize> {
-        if map_at(&self.doc, &self.root_map(Collection::Children.key())?, child_id).is_none() {
+        if map_at(
+            &self.doc,
+            &self.root_map(Collection::Children.key())?,
+            child_id,
+        )
+        .is_none()
+        {
             return Err(CaseFileError::UnknownRecord {
                 collection: Collection::Children,
                 id: child_id.to_string(),
@@ -617,10 +629,14 @@ impl CaseFile {
             })
             .collect();
         let mut changed = 0;
-        self.write(at, &format!("record marks for children/{child_id}"), |file| {
-            changed = put_changed_fields(&mut file.doc, &attendance, &fields)?;
-            Ok(())
-        })?;
+        self.write(
+            at,
+            &format!("record marks for children/{child_id}"),
+            |file| {
+                changed = put_changed_fields(&mut file.doc, &attendance, &fields)?;
+                Ok(())
+            },
+        )?;
         Ok(changed)
     }
 
@@ -661,7 +677,12 @@ impl CaseFile {
         self.check_layout()?;
         let mut errors = ValidationErrors::default();
         if let Err(e) = self.details() {
-            errors.push("case", Problem::Invalid { detail: e.to_string() });
+            errors.push(
+                "case",
+                Problem::Invalid {
+                    detail: e.to_string(),
+                },
+            );
         }
         for collection in Collection::ALL {
             for id in self.record_ids(collection)? {
@@ -671,7 +692,9 @@ impl CaseFile {
                 if let Err(e) = outcome {
                     errors.push(
                         format!("{collection}.{id}"),
-                        Problem::Invalid { detail: e.to_string() },
+                        Problem::Invalid {
+                            detail: e.to_string(),
+                        },
                     );
                 }
             }
@@ -712,10 +735,14 @@ impl CaseFile {
         })
     }
 
-    pub(crate) fn body_obj(&self, collection: Collection, id: &str, record: &ObjId) -> Result<ObjId> {
-        map_at(&self.doc, record, "body").ok_or_else(|| {
-            CaseFileError::NotACaseFile(format!("{collection}/{id} has no body"))
-        })
+    pub(crate) fn body_obj(
+        &self,
+        collection: Collection,
+        id: &str,
+        record: &ObjId,
+    ) -> Result<ObjId> {
+        map_at(&self.doc, record, "body")
+            .ok_or_else(|| CaseFileError::NotACaseFile(format!("{collection}/{id} has no body")))
     }
 
     pub(crate) fn stored_finalisation(&self, record: &ObjId) -> Option<StoredFinalisation> {
@@ -844,7 +871,12 @@ fn to_object<T: Serialize>(value: &T) -> Result<Map<String, Json>> {
 
 fn json_error(e: serde_json::Error) -> CaseFileError {
     let mut errors = ValidationErrors::default();
-    errors.push(".", Problem::Invalid { detail: e.to_string() });
+    errors.push(
+        ".",
+        Problem::Invalid {
+            detail: e.to_string(),
+        },
+    );
     CaseFileError::validation("value", errors)
 }
 

@@ -30,7 +30,10 @@ use crate::value::{json_of, map_at, put_json, read_map};
 pub enum ConflictTarget {
     /// The case's own details.
     Case,
-    Record { collection: Collection, id: String },
+    Record {
+        collection: Collection,
+        id: String,
+    },
     /// A register mark; the field is `<child id>|<date>|<session>`.
     Attendance,
 }
@@ -123,7 +126,10 @@ impl CaseFile {
             }
             let current_value = current.get(&field).cloned().unwrap_or(Json::Null);
             let heads = amendment_heads(&amendments, &field);
-            let (set_by, source) = match heads.iter().max_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id))) {
+            let (set_by, source) = match heads
+                .iter()
+                .max_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)))
+            {
                 Some(head) => (head.by.clone(), format!("amendment:{}", head.id)),
                 None => (finalised.by.clone(), "finalised".to_string()),
             };

@@ -26,5 +26,5 @@ pub use case_file::{
 pub use conflicts::{Conflict, ConflictKind, ConflictTarget, ConflictValue, Resolution};
 pub use error::{CaseFileError, FieldError, Problem, Result, ValidationErrors};
 pub use records::{Collection, RecordBody};
-pub use view::CaseView;
 pub use sync::{AppliedChange, PeerState, RefusedSync, decode_message};
+pub use view::CaseView;

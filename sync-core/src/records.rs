@@ -198,7 +198,12 @@ impl Validate for CaseDetails {
     fn validate(&self, errors: &mut ValidationErrors) {
         required_text(errors, "reference", &self.reference, MAX_SHORT_TEXT_CHARS);
         required_text(errors, "school_id", &self.school_id, MAX_SHORT_TEXT_CHARS);
-        required_text(errors, "school_name", &self.school_name, MAX_SHORT_TEXT_CHARS);
+        required_text(
+            errors,
+            "school_name",
+            &self.school_name,
+            MAX_SHORT_TEXT_CHARS,
+        );
         required_text(errors, "stage", &self.stage, MAX_SHORT_TEXT_CHARS);
         required_text(
             errors,
@@ -319,7 +324,12 @@ record_body!(HouseholdMember, Collection::Household);
 impl Validate for HouseholdMember {
     fn validate(&self, errors: &mut ValidationErrors) {
         required_text(errors, "name", &self.name, MAX_SHORT_TEXT_CHARS);
-        required_text(errors, "relationship", &self.relationship, MAX_SHORT_TEXT_CHARS);
+        required_text(
+            errors,
+            "relationship",
+            &self.relationship,
+            MAX_SHORT_TEXT_CHARS,
+        );
         optional_text(
             errors,
             "contact.phone",
@@ -340,7 +350,12 @@ impl Validate for HouseholdMember {
         );
         each_text(errors, "languages", &self.languages);
         for (i, risk) in self.risks_to_staff.iter().enumerate() {
-            required_text(errors, &format!("risks_to_staff[{i}]"), risk, MAX_TEXT_CHARS);
+            required_text(
+                errors,
+                &format!("risks_to_staff[{i}]"),
+                risk,
+                MAX_TEXT_CHARS,
+            );
         }
     }
 }
@@ -548,7 +563,12 @@ record_body!(VoiceEntry, Collection::Voice);
 
 impl Validate for VoiceEntry {
     fn validate(&self, errors: &mut ValidationErrors) {
-        required_text(errors, "speaker_ref", &self.speaker_ref, MAX_SHORT_TEXT_CHARS);
+        required_text(
+            errors,
+            "speaker_ref",
+            &self.speaker_ref,
+            MAX_SHORT_TEXT_CHARS,
+        );
         required_text(errors, "words", &self.words, MAX_TEXT_CHARS);
         match (self.tool.scale(), self.scale_value) {
             (Some((min, max)), Some(value)) => in_range(errors, "scale_value", value, min, max),
@@ -664,7 +684,12 @@ impl Validate for EvidenceItem {
                 },
             );
         }
-        required_text(errors, "captured_by", &self.captured_by, MAX_SHORT_TEXT_CHARS);
+        required_text(
+            errors,
+            "captured_by",
+            &self.captured_by,
+            MAX_SHORT_TEXT_CHARS,
+        );
         if let Some(point) = &self.captured_where {
             if !(-90.0..=90.0).contains(&point.latitude) {
                 errors.push(

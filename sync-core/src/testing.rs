@@ -93,6 +93,50 @@ pub fn household_member(name: &str) -> HouseholdMember {
     }
 }
 
+/// Invented prose of `chars` characters, varied by `seed`, so that saved sizes reflect real
+/// notes rather than a run of one letter that compresses to nothing.
+pub fn note(chars: usize, seed: u64) -> String {
+    const WORDS: [&str; 24] = [
+        "mum",
+        "said",
+        "the",
+        "school",
+        "morning",
+        "bus",
+        "late",
+        "anxious",
+        "tired",
+        "agreed",
+        "alarm",
+        "uniform",
+        "breakfast",
+        "walked",
+        "gate",
+        "teacher",
+        "friends",
+        "worried",
+        "doctor",
+        "appointment",
+        "letter",
+        "routine",
+        "sleep",
+        "better",
+    ];
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut out = String::with_capacity(chars + 12);
+    while out.len() < chars {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.push_str(WORDS[(state >> 33) as usize % WORDS.len()]);
+        out.push(' ');
+    }
+    out.truncate(chars);
+    out
+}
+
 /// A home visit whose note is `note_chars` characters long (notes are plain strings).
 pub fn visit(visitor: &str, started: DateTime<Utc>, note_chars: usize) -> HomeVisit {
     HomeVisit {
@@ -113,7 +157,7 @@ pub fn visit(visitor: &str, started: DateTime<Utc>, note_chars: usize) -> HomeVi
         }],
         child_seen: true,
         adults_seen: vec![],
-        discussed: "x".repeat(note_chars),
+        discussed: note(note_chars, started.timestamp() as u64),
         concerns: String::new(),
         safeguarding_flag: false,
         actions_agreed: "Walk to school together on Mondays".into(),

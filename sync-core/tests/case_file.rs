@@ -62,9 +62,14 @@ fn every_kind_of_record_round_trips_with_its_envelope() {
     );
     let visit_id = worker.add(&joint, at(11)).unwrap();
     let voice_id = worker
-        .add(&testing::pupil_voice(&child_id, "I get a tummy ache on Mondays"), at(12))
+        .add(
+            &testing::pupil_voice(&child_id, "I get a tummy ache on Mondays"),
+            at(12),
+        )
         .unwrap();
-    let evidence_id = worker.add(&testing::evidence("user-1", at(13)), at(13)).unwrap();
+    let evidence_id = worker
+        .add(&testing::evidence("user-1", at(13)), at(13))
+        .unwrap();
     worker.add(&testing::letter(1, at(20)), at(20)).unwrap();
     let target = Target {
         description: "Attend every morning session for 3 weeks".into(),
@@ -122,7 +127,11 @@ fn every_kind_of_record_round_trips_with_its_envelope() {
     assert_eq!(visit.body, joint);
     assert_eq!(visit.author, testing::author("user-1", "phone-1"));
     assert_eq!(visit.device_time, at(11));
-    assert_eq!(visit.body.visitors.len(), 2, "a joint visit keeps both workers");
+    assert_eq!(
+        visit.body.visitors.len(),
+        2,
+        "a joint visit keeps both workers"
+    );
     assert_eq!(view.voice[0].id, voice_id);
     assert_eq!(view.evidence[0].id, evidence_id);
     assert_eq!(view.contacts[0].body.letter_number, Some(1));
@@ -183,19 +192,31 @@ fn finalised_records_change_only_through_amendments_with_a_trail() {
     assert_eq!(trail.by, testing::author("user-1", "phone-1"));
 
     // A second amendment supersedes the first; the trail keeps both.
-    file.amend(Collection::Visits, &id, "concerns", json!("v3"), "typo", at(7))
-        .unwrap();
+    file.amend(
+        Collection::Visits,
+        &id,
+        "concerns",
+        json!("v3"),
+        "typo",
+        at(7),
+    )
+    .unwrap();
     let read = file.get::<HomeVisit>(&id).unwrap();
     assert_eq!(read.body.concerns, "v3");
     assert_eq!(read.amendments.len(), 2);
-    assert_eq!(read.amendments[1].original, json!("child looked tired and hungry"));
+    assert_eq!(
+        read.amendments[1].original,
+        json!("child looked tired and hungry")
+    );
     assert!(file.conflicts().unwrap().is_empty());
 }
 
 #[test]
 fn amendments_are_refused_without_a_reason_or_with_bad_values_and_change_nothing() {
     let mut file = testing::new_case("case-1");
-    let id = file.add(&testing::pupil_voice("child-1", "words"), at(1)).unwrap();
+    let id = file
+        .add(&testing::pupil_voice("child-1", "words"), at(1))
+        .unwrap();
     assert!(matches!(
         file.amend(Collection::Voice, &id, "words", json!("x"), "why", at(2)),
         Err(CaseFileError::NotFinalised { .. })
@@ -207,7 +228,14 @@ fn amendments_are_refused_without_a_reason_or_with_bad_values_and_change_nothing
         Err(CaseFileError::MissingReason)
     ));
     assert!(matches!(
-        file.amend(Collection::Voice, &id, "no_such_field", json!(1), "r", at(3)),
+        file.amend(
+            Collection::Voice,
+            &id,
+            "no_such_field",
+            json!(1),
+            "r",
+            at(3)
+        ),
         Err(CaseFileError::UnknownField { .. })
     ));
     match file.amend(Collection::Voice, &id, "scale_value", json!(11), "r", at(3)) {
@@ -218,7 +246,14 @@ fn amendments_are_refused_without_a_reason_or_with_bad_values_and_change_nothing
         other => panic!("expected a validation error, got {other:?}"),
     }
     assert!(matches!(
-        file.amend(Collection::Voice, "missing", "words", json!("x"), "r", at(3)),
+        file.amend(
+            Collection::Voice,
+            "missing",
+            "words",
+            json!("x"),
+            "r",
+            at(3)
+        ),
         Err(CaseFileError::UnknownRecord { .. })
     ));
     assert_eq!(file.heads(), heads, "refused amendments change nothing");
@@ -266,7 +301,10 @@ fn validation_errors_name_the_field() {
     evidence.media_type = "jpeg".into();
     match file.add(&evidence, at(1)) {
         Err(CaseFileError::Validation { errors, .. }) => {
-            assert_eq!(errors.fields().collect::<Vec<_>>(), ["sha256", "media_type"]);
+            assert_eq!(
+                errors.fields().collect::<Vec<_>>(),
+                ["sha256", "media_type"]
+            );
         }
         other => panic!("expected validation errors, got {other:?}"),
     }
@@ -280,7 +318,9 @@ fn validation_errors_name_the_field() {
 #[test]
 fn concurrent_edits_are_listed_with_who_set_each_and_resolved_everywhere() {
     let mut server = testing::new_case("case-1");
-    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let id = server
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
     let mut a = phone(&mut server, 1);
     let mut b = phone(&mut server, 2);
     let mut c = phone(&mut server, 3);
@@ -353,7 +393,9 @@ fn concurrent_edits_are_listed_with_who_set_each_and_resolved_everywhere() {
 #[test]
 fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
     let mut server = testing::new_case("case-1");
-    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let id = server
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
     let mut a = phone(&mut server, 1);
     let mut b = phone(&mut server, 2);
     // a finalises while b, offline, still edits the draft.
@@ -372,13 +414,17 @@ fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
         );
         let conflicts = file.conflicts().unwrap();
         assert_eq!(conflicts.len(), 1);
-        assert_eq!(conflicts[0].kind, ConflictKind::EditConcurrentWithFinalisation);
+        assert_eq!(
+            conflicts[0].kind,
+            ConflictKind::EditConcurrentWithFinalisation
+        );
         assert_eq!(conflicts[0].field, "actions_agreed");
         assert_eq!(conflicts[0].values.len(), 2);
     }
     // Choosing the late edit turns it into an amendment.
     let conflict = b.conflicts().unwrap().remove(0);
-    b.resolve_conflict(&conflict.id, &json!("late edit"), at(4)).unwrap();
+    b.resolve_conflict(&conflict.id, &json!("late edit"), at(4))
+        .unwrap();
     let read = b.get::<HomeVisit>(&id).unwrap();
     assert_eq!(read.body.actions_agreed, "late edit");
     assert_eq!(read.amendments.len(), 1);
@@ -387,10 +433,24 @@ fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
     // Two amendments of one field made without seeing each other.
     sync_pair(&mut b, &mut server);
     sync_pair(&mut a, &mut server);
-    a.amend(Collection::Visits, &id, "discussed", json!("from a"), "a's note", at(5))
-        .unwrap();
-    b.amend(Collection::Visits, &id, "discussed", json!("from b"), "b's note", at(6))
-        .unwrap();
+    a.amend(
+        Collection::Visits,
+        &id,
+        "discussed",
+        json!("from a"),
+        "a's note",
+        at(5),
+    )
+    .unwrap();
+    b.amend(
+        Collection::Visits,
+        &id,
+        "discussed",
+        json!("from b"),
+        "b's note",
+        at(6),
+    )
+    .unwrap();
     sync_pair(&mut a, &mut server);
     sync_pair(&mut b, &mut server);
     sync_pair(&mut a, &mut server);
@@ -410,7 +470,11 @@ fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
         assert!(file.conflicts().unwrap().is_empty());
         let read = file.get::<HomeVisit>(&id).unwrap();
         assert_eq!(read.body.discussed, "from a");
-        assert_eq!(read.amendments.len(), 4, "every amendment stays in the trail");
+        assert_eq!(
+            read.amendments.len(),
+            4,
+            "every amendment stays in the trail"
+        );
     }
 }
 
@@ -418,7 +482,9 @@ fn concurrent_amendments_and_edits_racing_a_finalisation_are_conflicts() {
 fn an_older_client_keeps_fields_it_does_not_know() {
     use automerge::{ROOT, ReadDoc, transaction::Transactable};
     let mut server = testing::new_case("case-1");
-    let id = server.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    let id = server
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
     // A newer client adds a field to the visit, a new root map, and raises the version.
     let mut newer = phone(&mut server, 1);
     {
@@ -454,7 +520,10 @@ fn an_older_client_keeps_fields_it_does_not_know() {
         Some(&json!("heavy rain")),
         "the finalised content keeps the newer field too"
     );
-    assert_eq!(raw.body.get("discussed"), Some(&json!("edited by the older client")));
+    assert_eq!(
+        raw.body.get("discussed"),
+        Some(&json!("edited by the older client"))
+    );
 }
 
 #[test]
@@ -465,7 +534,10 @@ fn corrupted_documents_and_sync_messages_are_errors_not_panics() {
     let who = || (testing::author("u", "d"), testing::actor(9));
     for cut in [0, 1, 7, bytes.len() / 3, bytes.len() / 2, bytes.len() - 1] {
         let (author, actor) = who();
-        assert!(CaseFile::load(&bytes[..cut], author, actor).is_err(), "cut at {cut}");
+        assert!(
+            CaseFile::load(&bytes[..cut], author, actor).is_err(),
+            "cut at {cut}"
+        );
     }
     for flip in (0..bytes.len()).step_by(7) {
         let mut corrupt = bytes.clone();
@@ -494,11 +566,17 @@ fn corrupted_documents_and_sync_messages_are_errors_not_panics() {
     let mut state = PeerState::new();
     for cut in [0, 1, message.len() / 2, message.len() - 1] {
         assert!(
-            empty.receive_sync_message(&mut state, &message[..cut]).is_err(),
+            empty
+                .receive_sync_message(&mut state, &message[..cut])
+                .is_err(),
             "cut at {cut}"
         );
     }
-    assert!(empty.receive_sync_message(&mut state, b"\x42garbage").is_err());
+    assert!(
+        empty
+            .receive_sync_message(&mut state, b"\x42garbage")
+            .is_err()
+    );
     assert!(PeerState::decode(b"\xff\xff").is_err());
     assert!(empty.schema_version().is_none(), "nothing was applied");
 }
@@ -508,7 +586,9 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
     use automerge::{ROOT, ReadDoc, transaction::Transactable};
     let mut server = testing::new_case("case-1");
     let mut honest = phone(&mut server, 1);
-    honest.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    honest
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
     let phone_actor = testing::actor(1);
     let mut server_state = PeerState::new();
     let mut phone_state = PeerState::new();
@@ -516,20 +596,24 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
 
     // An impersonator: a phone of user 2 whose changes carry actor 7, not bound to it.
     let mut impostor = phone(&mut server, 7);
-    impostor.add(&testing::visit("user-7", at(2), 10), at(2)).unwrap();
+    impostor
+        .add(&testing::visit("user-7", at(2), 10), at(2))
+        .unwrap();
     let mut impostor_state = PeerState::new();
     let mut server_for_impostor = PeerState::new();
     let mut refused = None;
     for _ in 0..5 {
         if let Some(m) = server.generate_sync_message(&mut server_for_impostor) {
-            impostor.receive_sync_message(&mut impostor_state, &m).unwrap();
+            impostor
+                .receive_sync_message(&mut impostor_state, &m)
+                .unwrap();
         }
         let Some(m) = impostor.generate_sync_message(&mut impostor_state) else {
             break;
         };
-        match server.receive_sync_message_checked(&mut server_for_impostor, &m, |a| {
-            *a == phone_actor
-        }) {
+        match server
+            .receive_sync_message_checked(&mut server_for_impostor, &m, |a| *a == phone_actor)
+        {
             Ok(_) => {}
             Err(e) => {
                 refused = Some(e);
@@ -544,7 +628,9 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
     {
         let doc = honest.doc_mut();
         let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
-        let bad = doc.put_object(&visits, "bad", automerge::ObjType::Map).unwrap();
+        let bad = doc
+            .put_object(&visits, "bad", automerge::ObjType::Map)
+            .unwrap();
         doc.put(&bad, "meta", "not a map").unwrap();
         doc.commit();
     }
@@ -561,15 +647,24 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
             break;
         }
     }
-    assert!(matches!(outcome, Err(RefusedSync::Invalid(_))), "{outcome:?}");
-    assert_eq!(server.heads(), before, "the stored document is left unchanged");
+    assert!(
+        matches!(outcome, Err(RefusedSync::Invalid(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        server.heads(),
+        before,
+        "the stored document is left unchanged"
+    );
 }
 
 #[test]
 fn checked_receive_accepts_bound_actors_and_reports_the_changes() {
     let mut server = testing::new_case("case-1");
     let mut worker = phone(&mut server, 1);
-    worker.add(&testing::visit("user-1", at(1), 10), at(1)).unwrap();
+    worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
     let mut applied = Vec::new();
     for _ in 0..5 {
@@ -581,9 +676,7 @@ fn checked_receive_accepts_bound_actors_and_reports_the_changes() {
         if let Some(m) = &to_server {
             applied.extend(
                 server
-                    .receive_sync_message_checked(&mut server_state, m, |a| {
-                        *a == testing::actor(1)
-                    })
+                    .receive_sync_message_checked(&mut server_state, m, |a| *a == testing::actor(1))
                     .unwrap(),
             );
         }
