@@ -90,10 +90,10 @@ pub(crate) fn put_changed_fields(
 
 /// The JSON form of the value at `key` (the winning value where several were set at once).
 pub(crate) fn read_key(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<Json> {
-    match doc.get(obj, key).ok().flatten() {
-        Some((value, id)) => Some(json_of(doc, value, &id)),
-        None => None,
-    }
+    doc.get(obj, key)
+        .ok()
+        .flatten()
+        .map(|(value, id)| json_of(doc, value, &id))
 }
 
 /// The JSON form of a whole map object.

@@ -1,5 +1,6 @@
 //! The case-file model: records, finalisation and amendments, conflicts, schema versions, sync
 //! and bad input.
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on purpose")]
 
 use doorstep_sync_core::records::*;
 use doorstep_sync_core::testing::{self, at};
