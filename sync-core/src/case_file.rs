@@ -114,15 +114,15 @@ pub struct RawRecord {
 
 impl RawRecord {
     /// The typed form of this record.
-    pub fn typed<T: RecordBody>(&self) -> Result<Record<T>> {
-        let body = body_from_json::<T>(Json::Object(self.body.clone()), "record")?;
+    pub fn into_typed<T: RecordBody>(self) -> Result<Record<T>> {
+        let body = body_from_json::<T>(Json::Object(self.body), "record")?;
         Ok(Record {
-            id: self.id.clone(),
-            author: self.author.clone(),
+            id: self.id,
+            author: self.author,
             device_time: self.device_time,
             body,
-            finalised: self.finalised.clone(),
-            amendments: self.amendments.clone(),
+            finalised: self.finalised,
+            amendments: self.amendments,
         })
     }
 }
@@ -528,14 +528,14 @@ impl CaseFile {
 
     /// One typed record.
     pub fn get<T: RecordBody>(&self, id: &str) -> Result<Record<T>> {
-        self.raw_record(T::COLLECTION, id)?.typed()
+        self.raw_record(T::COLLECTION, id)?.into_typed()
     }
 
     /// Every record of one kind, ordered by device time then id.
     pub fn list<T: RecordBody>(&self) -> Result<Vec<Record<T>>> {
         self.raw_records(T::COLLECTION)?
-            .iter()
-            .map(RawRecord::typed)
+            .into_iter()
+            .map(RawRecord::into_typed)
             .collect()
     }
 
