@@ -84,22 +84,42 @@ pub struct Resolution {
 impl CaseFile {
     /// Every open conflict in the case file.
     pub fn conflicts(&self) -> Result<Vec<Conflict>> {
+        let scan = self.scan()?;
         let mut out = Vec::new();
         let case = self.root_map("case")?;
-        self.concurrent_edits(&case, ConflictTarget::Case, &mut out);
+        self.concurrent_edits(&scan, &case, ConflictTarget::Case, &mut out);
         for collection in Collection::ALL {
             for id in self.record_ids(collection)? {
-                out.extend(self.record_conflicts(collection, &id)?);
+                self.conflicts_in_record(&scan, collection, &id, &mut out)?;
             }
         }
         let attendance = self.root_map("attendance")?;
-        self.concurrent_edits(&attendance, ConflictTarget::Attendance, &mut out);
+        self.concurrent_edits(&scan, &attendance, ConflictTarget::Attendance, &mut out);
         Ok(out)
     }
 
     /// The open conflicts of one record.
     pub fn record_conflicts(&self, collection: Collection, id: &str) -> Result<Vec<Conflict>> {
         let mut out = Vec::new();
+        self.conflicts_in_record(&self.scan()?, collection, id, &mut out)?;
+        Ok(out)
+    }
+
+    /// What every conflict check needs, read once per listing.
+    fn scan(&self) -> Result<Scan> {
+        Ok(Scan {
+            actors: self.actors(),
+            handled: self.handled_sources()?,
+        })
+    }
+
+    fn conflicts_in_record(
+        &self,
+        scan: &Scan,
+        collection: Collection,
+        id: &str,
+        out: &mut Vec<Conflict>,
+    ) -> Result<()> {
         let target = ConflictTarget::Record {
             collection,
             id: id.to_string(),
@@ -107,18 +127,27 @@ impl CaseFile {
         let record = self.record_obj(collection, id)?;
         let body = self.body_obj(collection, id, &record)?;
         let Some(finalised) = self.stored_finalisation(&record) else {
-            self.concurrent_edits(&body, target, &mut out);
-            return Ok(out);
+            self.concurrent_edits(scan, &body, target, out);
+            return Ok(());
         };
         let amendments = self.amendments(&record);
         let current = self.raw_record(collection, id)?.body;
-        let handled = self.handled_sources()?;
         // Edits made by someone who had not yet seen the finalisation.
-        for field in self.doc.keys(&body).collect::<Vec<_>>() {
+        let changed: Vec<String> = self
+            .doc
+            .map_range(&body, ..)
+            .filter_map(|item| {
+                let id = item.id();
+                let field = item.key.to_string();
+                let value = json_of(&self.doc, item.value.into(), &id);
+                (item.conflict || finalised.content.get(&field) != Some(&value)).then_some(field)
+            })
+            .collect();
+        for field in changed {
             let late: Vec<ConflictValue> = self
-                .values_at(&body, &field)
+                .values_at(scan, &body, &field)
                 .into_iter()
-                .filter(|v| !handled.contains(&v.source))
+                .filter(|v| !scan.handled.contains(&v.source))
                 .filter(|v| finalised.content.get(&field) != Some(&v.value))
                 .collect();
             if late.is_empty() {
@@ -167,7 +196,7 @@ impl CaseFile {
                 ));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Every resolution recorded, oldest first.
@@ -306,9 +335,22 @@ impl CaseFile {
             .collect())
     }
 
-    fn concurrent_edits(&self, obj: &ObjId, target: ConflictTarget, out: &mut Vec<Conflict>) {
-        for field in self.doc.keys(obj).collect::<Vec<_>>() {
-            let values = self.values_at(obj, &field);
+    fn concurrent_edits(
+        &self,
+        scan: &Scan,
+        obj: &ObjId,
+        target: ConflictTarget,
+        out: &mut Vec<Conflict>,
+    ) {
+        // Only keys whose winning value has rivals can be in conflict: skip the rest cheaply.
+        let contested: Vec<String> = self
+            .doc
+            .map_range(obj, ..)
+            .filter(|item| item.conflict)
+            .map(|item| item.key.to_string())
+            .collect();
+        for field in contested {
+            let values = self.values_at(scan, obj, &field);
             let distinct: Vec<&Json> = values.iter().fold(Vec::new(), |mut seen, v| {
                 if !seen.contains(&&v.value) {
                     seen.push(&v.value);
@@ -327,8 +369,7 @@ impl CaseFile {
     }
 
     /// Every value currently set at `key`, with who set it.
-    fn values_at(&self, obj: &ObjId, key: &str) -> Vec<ConflictValue> {
-        let actors = self.actors();
+    fn values_at(&self, scan: &Scan, obj: &ObjId, key: &str) -> Vec<ConflictValue> {
         self.doc
             .get_all(obj, key)
             .unwrap_or_default()
@@ -337,7 +378,7 @@ impl CaseFile {
                 let source = id.to_string();
                 let set_by = source
                     .split_once('@')
-                    .and_then(|(_, actor)| actors.get(actor).cloned());
+                    .and_then(|(_, actor)| scan.actors.get(actor).cloned());
                 ConflictValue {
                     value: json_of(&self.doc, value, &id),
                     set_by,
@@ -346,6 +387,11 @@ impl CaseFile {
             })
             .collect()
     }
+}
+
+struct Scan {
+    actors: std::collections::BTreeMap<String, Author>,
+    handled: BTreeSet<String>,
 }
 
 fn conflict(

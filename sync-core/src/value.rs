@@ -111,16 +111,14 @@ pub(crate) fn read_map(doc: &AutoCommit, obj: &ObjId) -> Map<String, Json> {
 pub(crate) fn json_of(doc: &AutoCommit, value: Value<'_>, id: &ObjId) -> Json {
     match value {
         Value::Object(ObjType::Map | ObjType::Table) => Json::Object(read_map(doc, id)),
-        Value::Object(ObjType::List) => {
-            let len = doc.length(id);
-            let mut items = Vec::with_capacity(len);
-            for i in 0..len {
-                if let Ok(Some((v, child))) = doc.get(id, i) {
-                    items.push(json_of(doc, v, &child));
-                }
-            }
-            Json::Array(items)
-        }
+        Value::Object(ObjType::List) => Json::Array(
+            doc.list_range(id, ..)
+                .map(|item| {
+                    let child = item.id();
+                    json_of(doc, item.value.into(), &child)
+                })
+                .collect(),
+        ),
         Value::Object(ObjType::Text) => Json::String(doc.text(id).unwrap_or_default()),
         Value::Scalar(scalar) => json_of_scalar(&scalar),
     }
