@@ -332,6 +332,36 @@ impl CaseFile {
         })
     }
 
+    /// Moves the case along its pathway: the new stage and the record of the change, in one
+    /// change so the stage history is never missing a step. Returns the stage change's id.
+    pub fn change_stage(
+        &mut self,
+        to_stage: &str,
+        reason: &str,
+        changed_on: chrono::NaiveDate,
+        at: DateTime<Utc>,
+    ) -> Result<String> {
+        let mut details = self.details()?;
+        let change = crate::records::StageChange {
+            from_stage: details.stage.clone(),
+            to_stage: to_stage.to_string(),
+            changed_on,
+            reason: reason.to_string(),
+        };
+        validated(&change, "stage change")?;
+        details.stage = to_stage.to_string();
+        validated(&details, "case details")?;
+        let case = self.root_map("case")?;
+        let records = self.root_map(Collection::StageChanges.key())?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let meta = self.meta_for(&id, at);
+        self.write(at, &format!("change stage to {to_stage}"), |file| {
+            put_changed_fields(&mut file.doc, &case, &to_object(&details)?)?;
+            file.put_record(&records, &id, &meta, &to_object(&change)?)
+        })?;
+        Ok(id)
+    }
+
     // -----------------------------------------------------------------------------------------
     // Records.
 
@@ -363,29 +393,39 @@ impl CaseFile {
                 id: id.to_string(),
             });
         }
-        let meta = RecordMeta {
+        let meta = self.meta_for(id, at);
+        let body = to_object(body)?;
+        self.write(at, &format!("add {collection}/{id}"), |file| {
+            file.put_record(&records, id, &meta, &body)
+        })
+    }
+
+    fn meta_for(&self, id: &str, at: DateTime<Utc>) -> RecordMeta {
+        RecordMeta {
             id: id.to_string(),
             user_id: self.author.user_id.clone(),
             device_id: self.author.device_id.clone(),
             device_time: at,
-        };
-        let body = to_object(body)?;
-        self.write(at, &format!("add {collection}/{id}"), |file| {
-            let doc = &mut file.doc;
-            let record = doc.put_object(&records, id, ObjType::Map)?;
-            put_json(
-                doc,
-                &record,
-                "meta",
-                &serde_json::to_value(&meta).unwrap_or_default(),
-            )?;
-            let body_obj = doc.put_object(&record, "body", ObjType::Map)?;
-            for (key, value) in &body {
-                put_json(doc, &body_obj, key, value)?;
-            }
-            doc.put_object(&record, "amendments", ObjType::Map)?;
-            Ok(())
-        })
+        }
+    }
+
+    /// Writes a new record's map: its meta, its body and its (empty) amendments map.
+    fn put_record(
+        &mut self,
+        records: &ObjId,
+        id: &str,
+        meta: &RecordMeta,
+        body: &Map<String, Json>,
+    ) -> Result<()> {
+        let doc = &mut self.doc;
+        let record = doc.put_object(records, id, ObjType::Map)?;
+        put_json(doc, &record, "meta", &Json::Object(to_object(meta)?))?;
+        let body_obj = doc.put_object(&record, "body", ObjType::Map)?;
+        for (key, value) in body {
+            put_json(doc, &body_obj, key, value)?;
+        }
+        doc.put_object(&record, "amendments", ObjType::Map)?;
+        Ok(())
     }
 
     /// Replaces a draft record's body, writing only the fields that changed. Finalised

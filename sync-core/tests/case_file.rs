@@ -716,3 +716,26 @@ fn peer_state_survives_a_restart() {
     assert_eq!(restored.shared_heads(), state.shared_heads());
     assert_eq!(restored.shared_heads(), server.heads().as_slice());
 }
+
+#[test]
+fn a_stage_change_moves_the_case_and_records_the_history() {
+    let mut file = testing::new_case("case-1");
+    let id = file
+        .change_stage(
+            "level 3",
+            "no improvement after letter 2",
+            "2026-02-02".parse().unwrap(),
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(file.details().unwrap().stage, "level 3");
+    let change = file.get::<StageChange>(&id).unwrap();
+    assert_eq!(change.body.from_stage, "level 2");
+    assert_eq!(change.body.to_stage, "level 3");
+    let heads = file.heads();
+    assert!(matches!(
+        file.change_stage("", "r", "2026-02-02".parse().unwrap(), at(2)),
+        Err(CaseFileError::Validation { .. })
+    ));
+    assert_eq!(file.heads(), heads);
+}
