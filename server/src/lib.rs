@@ -1,1 +1,21 @@
+//! Doorstep's central server: accounts and devices, and authenticated, durable
+//! multi-document sync of case files over HTTP, on SQLite by default and PostgreSQL at scale.
+//!
+//! Layers, top down: [`api`] (routes, the JSON extractor, middleware) → [`sync`] and [`auth`]
+//! (the rules) → [`storage`] (one trait, SQLite and PostgreSQL). The case-file model, its
+//! validation and the sync protocol come from `doorstep-sync-core`, shared with the phones.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod cases;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod storage;
+pub mod sync;
+
+pub use app::{App, AppState, StartupError};
+pub use config::Config;
+pub use error::ApiError;

@@ -1,0 +1,80 @@
+//! HTTP routes, middleware and the JSON body extractor.
+
+mod auth;
+mod health;
+mod sync;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub use auth::{MeResponse, RefreshRequest, SignInRequest, TokenResponse, UserView};
+pub use sync::{SyncDocumentIn, SyncDocumentOut, SyncRequest, SyncResponse, WireError};
+
+/// Largest number of documents in one sync request.
+pub const MAX_SYNC_DOCUMENTS: usize = 1000;
+
+pub fn router(state: AppState) -> Router {
+    let timeout = state.config.request_timeout();
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/api/v1/auth/sign-in", post(auth::sign_in))
+        .route("/api/v1/auth/refresh", post(auth::refresh))
+        .route("/api/v1/me", get(auth::me))
+        .route(
+            "/api/v1/devices/{device_id}/revoke",
+            post(auth::revoke_device),
+        )
+        .route("/api/v1/users/{user_id}/revoke", post(auth::revoke_user))
+        .route("/api/v1/sync", post(sync::sync))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_| {
+                    ApiError::Internal("a handler panicked".into()).into_response()
+                }))
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(timeout_error))
+                .timeout(timeout),
+        )
+        .with_state(state)
+}
+
+async fn timeout_error(error: tower::BoxError) -> ApiError {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::Timeout
+    } else {
+        ApiError::Internal(format!("middleware failed: {error}"))
+    }
+}
+
+/// `axum::Json`, with every rejection turned into an [`ApiError`] (400 malformed, 413 too
+/// large, 415 not JSON, 422 wrong shape).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit of storage.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

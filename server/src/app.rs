@@ -1,0 +1,134 @@
+//! Building and running the server: data folder, storage, keys, first accounts, listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::auth::jwt::{KeyError, TokenKeys};
+use crate::auth::password;
+use crate::config::{Config, redact_url};
+use crate::demo;
+use crate::storage::{self, Storage, StorageError};
+
+/// Shared by every request. Config and keys live here, not in globals.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub storage: Arc<dyn Storage>,
+    pub keys: TokenKeys,
+    /// A real argon2 hash checked when a username is unknown, so that sign-in takes as long
+    /// for unknown users as for known ones (usernames cannot be probed by timing).
+    pub dummy_password_hash: Arc<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot create the data folder {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {url}: {source}")]
+    Storage {
+        url: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot create the first accounts: {0}")]
+    Seed(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A built server, bound to its address, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    notice: String,
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<App, StartupError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StartupError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let url = config.database_url();
+        let storage = storage::open(&url)
+            .await
+            .map_err(|source| StartupError::Storage {
+                url: redact_url(&url),
+                source,
+            })?;
+        let keys = TokenKeys::load_or_generate(&config.signing_key_file())?;
+        let dummy_password_hash = password::hash(uuid::Uuid::new_v4().to_string())
+            .await
+            .map_err(|e| StartupError::Seed(e.to_string()))?;
+        let accounts = demo::first_accounts(storage.as_ref(), &config)
+            .await
+            .map_err(|e| StartupError::Seed(e.to_string()))?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        tracing::info!(%addr, database = %redact_url(&url), "doorstep server ready");
+        let notice = accounts.notice(addr);
+        let state = AppState {
+            config: Arc::new(config),
+            storage,
+            keys,
+            dummy_password_hash: Arc::new(dummy_password_hash),
+        };
+        Ok(App {
+            listener,
+            state,
+            notice,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// What to tell the person who started the server: where it listens, how to sign in.
+    pub fn notice(&self) -> &str {
+        &self.notice
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let router = crate::api::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)
+    }
+}

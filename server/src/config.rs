@@ -1,0 +1,152 @@
+//! Configuration from flags and environment variables (a flag wins over its variable).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Doorstep's central server: phones sync case files here; staff read the merged result.
+#[derive(Clone, Parser)]
+#[command(name = "doorstep-server", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "DOORSTEP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Folder for the SQLite database, the signing key and attachments; created on first start.
+    #[arg(long, env = "DOORSTEP_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Database URL: `sqlite:PATH` or `postgres://USER:PASSWORD@HOST/DB`.
+    /// Default: `sqlite:<data dir>/doorstep.db`.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Seed an invented school, staff, workers and cases (only into an empty database).
+    #[arg(long, env = "DOORSTEP_DEMO")]
+    pub demo: bool,
+
+    /// Ed25519 key (PKCS#8 PEM) that signs access tokens. Default: `<data dir>/signing-key.pem`,
+    /// generated on first start.
+    #[arg(long, env = "DOORSTEP_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "DOORSTEP_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Time limit for handling one request, in seconds.
+    #[arg(long, env = "DOORSTEP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "DOORSTEP_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
+    pub access_token_ttl_secs: u64,
+
+    /// Lifetime of a refresh token, in seconds.
+    #[arg(long, env = "DOORSTEP_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
+    pub refresh_token_ttl_secs: u64,
+}
+
+impl Config {
+    /// The configuration with every default, for a data folder (tests and embedding).
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        // Built here rather than parsed, so that the process environment cannot leak in.
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            demo: false,
+            signing_key_file: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            request_timeout_secs: 30,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+        }
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite:{}", self.data_dir.join("doorstep.db").display()),
+        }
+    }
+
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing-key.pem"))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// A database URL with any password replaced, fit for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+impl fmt::Debug for Config {
+    // The database URL may carry a password: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url()))
+            .field("demo", &self.demo)
+            .field("signing_key_file", &self.signing_key_file())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let mut config = Config::with_data_dir("/tmp/x");
+        config.database_url = Some("postgres://doorstep:s3cret@db.example/doorstep".into());
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("postgres://doorstep:***@db.example/doorstep"));
+    }
+
+    #[test]
+    fn flag_defaults_match_with_data_dir() {
+        let parsed = Config::try_parse_from(["doorstep-server", "--data-dir", "/d"]).unwrap();
+        let built = Config::with_data_dir("/d");
+        if std::env::vars().any(|(k, _)| k.starts_with("DOORSTEP_") || k == "DATABASE_URL") {
+            return; // the environment changes the parsed defaults
+        }
+        assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn defaults_keep_everything_in_the_data_dir() {
+        let config = Config::with_data_dir("/srv/doorstep");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.database_url(), "sqlite:/srv/doorstep/doorstep.db");
+        assert_eq!(
+            config.signing_key_file(),
+            PathBuf::from("/srv/doorstep/signing-key.pem")
+        );
+    }
+}

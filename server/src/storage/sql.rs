@@ -1,0 +1,614 @@
+//! The SQL shared by both backends, written once and expanded for each by [`sql_storage!`].
+//!
+//! The SQL uses PostgreSQL's `$1` placeholders; the SQLite backend turns them into SQLite's
+//! numbered `?1` form (same meaning). A macro rather than a generic type: sqlx's generic
+//! executor bounds would swamp the queries, and the two expansions differ only in the
+//! database type, the placeholder form, row locking and how a write transaction begins.
+
+/// Expands to the [`Storage`](super::Storage) impl for `$storage` (a struct with a
+/// `pool: sqlx::Pool<$db>` field) and its [`SyncTransaction`](super::SyncTransaction) type.
+macro_rules! sql_storage {
+    (
+        storage: $storage:ident,
+        transaction: $txn:ident,
+        db: $db:ty,
+        sql: $sql:path,
+        lock_document: $lock:literal,
+        begin: |$pool:ident| $begin:expr $(,)?
+    ) => {
+        use async_trait::async_trait;
+        use sqlx::Row;
+
+        use crate::storage::{
+            AllocatedDocument, Case, Device, DocumentWrite, LoadedDocument, NewChange, Provenance,
+            RefreshToken, Role, Rotation, School, Storage, StorageError, StorageResult,
+            StoredChange, StoredDocument, SyncTransaction, User,
+        };
+
+        type DbRow = <$db as sqlx::Database>::Row;
+
+        fn user_from_row(row: &DbRow) -> StorageResult<User> {
+            let role: String = row.try_get("role")?;
+            Ok(User {
+                id: row.try_get("id")?,
+                school_id: row.try_get("school_id")?,
+                username: row.try_get("username")?,
+                display_name: row.try_get("display_name")?,
+                role: role.parse::<Role>()?,
+                password_hash: row.try_get("password_hash")?,
+                created_at: row.try_get("created_at")?,
+                disabled_at: row.try_get("disabled_at")?,
+            })
+        }
+
+        fn device_from_row(row: &DbRow) -> StorageResult<Device> {
+            Ok(Device {
+                id: row.try_get("id")?,
+                user_id: row.try_get("user_id")?,
+                actor_id: row.try_get("actor_id")?,
+                name: row.try_get("name")?,
+                created_at: row.try_get("created_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        }
+
+        const USER_COLUMNS: &str =
+            "id, school_id, username, display_name, role, password_hash, created_at, disabled_at";
+        const DEVICE_COLUMNS: &str = "id, user_id, actor_id, name, created_at, revoked_at";
+
+        impl $storage {
+            /// Begins a transaction that will write.
+            async fn begin_write(&self) -> StorageResult<sqlx::Transaction<'static, $db>> {
+                let $pool = &self.pool;
+                Ok($begin.await?)
+            }
+        }
+
+        async fn insert_change(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            case_id: &str,
+            change: &NewChange,
+            device_id: Option<&str>,
+            user_id: Option<&str>,
+            received_at: i64,
+        ) -> StorageResult<()> {
+            // A change already stored keeps its first provenance: retries are harmless.
+            sqlx::query(&$sql(
+                "INSERT INTO changes (case_id, hash, actor_id, device_id, user_id, received_at, bytes)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (case_id, hash) DO NOTHING",
+            ))
+            .bind(case_id)
+            .bind(&change.hash)
+            .bind(&change.actor_id)
+            .bind(device_id)
+            .bind(user_id)
+            .bind(received_at)
+            .bind(&change.bytes)
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        #[async_trait]
+        impl Storage for $storage {
+            async fn ping(&self) -> StorageResult<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn create_school(&self, school: &School) -> StorageResult<()> {
+                sqlx::query(&$sql("INSERT INTO schools (id, name, created_at) VALUES ($1, $2, $3)"))
+                    .bind(&school.id)
+                    .bind(&school.name)
+                    .bind(school.created_at)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn school(&self, id: &str) -> StorageResult<Option<School>> {
+                let row = sqlx::query(&$sql("SELECT id, name, created_at FROM schools WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(School {
+                        id: row.try_get("id")?,
+                        name: row.try_get("name")?,
+                        created_at: row.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn create_user(&self, user: &User) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO users (id, school_id, username, display_name, role, password_hash,
+                        created_at, disabled_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                ))
+                .bind(&user.id)
+                .bind(&user.school_id)
+                .bind(&user.username)
+                .bind(&user.display_name)
+                .bind(user.role.as_str())
+                .bind(&user.password_hash)
+                .bind(user.created_at)
+                .bind(user.disabled_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn user(&self, id: &str) -> StorageResult<Option<User>> {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+                let row = sqlx::query(&$sql(&sql)).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn user_by_username(&self, username: &str) -> StorageResult<Option<User>> {
+                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE username = $1");
+                let row = sqlx::query(&$sql(&sql))
+                    .bind(username)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(user_from_row).transpose()
+            }
+
+            async fn count_users(&self) -> StorageResult<i64> {
+                let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(row.try_get("n")?)
+            }
+
+            async fn disable_user(&self, id: &str, at: i64) -> StorageResult<()> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(&$sql(
+                    "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
+                ))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Err(StorageError::NotFound);
+                }
+                sqlx::query(&$sql(
+                    "UPDATE refresh_tokens SET revoked_at = $2
+                     WHERE revoked_at IS NULL
+                       AND device_id IN (SELECT id FROM devices WHERE user_id = $1)",
+                ))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_device(&self, device: &Device) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO devices (id, user_id, actor_id, name, created_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                ))
+                .bind(&device.id)
+                .bind(&device.user_id)
+                .bind(&device.actor_id)
+                .bind(&device.name)
+                .bind(device.created_at)
+                .bind(device.revoked_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn device(&self, id: &str) -> StorageResult<Option<Device>> {
+                let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1");
+                let row = sqlx::query(&$sql(&sql)).bind(id).fetch_optional(&self.pool).await?;
+                row.as_ref().map(device_from_row).transpose()
+            }
+
+            async fn device_by_actor(&self, actor_id: &str) -> StorageResult<Option<Device>> {
+                let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE actor_id = $1");
+                let row = sqlx::query(&$sql(&sql))
+                    .bind(actor_id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.as_ref().map(device_from_row).transpose()
+            }
+
+            async fn revoke_device(&self, id: &str, at: i64) -> StorageResult<()> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(&$sql(
+                    "UPDATE devices SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
+                ))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    return Err(StorageError::NotFound);
+                }
+                sqlx::query(&$sql(
+                    "UPDATE refresh_tokens SET revoked_at = $2
+                     WHERE device_id = $1 AND revoked_at IS NULL",
+                ))
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_refresh_token(&self, token: &RefreshToken) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO refresh_tokens (id, device_id, family_id, token_hash, created_at,
+                        expires_at, used_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                ))
+                .bind(&token.id)
+                .bind(&token.device_id)
+                .bind(&token.family_id)
+                .bind(&token.token_hash)
+                .bind(token.created_at)
+                .bind(token.expires_at)
+                .bind(token.used_at)
+                .bind(token.revoked_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn rotate_refresh_token(
+                &self,
+                presented_hash: &str,
+                replacement: &RefreshToken,
+                now: i64,
+            ) -> StorageResult<Rotation> {
+                let mut tx = self.begin_write().await?;
+                let row = sqlx::query(&$sql(
+                    "SELECT device_id, family_id, expires_at FROM refresh_tokens
+                     WHERE token_hash = $1",
+                ))
+                .bind(presented_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    return Ok(Rotation::Unknown);
+                };
+                let device_id: String = row.try_get("device_id")?;
+                let family_id: String = row.try_get("family_id")?;
+                let expires_at: i64 = row.try_get("expires_at")?;
+                // Conditional update: of two concurrent uses of one token only one can win.
+                let claimed = sqlx::query(&$sql(
+                    "UPDATE refresh_tokens SET used_at = $2
+                     WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL",
+                ))
+                .bind(presented_hash)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if claimed.rows_affected() == 0 {
+                    // Used before (or revoked): someone holds a copy. Revoke the whole family.
+                    sqlx::query(&$sql(
+                        "UPDATE refresh_tokens SET revoked_at = $2
+                         WHERE family_id = $1 AND revoked_at IS NULL",
+                    ))
+                    .bind(&family_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    return Ok(Rotation::Reused { device_id });
+                }
+                if expires_at <= now {
+                    tx.commit().await?;
+                    return Ok(Rotation::Expired);
+                }
+                sqlx::query(&$sql(
+                    "INSERT INTO refresh_tokens (id, device_id, family_id, token_hash, created_at,
+                        expires_at, used_at, revoked_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL)",
+                ))
+                .bind(&replacement.id)
+                .bind(&device_id)
+                .bind(&family_id)
+                .bind(&replacement.token_hash)
+                .bind(replacement.created_at)
+                .bind(replacement.expires_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Rotation::Rotated { device_id })
+            }
+
+            async fn create_case(
+                &self,
+                case: &Case,
+                snapshot: &[u8],
+                heads: &str,
+                changes: &[NewChange],
+                created_by: Option<&str>,
+            ) -> StorageResult<()> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(&$sql("INSERT INTO cases (id, school_id, created_at) VALUES ($1, $2, $3)"))
+                    .bind(&case.id)
+                    .bind(&case.school_id)
+                    .bind(case.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&$sql(
+                    "INSERT INTO documents (case_id, snapshot, heads, updated_at)
+                     VALUES ($1, $2, $3, $4)",
+                ))
+                .bind(&case.id)
+                .bind(snapshot)
+                .bind(heads)
+                .bind(case.created_at)
+                .execute(&mut *tx)
+                .await?;
+                for change in changes {
+                    insert_change(&mut tx, &case.id, change, None, created_by, case.created_at)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn case(&self, id: &str) -> StorageResult<Option<Case>> {
+                let row = sqlx::query(&$sql("SELECT id, school_id, created_at FROM cases WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(|row| {
+                    Ok(Case {
+                        id: row.try_get("id")?,
+                        school_id: row.try_get("school_id")?,
+                        created_at: row.try_get("created_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn allocate(&self, case_id: &str, user_id: &str, at: i64) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO allocations (case_id, user_id, allocated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (case_id, user_id) DO NOTHING",
+                ))
+                .bind(case_id)
+                .bind(user_id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn deallocate(&self, case_id: &str, user_id: &str) -> StorageResult<()> {
+                sqlx::query(&$sql("DELETE FROM allocations WHERE case_id = $1 AND user_id = $2"))
+                    .bind(case_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn allocated_case_ids(&self, user_id: &str) -> StorageResult<Vec<String>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT case_id FROM allocations WHERE user_id = $1 ORDER BY case_id",
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok(row.try_get("case_id")?))
+                    .collect()
+            }
+
+            async fn document(&self, case_id: &str) -> StorageResult<Option<StoredDocument>> {
+                let row = sqlx::query(&$sql(
+                    "SELECT snapshot, heads, updated_at FROM documents WHERE case_id = $1",
+                ))
+                .bind(case_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|row| {
+                    Ok(StoredDocument {
+                        snapshot: row.try_get("snapshot")?,
+                        heads: row.try_get("heads")?,
+                        updated_at: row.try_get("updated_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn changes(&self, case_id: &str) -> StorageResult<Vec<StoredChange>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT hash, actor_id, device_id, user_id, received_at FROM changes
+                     WHERE case_id = $1 ORDER BY received_at, hash",
+                ))
+                .bind(case_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(StoredChange {
+                            hash: row.try_get("hash")?,
+                            actor_id: row.try_get("actor_id")?,
+                            device_id: row.try_get("device_id")?,
+                            user_id: row.try_get("user_id")?,
+                            received_at: row.try_get("received_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>> {
+                Ok(Box::new($txn { tx: self.begin_write().await? }))
+            }
+        }
+
+        /// One sync request's transaction.
+        pub struct $txn {
+            tx: sqlx::Transaction<'static, $db>,
+        }
+
+        impl std::fmt::Debug for $txn {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($txn)).finish_non_exhaustive()
+            }
+        }
+
+        #[async_trait]
+        impl SyncTransaction for $txn {
+            async fn allocated_documents(
+                &mut self,
+                user_id: &str,
+                device_id: &str,
+            ) -> StorageResult<Vec<AllocatedDocument>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT a.case_id, d.heads, s.peer_heads
+                     FROM allocations a
+                     JOIN documents d ON d.case_id = a.case_id
+                     LEFT JOIN sync_states s ON s.case_id = a.case_id AND s.device_id = $2
+                     WHERE a.user_id = $1
+                     ORDER BY a.case_id",
+                ))
+                .bind(user_id)
+                .bind(device_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(AllocatedDocument {
+                            case_id: row.try_get("case_id")?,
+                            heads: row.try_get("heads")?,
+                            peer_heads: row.try_get("peer_heads")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn synced_cases(&mut self, device_id: &str) -> StorageResult<Vec<String>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT case_id FROM sync_states WHERE device_id = $1 ORDER BY case_id",
+                ))
+                .bind(device_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok(row.try_get("case_id")?))
+                    .collect()
+            }
+
+            async fn load_documents(
+                &mut self,
+                device_id: &str,
+                case_ids: &[String],
+            ) -> StorageResult<Vec<LoadedDocument>> {
+                // One order for every transaction, so that row locks never deadlock.
+                let mut sorted: Vec<&String> = case_ids.iter().collect();
+                sorted.sort();
+                sorted.dedup();
+                let mut loaded = Vec::with_capacity(sorted.len());
+                for case_id in sorted {
+                    let row = sqlx::query(&$sql(concat!(
+                        "SELECT d.snapshot, s.state
+                         FROM documents d
+                         LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
+                         WHERE d.case_id = $1",
+                        $lock
+                    )))
+                    .bind(case_id)
+                    .bind(device_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?;
+                    let Some(row) = row else {
+                        return Err(StorageError::NotFound);
+                    };
+                    loaded.push(LoadedDocument {
+                        case_id: case_id.clone(),
+                        snapshot: row.try_get("snapshot")?,
+                        sync_state: row.try_get("state")?,
+                    });
+                }
+                Ok(loaded)
+            }
+
+            async fn write_documents(
+                &mut self,
+                provenance: &Provenance,
+                writes: &[DocumentWrite],
+            ) -> StorageResult<()> {
+                for write in writes {
+                    if let Some((snapshot, heads)) = &write.snapshot {
+                        sqlx::query(&$sql(
+                            "UPDATE documents SET snapshot = $2, heads = $3, updated_at = $4
+                             WHERE case_id = $1",
+                        ))
+                        .bind(&write.case_id)
+                        .bind(snapshot)
+                        .bind(heads)
+                        .bind(provenance.received_at)
+                        .execute(&mut *self.tx)
+                        .await?;
+                    }
+                    for change in &write.changes {
+                        insert_change(
+                            &mut self.tx,
+                            &write.case_id,
+                            change,
+                            Some(&provenance.device_id),
+                            Some(&provenance.user_id),
+                            provenance.received_at,
+                        )
+                        .await?;
+                    }
+                    let (state, peer_heads) = &write.sync_state;
+                    sqlx::query(&$sql(
+                        "INSERT INTO sync_states (device_id, case_id, state, peer_heads, updated_at)
+                         VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (device_id, case_id) DO UPDATE SET
+                            state = excluded.state,
+                            peer_heads = excluded.peer_heads,
+                            updated_at = excluded.updated_at",
+                    ))
+                    .bind(&provenance.device_id)
+                    .bind(&write.case_id)
+                    .bind(state)
+                    .bind(peer_heads)
+                    .bind(provenance.received_at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn forget_sync_states(
+                &mut self,
+                device_id: &str,
+                case_ids: &[String],
+            ) -> StorageResult<()> {
+                for case_id in case_ids {
+                    sqlx::query(&$sql(
+                        "DELETE FROM sync_states WHERE device_id = $1 AND case_id = $2",
+                    ))
+                    .bind(device_id)
+                    .bind(case_id)
+                    .execute(&mut *self.tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            async fn commit(self: Box<Self>) -> StorageResult<()> {
+                self.tx.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+pub(super) use sql_storage;

@@ -1,0 +1,50 @@
+//! The embedded default: one SQLite file (WAL) in the data folder.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Storage in SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteStorage {
+    pool: sqlx::SqlitePool,
+}
+
+impl SqliteStorage {
+    /// Opens (creating it if missing) and migrates the database at `url` (`sqlite:path`).
+    pub async fn connect(url: &str) -> StorageResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed (acknowledged) sync survives power loss, not only a crash.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteStorage { pool })
+    }
+}
+
+/// SQLite's numbered placeholders (`?1`) for the shared SQL's `$1`.
+fn sqlite_sql(sql: &str) -> Cow<'_, str> {
+    Cow::Owned(sql.replace('$', "?"))
+}
+
+super::sql::sql_storage! {
+    storage: SqliteStorage,
+    transaction: SqliteSyncTransaction,
+    db: sqlx::Sqlite,
+    sql: sqlite_sql,
+    lock_document: "",
+    // IMMEDIATE takes the write lock at once: a deferred transaction that reads and then
+    // writes can fail with SQLITE_BUSY when another writer got in between.
+    begin: |pool| pool.begin_with("BEGIN IMMEDIATE"),
+}

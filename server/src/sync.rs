@@ -1,0 +1,268 @@
+//! The server's side of a sync request: many documents in, the server's messages out, all in
+//! one database transaction that commits before the reply is built into a response.
+//!
+//! For each document the phone sent, the server applies the message with
+//! [`CaseFile::receive_sync_message_checked`], accepting only changes made by the actor bound
+//! to the calling device and only if the document still validates; a refused document is left
+//! exactly as stored (its snapshot, its changes and the device's sync state). For every
+//! allocated case the phone did not mention but may lack (it never synced it, or the server
+//! has heads it is not known to have), the server sends a message unasked, so that a phone
+//! learns of new cases and new changes in one round trip.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, RefusedSync};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::storage::{DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, heads_key};
+
+/// One document in a sync request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingDocument {
+    pub case_id: String,
+    /// An Automerge sync message, already checked to decode; None asks only for the server's.
+    pub message: Option<Vec<u8>>,
+}
+
+/// Why one document of a request was refused; the others go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentError {
+    /// Unknown or not allocated to the caller: the same answer for both.
+    NotFound,
+    /// A change made by an actor not bound to the calling device (hex actor id).
+    ForeignActor(String),
+    /// The document would no longer be a valid case file.
+    InvalidDocument(String),
+    /// The message does not fit the document (it could not be applied).
+    CorruptMessage(String),
+    /// The stored document could not be read: a server fault, logged.
+    Unavailable,
+}
+
+impl DocumentError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DocumentError::NotFound => "not_found",
+            DocumentError::ForeignActor(_) => "foreign_actor",
+            DocumentError::InvalidDocument(_) => "invalid_document",
+            DocumentError::CorruptMessage(_) => "corrupt_sync_message",
+            DocumentError::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            DocumentError::NotFound => "no such case, or it is not allocated to you".into(),
+            DocumentError::ForeignActor(actor) => format!(
+                "refused: a change was made by actor {actor}, which is not bound to this device"
+            ),
+            DocumentError::InvalidDocument(detail) => format!("refused: {detail}"),
+            DocumentError::CorruptMessage(detail) => format!("refused: {detail}"),
+            DocumentError::Unavailable => "the case file is unavailable; try again later".into(),
+        }
+    }
+}
+
+/// The server's answer for one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentReply {
+    pub case_id: String,
+    pub message: Option<Vec<u8>>,
+    pub error: Option<DocumentError>,
+}
+
+/// The whole answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncReply {
+    pub documents: Vec<DocumentReply>,
+    /// Every case allocated to the caller now.
+    pub allocated: Vec<String>,
+    /// Cases this device holds but may no longer see: it must delete them.
+    pub drop: Vec<String>,
+}
+
+/// Runs one sync request for `caller`. Returns only after the transaction has committed.
+pub async fn sync(
+    storage: &dyn Storage,
+    caller: &Caller,
+    incoming: Vec<IncomingDocument>,
+    received_at: i64,
+) -> Result<SyncReply, ApiError> {
+    let device_id = caller.device.id.clone();
+    let mut tx = storage.begin_sync().await?;
+    let allocated = tx.allocated_documents(&caller.user.id, &device_id).await?;
+    let allocated_ids: BTreeSet<&str> = allocated.iter().map(|a| a.case_id.as_str()).collect();
+    let requested: BTreeSet<&str> = incoming.iter().map(|d| d.case_id.as_str()).collect();
+
+    let drop: Vec<String> = tx
+        .synced_cases(&device_id)
+        .await?
+        .into_iter()
+        .filter(|case_id| !allocated_ids.contains(case_id.as_str()))
+        .collect();
+    // A device that no longer mentions a dropped case has deleted it: forget its state.
+    let forgotten: Vec<String> = drop
+        .iter()
+        .filter(|case_id| !requested.contains(case_id.as_str()))
+        .cloned()
+        .collect();
+
+    let unasked: Vec<String> = allocated
+        .iter()
+        .filter(|a| !requested.contains(a.case_id.as_str()))
+        .filter(|a| a.peer_heads.as_deref() != Some(a.heads.as_str()))
+        .map(|a| a.case_id.clone())
+        .collect();
+    let mut to_load: Vec<String> = incoming
+        .iter()
+        .filter(|d| allocated_ids.contains(d.case_id.as_str()))
+        .map(|d| d.case_id.clone())
+        .collect();
+    to_load.extend(unasked);
+    let loaded = tx.load_documents(&device_id, &to_load).await?;
+
+    let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::with_capacity(incoming.len());
+    for document in incoming {
+        order.push(document.case_id.clone());
+        messages.insert(document.case_id, document.message);
+    }
+    let bound_actor = caller.device.actor_id.clone();
+    // Automerge work is CPU-bound: keep it off the async workers.
+    let (writes, mut replies) = tokio::task::spawn_blocking(move || {
+        let mut writes = Vec::new();
+        let mut replies = BTreeMap::new();
+        for document in loaded {
+            let message = messages.get(&document.case_id).cloned().flatten();
+            let requested = messages.contains_key(&document.case_id);
+            let (write, reply) = apply_one(document, message.as_deref(), &bound_actor);
+            // Unasked documents only send; their state is saved when the phone answers.
+            if let Some(write) = write.filter(|_| requested) {
+                writes.push(write);
+            }
+            replies.insert(reply.case_id.clone(), reply);
+        }
+        (writes, replies)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("sync task failed: {e}")))?;
+
+    let provenance = Provenance {
+        device_id: device_id.clone(),
+        user_id: caller.user.id.clone(),
+        received_at,
+    };
+    tx.write_documents(&provenance, &writes).await?;
+    tx.forget_sync_states(&device_id, &forgotten).await?;
+    tx.commit().await?;
+
+    let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
+    tracing::info!(
+        device = %device_id,
+        documents = order.len(),
+        changes_applied = applied,
+        "sync committed"
+    );
+
+    // The reply: requested documents in request order, then the unasked ones.
+    let mut documents = Vec::with_capacity(replies.len() + order.len());
+    for case_id in order {
+        documents.push(replies.remove(&case_id).unwrap_or(DocumentReply {
+            case_id,
+            message: None,
+            error: Some(DocumentError::NotFound),
+        }));
+    }
+    documents.extend(replies.into_values());
+    Ok(SyncReply {
+        documents,
+        allocated: allocated.into_iter().map(|a| a.case_id).collect(),
+        drop,
+    })
+}
+
+/// Applies one message to one stored document and builds the server's next message.
+/// Returns what to write (None: nothing may change) and the reply.
+fn apply_one(
+    document: LoadedDocument,
+    message: Option<&[u8]>,
+    bound_actor: &str,
+) -> (Option<DocumentWrite>, DocumentReply) {
+    let case_id = document.case_id;
+    let refuse = |error| {
+        let reply = DocumentReply {
+            case_id: case_id.clone(),
+            message: None,
+            error: Some(error),
+        };
+        (None, reply)
+    };
+    // The server only reads here; its author and actor are never written.
+    let author = Author {
+        user_id: "server".into(),
+        device_id: crate::cases::SERVER_DEVICE.into(),
+    };
+    let mut file = match CaseFile::load(&document.snapshot, author, ActorId::random()) {
+        Ok(file) => file,
+        Err(e) => {
+            tracing::error!(case = %case_id, error = %e, "stored case file does not load");
+            return refuse(DocumentError::Unavailable);
+        }
+    };
+    let mut peer = match document.sync_state.as_deref().map(PeerState::decode) {
+        Some(Ok(peer)) => peer,
+        Some(Err(e)) => {
+            // Losing it costs only a longer exchange: the protocol rediscovers what is shared.
+            tracing::warn!(case = %case_id, error = %e, "discarding unreadable sync state");
+            PeerState::new()
+        }
+        None => PeerState::new(),
+    };
+    let mut changes = Vec::new();
+    if let Some(message) = message {
+        let allowed = |actor: &ActorId| actor.to_hex_string() == bound_actor;
+        match file.receive_sync_message_checked(&mut peer, message, allowed) {
+            Ok(applied) => {
+                for change in applied {
+                    let Some(mut stored) = file.doc_mut().get_change_by_hash(&change.hash) else {
+                        tracing::error!(case = %case_id, "an applied change is missing");
+                        return refuse(DocumentError::Unavailable);
+                    };
+                    changes.push(NewChange {
+                        hash: change.hash.to_string(),
+                        actor_id: change.actor.to_hex_string(),
+                        bytes: stored.bytes().to_vec(),
+                    });
+                }
+            }
+            Err(RefusedSync::ForeignActor(actor)) => {
+                return refuse(DocumentError::ForeignActor(actor));
+            }
+            Err(RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(detail))) => {
+                return refuse(DocumentError::CorruptMessage(detail));
+            }
+            Err(RefusedSync::Invalid(e)) => {
+                return refuse(DocumentError::InvalidDocument(e.to_string()));
+            }
+        }
+    }
+    let reply = file.generate_sync_message(&mut peer);
+    let snapshot = if changes.is_empty() {
+        None
+    } else {
+        Some((file.save(), heads_key(&file.heads())))
+    };
+    let write = DocumentWrite {
+        case_id: case_id.clone(),
+        snapshot,
+        changes,
+        sync_state: (peer.encode(), heads_key(peer.shared_heads())),
+    };
+    let reply = DocumentReply {
+        case_id,
+        message: reply,
+        error: None,
+    };
+    (Some(write), reply)
+}
