@@ -247,6 +247,16 @@ fn apply_one(
             }
         }
     }
+    // Without a message from the phone, speak only if it may lack something: the saved state
+    // keeps only what the phone is known to have, so a fresh generate would always send.
+    if message.is_none() && heads_key(peer.shared_heads()) == heads_key(&file.heads()) {
+        let reply = DocumentReply {
+            case_id,
+            message: None,
+            error: None,
+        };
+        return (None, reply);
+    }
     let reply = file.generate_sync_message(&mut peer);
     let snapshot = if changes.is_empty() {
         None

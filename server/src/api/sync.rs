@@ -12,7 +12,11 @@
 //!            "drop": ["case-9", ...]}        cases this device holds and must delete
 //! ```
 //!
-//! The phone repeats the exchange until neither side has a message left. The reply lists the
+//! The phone lists every document it holds (with a message, or null when it has nothing to
+//! say) and repeats the exchange until neither side has a message left. After a request that
+//! failed or whose reply was lost, it resets each sync state to its persistent part
+//! (`PeerState::decode(&state.encode())`) so that it does not wait for an answer that never
+//! came; resending the same request is always safe. The reply lists the
 //! requested documents in request order, then documents the server sends unasked (allocated
 //! cases the phone lacks or is behind on). Per-document `error.code`: `not_found` (unknown or
 //! not allocated: one answer for both), `foreign_actor` (a change by an actor not bound to this

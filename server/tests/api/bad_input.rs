@@ -1,0 +1,242 @@
+//! Bad input gets a specific status and a JSON error, changes nothing, and the server keeps
+//! serving.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use doorstep_server::storage::heads_key;
+use doorstep_sync_core::testing;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Backend, Phone, TestApp, error_of, spawn_app, spawn_app_with};
+
+async fn assert_still_serving(app: &TestApp, phone: &Phone) {
+    let ready = app.client.get(app.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        app.get_me(phone.access_token()).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// A phone holding case-demo-1 with one unsynced visit, and the stored heads before.
+async fn phone_with_pending_change(app: &TestApp) -> (Phone, String) {
+    let mut phone = Phone::sign_in(app, "officer", 1).await;
+    phone.sync_until_quiet(app).await;
+    phone
+        .doc("case-demo-1")
+        .add(
+            &testing::visit("user-officer", testing::at(3), 80),
+            testing::at(3),
+        )
+        .unwrap();
+    let heads = app
+        .storage()
+        .document("case-demo-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    (phone, heads)
+}
+
+#[tokio::test]
+async fn malformed_sync_bodies_get_specific_statuses_and_change_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (mut phone, heads) = phone_with_pending_change(&app).await;
+    let (request, _) = phone.next_request();
+    let good = serde_json::to_vec(&request).unwrap();
+    let message = request.documents[0].message.clone().unwrap();
+    let bytes = STANDARD.decode(&message).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "not JSON",
+            b"hello".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "truncated JSON",
+            good[..good.len() / 2].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "empty body",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "wrong shape",
+            br#"{"docs": []}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "wrong type",
+            br#"{"documents": [{"case_id": 5}]}"#.to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "message not base64",
+            serde_json::to_vec(
+                &json!({"documents": [{"case_id": "case-demo-1", "message": "%%%"}]}),
+            )
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "malformed_body",
+        ),
+        (
+            "truncated sync message",
+            serde_json::to_vec(&json!({"documents": [
+                {"case_id": "case-demo-1", "message": STANDARD.encode(&bytes[..bytes.len() / 2])}
+            ]}))
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "corrupt_sync_message",
+        ),
+        (
+            "garbage sync message",
+            serde_json::to_vec(&json!({"documents": [
+                {"case_id": "case-demo-1", "message": STANDARD.encode(b"\x42\xff\xff\xff garbage")}
+            ]}))
+            .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "corrupt_sync_message",
+        ),
+        (
+            "duplicate document",
+            serde_json::to_vec(&json!({"documents": [
+                {"case_id": "case-demo-1", "message": message},
+                {"case_id": "case-demo-1"}
+            ]}))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            "too many documents",
+            serde_json::to_vec(&json!({"documents": (0..1001)
+                .map(|i| json!({"case_id": format!("c{i}")}))
+                .collect::<Vec<_>>()}))
+            .unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ];
+    for (what, body, status, code) in cases {
+        let response = app.post_sync_raw(phone.access_token(), body).await;
+        assert_eq!(
+            error_of(response).await,
+            (status, code.to_string()),
+            "{what}"
+        );
+        let now = app
+            .storage()
+            .document("case-demo-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .heads;
+        assert_eq!(now, heads, "{what} changed the document");
+    }
+
+    // Not JSON at all by content type.
+    let response = app
+        .client
+        .post(app.url("/api/v1/sync"))
+        .bearer_auth(phone.access_token())
+        .header("content-type", "text/plain")
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type".into()
+        )
+    );
+    // No token at all.
+    let response = app
+        .client
+        .post(app.url("/api/v1/sync"))
+        .header("content-type", "application/json")
+        .body(good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (StatusCode::UNAUTHORIZED, "unauthenticated".into())
+    );
+
+    assert_still_serving(&app, &phone).await;
+    // And the phone still syncs afterwards (resetting, as after any failed request).
+    phone.reset_sync_states();
+    phone.sync_until_quiet(&app).await;
+    let stored = app
+        .storage()
+        .document("case-demo-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    assert_eq!(stored, heads_key(&phone.doc("case-demo-1").heads()));
+    assert_ne!(stored, heads);
+}
+
+#[tokio::test]
+async fn an_oversized_body_gets_413() {
+    let app = spawn_app_with(Backend::Sqlite, |config| config.max_body_bytes = 64 * 1024).await;
+    let (phone, heads) = phone_with_pending_change(&app).await;
+    let padding = "A".repeat(100 * 1024);
+    let body = serde_json::to_vec(&json!({"documents": [
+        {"case_id": "case-demo-1", "message": padding}
+    ]}))
+    .unwrap();
+    let response = app.post_sync_raw(phone.access_token(), body).await;
+    assert_eq!(
+        error_of(response).await,
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large".into())
+    );
+    let now = app
+        .storage()
+        .document("case-demo-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    assert_eq!(now, heads);
+    assert_still_serving(&app, &phone).await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_health() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response = app
+        .client
+        .get(app.url("/api/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let health: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    app.shutdown().await;
+}

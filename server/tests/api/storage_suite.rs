@@ -1,0 +1,432 @@
+//! The one storage suite every backend must pass, run against SQLite and PostgreSQL.
+
+use doorstep_server::cases;
+use doorstep_server::storage::{
+    Device, DocumentWrite, NewChange, Provenance, RefreshToken, Role, Rotation, School, Storage,
+    StorageError, User,
+};
+use doorstep_sync_core::testing;
+
+use crate::helpers::{Backend, both_backends, test_storage};
+
+both_backends!(
+    migrations_are_idempotent,
+    users_and_devices_round_trip_with_unique_names_and_actors,
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    revoking_devices_and_users_revokes_their_tokens,
+    cases_allocations_and_documents,
+    sync_transaction_commits_idempotently_and_rolls_back_when_dropped,
+);
+
+fn user(id: &str, username: &str, role: Role) -> User {
+    User {
+        id: id.into(),
+        school_id: Some("school-a".into()),
+        username: username.into(),
+        display_name: format!("Invented {username}"),
+        role,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        created_at: 1_000,
+        disabled_at: None,
+    }
+}
+
+fn device(id: &str, user_id: &str, actor: &str) -> Device {
+    Device {
+        id: id.into(),
+        user_id: user_id.into(),
+        actor_id: actor.into(),
+        name: "phone".into(),
+        created_at: 2_000,
+        revoked_at: None,
+    }
+}
+
+fn token(id: &str, device_id: &str, family: &str, hash: &str, expires_at: i64) -> RefreshToken {
+    RefreshToken {
+        id: id.into(),
+        device_id: device_id.into(),
+        family_id: family.into(),
+        token_hash: hash.into(),
+        created_at: 3_000,
+        expires_at,
+        used_at: None,
+        revoked_at: None,
+    }
+}
+
+async fn seed_people(storage: &dyn Storage) {
+    storage
+        .create_school(&School {
+            id: "school-a".into(),
+            name: "Invented School A".into(),
+            created_at: 1,
+        })
+        .await
+        .unwrap();
+    storage
+        .create_user(&user("u1", "ash", Role::AttendanceOfficer))
+        .await
+        .unwrap();
+    storage
+        .create_user(&user("u2", "bay", Role::DesignatedSafeguardingLead))
+        .await
+        .unwrap();
+    storage
+        .create_device(&device("d1", "u1", "aa01"))
+        .await
+        .unwrap();
+    storage
+        .create_device(&device("d2", "u2", "bb02"))
+        .await
+        .unwrap();
+}
+
+async fn migrations_are_idempotent(backend: Backend) {
+    let test = test_storage(backend).await;
+    seed_people(test.storage.as_ref()).await;
+    // Opening the same database again runs the migrator again: nothing breaks, nothing is lost.
+    let reopened = doorstep_server::storage::open(&test.url).await.unwrap();
+    reopened.ping().await.unwrap();
+    assert_eq!(reopened.count_users().await.unwrap(), 2);
+}
+
+async fn users_and_devices_round_trip_with_unique_names_and_actors(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+
+    let ash = storage.user_by_username("ash").await.unwrap().unwrap();
+    assert_eq!(ash, user("u1", "ash", Role::AttendanceOfficer));
+    assert_eq!(
+        storage.user("u2").await.unwrap().unwrap().role,
+        Role::DesignatedSafeguardingLead
+    );
+    assert!(storage.user("nobody").await.unwrap().is_none());
+    assert_eq!(storage.count_users().await.unwrap(), 2);
+
+    let duplicate = storage.create_user(&user("u3", "ash", Role::Admin)).await;
+    assert!(
+        matches!(duplicate, Err(StorageError::Conflict(_))),
+        "{duplicate:?}"
+    );
+    let duplicate = storage.create_device(&device("d3", "u2", "aa01")).await;
+    assert!(
+        matches!(duplicate, Err(StorageError::Conflict(_))),
+        "{duplicate:?}"
+    );
+
+    assert_eq!(
+        storage.device("d1").await.unwrap().unwrap(),
+        device("d1", "u1", "aa01")
+    );
+    assert_eq!(
+        storage.device_by_actor("bb02").await.unwrap().unwrap().id,
+        "d2"
+    );
+    assert!(storage.device_by_actor("cc03").await.unwrap().is_none());
+    assert_eq!(
+        storage.school("school-a").await.unwrap().unwrap().name,
+        "Invented School A"
+    );
+}
+
+async fn refresh_tokens_rotate_and_reuse_revokes_the_family(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+    storage
+        .insert_refresh_token(&token("t1", "d1", "f1", "h1", 10_000))
+        .await
+        .unwrap();
+    storage
+        .insert_refresh_token(&token("x1", "d2", "f2", "hx", 10_000))
+        .await
+        .unwrap();
+
+    // Device and family come from the presented token, whatever the replacement says.
+    let rotation = storage
+        .rotate_refresh_token("h1", &token("t2", "", "", "h2", 10_000), 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Rotated {
+            device_id: "d1".into()
+        }
+    );
+    let rotation = storage
+        .rotate_refresh_token("h2", &token("t3", "", "", "h3", 10_000), 5_001)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Rotated {
+            device_id: "d1".into()
+        }
+    );
+
+    // h1 again: reuse. The family (h3 included) is revoked; the other family is not.
+    let rotation = storage
+        .rotate_refresh_token("h1", &token("t4", "", "", "h4", 10_000), 5_002)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Reused {
+            device_id: "d1".into()
+        }
+    );
+    let rotation = storage
+        .rotate_refresh_token("h3", &token("t5", "", "", "h5", 10_000), 5_003)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Reused {
+            device_id: "d1".into()
+        }
+    );
+    let rotation = storage
+        .rotate_refresh_token("hx", &token("x2", "", "", "hx2", 10_000), 5_004)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Rotated {
+            device_id: "d2".into()
+        }
+    );
+
+    let rotation = storage
+        .rotate_refresh_token("hx2", &token("x3", "", "", "hx3", 10_000), 20_000)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Expired);
+    let rotation = storage
+        .rotate_refresh_token("never", &token("y", "", "", "hy", 10_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(rotation, Rotation::Unknown);
+}
+
+async fn revoking_devices_and_users_revokes_their_tokens(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+    storage
+        .insert_refresh_token(&token("t1", "d1", "f1", "h1", 10_000))
+        .await
+        .unwrap();
+    storage
+        .insert_refresh_token(&token("t2", "d2", "f2", "h2", 10_000))
+        .await
+        .unwrap();
+
+    storage.revoke_device("d1", 4_000).await.unwrap();
+    assert_eq!(
+        storage.device("d1").await.unwrap().unwrap().revoked_at,
+        Some(4_000)
+    );
+    // Revoking twice keeps the first time.
+    storage.revoke_device("d1", 4_500).await.unwrap();
+    assert_eq!(
+        storage.device("d1").await.unwrap().unwrap().revoked_at,
+        Some(4_000)
+    );
+    let rotation = storage
+        .rotate_refresh_token("h1", &token("t3", "", "", "h3", 10_000), 5_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Reused {
+            device_id: "d1".into()
+        }
+    );
+
+    storage.disable_user("u2", 6_000).await.unwrap();
+    assert_eq!(
+        storage.user("u2").await.unwrap().unwrap().disabled_at,
+        Some(6_000)
+    );
+    let rotation = storage
+        .rotate_refresh_token("h2", &token("t4", "", "", "h4", 10_000), 6_001)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotation,
+        Rotation::Reused {
+            device_id: "d2".into()
+        }
+    );
+
+    assert!(matches!(
+        storage.revoke_device("nope", 1).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(matches!(
+        storage.disable_user("nope", 1).await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+async fn cases_allocations_and_documents(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+    let details = testing::case_details();
+    for case_id in ["c2", "c1"] {
+        cases::create_case(
+            storage,
+            case_id,
+            "school-a",
+            &details,
+            "u2",
+            testing::at(0),
+            |_| Ok(()),
+        )
+        .await
+        .unwrap();
+    }
+    let case = storage.case("c1").await.unwrap().unwrap();
+    assert_eq!(case.school_id, "school-a");
+    assert!(storage.case("c9").await.unwrap().is_none());
+
+    let document = storage.document("c1").await.unwrap().unwrap();
+    let mut file = doorstep_sync_core::CaseFile::load(
+        &document.snapshot,
+        testing::author("t", "t"),
+        testing::actor(5),
+    )
+    .unwrap();
+    assert_eq!(file.case_id().as_deref(), Some("c1"));
+    assert_eq!(
+        doorstep_server::storage::heads_key(&file.heads()),
+        document.heads
+    );
+    let changes = storage.changes("c1").await.unwrap();
+    assert!(!changes.is_empty());
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.device_id.is_none() && c.user_id.as_deref() == Some("u2"))
+    );
+
+    storage.allocate("c2", "u1", 1).await.unwrap();
+    storage.allocate("c1", "u1", 1).await.unwrap();
+    storage.allocate("c1", "u1", 2).await.unwrap(); // twice is once
+    assert_eq!(
+        storage.allocated_case_ids("u1").await.unwrap(),
+        ["c1", "c2"]
+    );
+    storage.deallocate("c2", "u1").await.unwrap();
+    assert_eq!(storage.allocated_case_ids("u1").await.unwrap(), ["c1"]);
+    assert!(storage.allocated_case_ids("u2").await.unwrap().is_empty());
+
+    let duplicate = cases::create_case(
+        storage,
+        "c1",
+        "school-a",
+        &details,
+        "u2",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await;
+    assert!(duplicate.is_err());
+}
+
+async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+    cases::create_case(
+        storage,
+        "c1",
+        "school-a",
+        &testing::case_details(),
+        "u2",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    storage.allocate("c1", "u1", 1).await.unwrap();
+    let provenance = Provenance {
+        device_id: "d1".into(),
+        user_id: "u1".into(),
+        received_at: 7_000,
+    };
+    let write = DocumentWrite {
+        case_id: "c1".into(),
+        snapshot: Some((vec![1, 2, 3], "h-new".into())),
+        changes: vec![NewChange {
+            hash: "abc".into(),
+            actor_id: "aa01".into(),
+            bytes: vec![9],
+        }],
+        sync_state: (vec![4, 5], "h-new".into()),
+    };
+
+    // Dropped without commit: nothing is stored.
+    {
+        let mut tx = storage.begin_sync().await.unwrap();
+        tx.write_documents(&provenance, std::slice::from_ref(&write))
+            .await
+            .unwrap();
+    }
+    assert_ne!(
+        storage.document("c1").await.unwrap().unwrap().heads,
+        "h-new"
+    );
+    let before = storage.changes("c1").await.unwrap().len();
+
+    let mut tx = storage.begin_sync().await.unwrap();
+    let allocated = tx.allocated_documents("u1", "d1").await.unwrap();
+    assert_eq!(allocated.len(), 1);
+    assert_eq!(allocated[0].peer_heads, None);
+    let loaded = tx.load_documents("d1", &["c1".to_string()]).await.unwrap();
+    assert_eq!(loaded[0].sync_state, None);
+    tx.write_documents(&provenance, std::slice::from_ref(&write))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // The same write again (a retry) with a later time: the change keeps its first provenance.
+    let mut tx = storage.begin_sync().await.unwrap();
+    let later = Provenance {
+        received_at: 8_000,
+        ..provenance.clone()
+    };
+    tx.write_documents(&later, std::slice::from_ref(&write))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let changes = storage.changes("c1").await.unwrap();
+    assert_eq!(changes.len(), before + 1);
+    let stored = changes.iter().find(|c| c.hash == "abc").unwrap();
+    assert_eq!(stored.received_at, 7_000);
+    assert_eq!(stored.device_id.as_deref(), Some("d1"));
+    assert_eq!(
+        storage.document("c1").await.unwrap().unwrap().heads,
+        "h-new"
+    );
+
+    let mut tx = storage.begin_sync().await.unwrap();
+    let allocated = tx.allocated_documents("u1", "d1").await.unwrap();
+    assert_eq!(allocated[0].peer_heads.as_deref(), Some("h-new"));
+    assert_eq!(tx.synced_cases("d1").await.unwrap(), ["c1"]);
+    let loaded = tx.load_documents("d1", &["c1".to_string()]).await.unwrap();
+    assert_eq!(loaded[0].sync_state.as_deref(), Some(&[4u8, 5][..]));
+    tx.forget_sync_states("d1", &["c1".to_string()])
+        .await
+        .unwrap();
+    assert!(tx.synced_cases("d1").await.unwrap().is_empty());
+    assert!(matches!(
+        tx.load_documents("d1", &["c9".to_string()]).await,
+        Err(StorageError::NotFound)
+    ));
+    tx.commit().await.unwrap();
+}

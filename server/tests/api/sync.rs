@@ -1,0 +1,318 @@
+//! Sync over HTTP: phones edit offline, sync through the server and converge; need-to-know;
+//! foreign actors and invalid documents refused with the stored document unchanged;
+//! idempotent retries; deallocated cases dropped.
+
+use automerge::ReadDoc;
+use automerge::transaction::Transactable;
+use doorstep_server::api::{SyncDocumentIn, SyncRequest};
+use doorstep_server::storage::heads_key;
+use doorstep_sync_core::records::HomeVisit;
+use doorstep_sync_core::{CaseFile, testing};
+
+use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app};
+
+both_backends!(
+    a_phone_receives_exactly_its_allocated_cases,
+    two_phones_edit_offline_and_converge,
+    unallocated_and_unknown_cases_get_the_same_not_found,
+    a_change_by_another_devices_actor_is_refused,
+    an_invalid_document_is_refused,
+    retrying_a_sync_is_harmless,
+    a_deallocated_case_is_dropped,
+);
+
+async fn stored_heads(app: &TestApp, case_id: &str) -> String {
+    app.storage()
+        .document(case_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .heads
+}
+
+async fn a_phone_receives_exactly_its_allocated_cases(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let reply = officer.sync_until_quiet(&app).await;
+    assert_eq!(reply.allocated, ["case-demo-1", "case-demo-2"]);
+    assert_eq!(
+        officer.docs.keys().collect::<Vec<_>>(),
+        ["case-demo-1", "case-demo-2"]
+    );
+    for (case_id, doc) in &mut officer.docs {
+        doc.check_layout().unwrap();
+        assert_eq!(doc.case_id().as_deref(), Some(case_id.as_str()));
+        assert_eq!(heads_key(&doc.heads()), stored_heads(&app, case_id).await);
+    }
+    // In sync: a further round carries no messages either way.
+    let (_, busy) = officer.sync_round(&app).await;
+    assert!(!busy);
+}
+
+async fn two_phones_edit_offline_and_converge(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+
+    // Offline, both record visits in the shared case.
+    let case = "case-demo-2";
+    let officer_visits: Vec<String> = (0..3)
+        .map(|i| {
+            officer
+                .doc(case)
+                .add(
+                    &testing::visit("user-officer", testing::at(60 * i), 200),
+                    testing::at(60 * i),
+                )
+                .unwrap()
+        })
+        .collect();
+    let worker_visit = worker
+        .doc(case)
+        .add(
+            &testing::visit("user-worker", testing::at(30), 300),
+            testing::at(30),
+        )
+        .unwrap();
+
+    // Interleaved rounds, then until quiet.
+    officer.sync_round(&app).await;
+    worker.sync_round(&app).await;
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+    officer.sync_until_quiet(&app).await;
+
+    let server = stored_heads(&app, case).await;
+    assert_eq!(heads_key(&officer.doc(case).heads()), server);
+    assert_eq!(heads_key(&worker.doc(case).heads()), server);
+    let visits = worker.doc(case).list::<HomeVisit>().unwrap();
+    assert_eq!(visits.len(), 4);
+    for id in officer_visits.iter().chain([&worker_visit]) {
+        assert!(visits.iter().any(|v| &v.id == id), "visit {id} missing");
+    }
+
+    // Every stored change keeps its device, user and received time.
+    let changes = app.storage().changes(case).await.unwrap();
+    let by_officer = changes
+        .iter()
+        .filter(|c| c.device_id.as_deref() == Some(officer.tokens.device_id.as_str()))
+        .collect::<Vec<_>>();
+    assert_eq!(by_officer.len(), 3);
+    for change in by_officer {
+        assert_eq!(change.actor_id, officer.actor.to_hex_string());
+        assert_eq!(change.user_id.as_deref(), Some("user-officer"));
+        assert!(change.received_at > 0);
+    }
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.device_id.as_deref() == Some(worker.tokens.device_id.as_str()))
+    );
+
+    // The snapshot alone rebuilds the merged document.
+    let stored = app.storage().document(case).await.unwrap().unwrap();
+    let mut reloaded = CaseFile::load(
+        &stored.snapshot,
+        testing::author("x", "x"),
+        testing::actor(99),
+    )
+    .unwrap();
+    assert_eq!(reloaded.list::<HomeVisit>().unwrap().len(), 4);
+    assert_eq!(heads_key(&reloaded.heads()), server);
+}
+
+async fn unallocated_and_unknown_cases_get_the_same_not_found(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+
+    // case-demo-3 exists (the worker's); case-nowhere does not. The answers are identical.
+    let message = officer
+        .doc("case-demo-1")
+        .generate_sync_message(&mut doorstep_sync_core::PeerState::new())
+        .unwrap();
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&message);
+    let request = SyncRequest {
+        documents: vec![
+            SyncDocumentIn {
+                case_id: "case-demo-3".into(),
+                message: Some(encoded.clone()),
+            },
+            SyncDocumentIn {
+                case_id: "case-nowhere".into(),
+                message: Some(encoded),
+            },
+        ],
+    };
+    let before = stored_heads(&app, "case-demo-3").await;
+    let (reply, _) = officer.send(&app, &request).await;
+    let errors: Vec<_> = reply
+        .documents
+        .iter()
+        .take(2)
+        .map(|d| (d.message.clone(), d.error.clone().unwrap()))
+        .collect();
+    assert_eq!(errors[0].1.code, "not_found");
+    assert_eq!(errors[0], errors[1]);
+    assert_eq!(reply.documents[0].case_id, "case-demo-3");
+    assert!(!reply.allocated.contains(&"case-demo-3".to_string()));
+    assert_eq!(stored_heads(&app, "case-demo-3").await, before);
+    assert!(!officer.docs.contains_key("case-demo-3"));
+}
+
+async fn a_change_by_another_devices_actor_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    let case = "case-demo-2";
+    let before = app.storage().document(case).await.unwrap().unwrap();
+    let changes_before = app.storage().changes(case).await.unwrap().len();
+
+    // The officer's phone writes a visit under the worker's actor (impersonation).
+    let saved = officer.doc(case).save();
+    let mut impersonated = CaseFile::load(
+        &saved,
+        testing::author("user-worker", &worker.tokens.device_id),
+        worker.actor.clone(),
+    )
+    .unwrap();
+    impersonated
+        .add(
+            &testing::visit("user-worker", testing::at(5), 50),
+            testing::at(5),
+        )
+        .unwrap();
+    officer.docs.insert(case.into(), impersonated);
+
+    let (reply, _) = officer.sync_round(&app).await;
+    let refused = reply.documents.iter().find(|d| d.case_id == case).unwrap();
+    let error = refused.error.clone().unwrap();
+    assert_eq!(error.code, "foreign_actor");
+    assert!(
+        error.message.contains(&worker.actor.to_hex_string()),
+        "{}",
+        error.message
+    );
+    assert!(refused.message.is_none());
+    // The other document of the same request went through untouched by the refusal.
+    assert!(
+        reply
+            .documents
+            .iter()
+            .any(|d| d.case_id == "case-demo-1" && d.error.is_none())
+    );
+
+    let after = app.storage().document(case).await.unwrap().unwrap();
+    assert_eq!(after.snapshot, before.snapshot);
+    assert_eq!(after.heads, before.heads);
+    assert_eq!(
+        app.storage().changes(case).await.unwrap().len(),
+        changes_before
+    );
+}
+
+async fn an_invalid_document_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let case = "case-demo-1";
+    let before = stored_heads(&app, case).await;
+
+    // An attendance mark sync-core cannot read, written straight into the document.
+    let doc = officer.doc(case).doc_mut();
+    let (_, attendance) = doc.get(automerge::ROOT, "attendance").unwrap().unwrap();
+    doc.put(&attendance, "child|not-a-date|XX", "??").unwrap();
+    doc.commit();
+
+    let (reply, _) = officer.sync_round(&app).await;
+    let refused = reply.documents.iter().find(|d| d.case_id == case).unwrap();
+    assert_eq!(refused.error.as_ref().unwrap().code, "invalid_document");
+    assert_eq!(stored_heads(&app, case).await, before);
+}
+
+async fn retrying_a_sync_is_harmless(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let case = "case-demo-1";
+    officer
+        .doc(case)
+        .add(
+            &testing::visit("user-officer", testing::at(1), 100),
+            testing::at(1),
+        )
+        .unwrap();
+    let (request, _) = officer.next_request();
+
+    // The same request three times, as a phone does when replies are lost.
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        let body = serde_json::to_vec(&request).unwrap();
+        let response = app.post_sync_raw(officer.access_token(), body).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let reply: doorstep_server::api::SyncResponse = response.json().await.unwrap();
+        assert!(reply.documents.iter().all(|d| d.error.is_none()));
+        replies.push(stored_heads(&app, case).await);
+    }
+    assert_eq!(replies[0], replies[1]);
+    assert_eq!(replies[1], replies[2]);
+    let changes = app.storage().changes(case).await.unwrap();
+    let mut hashes: Vec<_> = changes.iter().map(|c| c.hash.clone()).collect();
+    hashes.dedup();
+    assert_eq!(hashes.len(), changes.len());
+    assert_eq!(changes.iter().filter(|c| c.device_id.is_some()).count(), 1);
+
+    // And the phone still converges afterwards.
+    officer.sync_until_quiet(&app).await;
+    assert_eq!(
+        heads_key(&officer.doc(case).heads()),
+        stored_heads(&app, case).await
+    );
+}
+
+async fn a_deallocated_case_is_dropped(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    worker.sync_until_quiet(&app).await;
+    assert!(worker.docs.contains_key("case-demo-2"));
+
+    app.storage()
+        .deallocate("case-demo-2", "user-worker")
+        .await
+        .unwrap();
+    let (reply, _) = worker.sync_round(&app).await;
+    assert_eq!(reply.drop, ["case-demo-2"]);
+    assert_eq!(reply.allocated, ["case-demo-3"]);
+    let dropped = reply
+        .documents
+        .iter()
+        .find(|d| d.case_id == "case-demo-2")
+        .unwrap();
+    assert_eq!(dropped.error.as_ref().unwrap().code, "not_found");
+    assert!(!worker.docs.contains_key("case-demo-2"));
+
+    // The next request no longer mentions it: the server forgets the device's state for it
+    // (it may repeat the drop once, which is harmless), then stops asking.
+    worker.sync_round(&app).await;
+    let (reply, _) = worker.sync_round(&app).await;
+    assert!(reply.drop.is_empty());
+    assert!(!worker.docs.contains_key("case-demo-2"));
+}
+
+/// Not a backend matter: the reply to an empty request lists the caseload.
+#[tokio::test]
+async fn an_empty_request_lists_the_caseload() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let officer = Phone::sign_in(&app, "officer", 1).await;
+    let response = app
+        .post_sync_raw(officer.access_token(), br#"{"documents":[]}"#.to_vec())
+        .await;
+    let reply: doorstep_server::api::SyncResponse = response.json().await.unwrap();
+    assert_eq!(reply.allocated, ["case-demo-1", "case-demo-2"]);
+    assert_eq!(reply.documents.len(), 2);
+    assert!(reply.documents.iter().all(|d| d.message.is_some()));
+}
