@@ -7,11 +7,11 @@
 //! every write, and bytes in and out for storage and sync.
 #![forbid(unsafe_code)]
 
-#[path = "attendance_stub.rs"]
 pub mod attendance;
 mod case_file;
 mod conflicts;
 mod error;
+pub mod readiness;
 pub mod records;
 mod sync;
 pub mod testing;
