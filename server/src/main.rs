@@ -1,5 +1,7 @@
 //! `doorstep-server`: the thin binary. Everything else is in the library.
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use doorstep_server::{App, Config};
@@ -7,7 +9,9 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Logs go to stderr; stdout carries only the start-up notice.
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info")),
@@ -16,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     tracing::debug!(?config, "configuration");
     let app = App::build(config).await.context("starting the server")?;
-    println!("{}", app.notice());
+    // A closed stdout (a supervisor that stopped reading) must not stop the server.
+    let _ = writeln!(std::io::stdout(), "{}", app.notice());
     app.run(shutdown_signal()).await.context("serving")?;
     Ok(())
 }

@@ -126,7 +126,10 @@ pub async fn test_storage(backend: Backend) -> TestStorage {
     }
 }
 
-async fn database_url(backend: Backend, dir: &tempfile::TempDir) -> (String, Option<TestDatabase>) {
+pub async fn database_url(
+    backend: Backend,
+    dir: &tempfile::TempDir,
+) -> (String, Option<TestDatabase>) {
     match backend {
         Backend::Sqlite => (
             format!("sqlite:{}", dir.path().join("test.db").display()),
@@ -267,6 +270,22 @@ impl Drop for TestApp {
     }
 }
 
+/// Something a phone can talk to: an in-process server or a server process.
+pub trait Endpoint {
+    fn url(&self, path: &str) -> String;
+    fn client(&self) -> &reqwest::Client;
+}
+
+impl Endpoint for TestApp {
+    fn url(&self, path: &str) -> String {
+        TestApp::url(self, path)
+    }
+
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
 /// The error code and status of a JSON error response.
 pub async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
     let status = response.status();
@@ -291,9 +310,22 @@ pub struct Phone {
 }
 
 impl Phone {
-    pub async fn sign_in(app: &TestApp, username: &str, actor_number: u32) -> Phone {
+    pub async fn sign_in(app: &impl Endpoint, username: &str, actor_number: u32) -> Phone {
         let actor = testing::actor(actor_number);
-        let tokens = app.tokens(username, &actor).await;
+        let response = app
+            .client()
+            .post(app.url("/api/v1/auth/sign-in"))
+            .json(&json!({
+                "username": username,
+                "password": DEMO_PASSWORD,
+                "device_name": format!("{username}'s phone {actor_number}"),
+                "actor_id": actor.to_hex_string(),
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "sign-in of {username}");
+        let tokens: TokenResponse = response.json().await.unwrap();
         Phone {
             username: username.into(),
             actor,
@@ -325,23 +357,44 @@ impl Phone {
     }
 
     /// Sends `request` and applies the reply. Returns the reply and whether it held messages.
-    pub async fn send(&mut self, app: &TestApp, request: &SyncRequest) -> (SyncResponse, bool) {
-        let body = serde_json::to_vec(request).unwrap();
-        let response = app.post_sync_raw(self.access_token(), body).await;
+    pub async fn send(
+        &mut self,
+        app: &impl Endpoint,
+        request: &SyncRequest,
+    ) -> (SyncResponse, bool) {
+        let reply = self.try_send(app, request).await.unwrap();
+        self.apply(&reply);
+        let received_any = reply.documents.iter().any(|d| d.message.is_some());
+        (reply, received_any)
+    }
+
+    /// Sends `request`; an error is the transport's or a non-200 status.
+    pub async fn try_send(
+        &mut self,
+        app: &impl Endpoint,
+        request: &SyncRequest,
+    ) -> Result<SyncResponse, String> {
+        let response = app
+            .client()
+            .post(app.url("/api/v1/sync"))
+            .bearer_auth(self.access_token())
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
         self.requests += 1;
-        assert_eq!(
-            response.status(),
-            StatusCode::OK,
-            "sync by {}",
-            self.username
-        );
-        let reply: SyncResponse = response.json().await.unwrap();
-        let mut received_any = false;
+        if response.status() != StatusCode::OK {
+            return Err(format!("sync by {}: {}", self.username, response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Applies a reply: the server's messages, and the cases to drop.
+    pub fn apply(&mut self, reply: &SyncResponse) {
         for document in &reply.documents {
             let Some(message) = &document.message else {
                 continue;
             };
-            received_any = true;
             let bytes = STANDARD.decode(message).unwrap();
             let author = testing::author(&self.tokens.user.id, &self.tokens.device_id);
             let actor = self.actor.clone();
@@ -356,18 +409,17 @@ impl Phone {
             self.docs.remove(case_id);
             self.states.remove(case_id);
         }
-        (reply, received_any)
     }
 
     /// One round: send what this phone has, apply what comes back.
-    pub async fn sync_round(&mut self, app: &TestApp) -> (SyncResponse, bool) {
+    pub async fn sync_round(&mut self, app: &impl Endpoint) -> (SyncResponse, bool) {
         let (request, sent_any) = self.next_request();
         let (reply, received_any) = self.send(app, &request).await;
         (reply, sent_any || received_any)
     }
 
     /// Rounds until neither side has anything to send (bounded).
-    pub async fn sync_until_quiet(&mut self, app: &TestApp) -> SyncResponse {
+    pub async fn sync_until_quiet(&mut self, app: &impl Endpoint) -> SyncResponse {
         for _ in 0..12 {
             let (reply, busy) = self.sync_round(app).await;
             if !busy {

@@ -9,6 +9,8 @@
 
 mod auth;
 mod bad_input;
+mod convergence;
+mod crash;
 mod helpers;
 mod storage_suite;
 mod sync;

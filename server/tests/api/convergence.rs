@@ -1,0 +1,146 @@
+//! Several phones editing offline and syncing at once or in random orders converge, on one
+//! server or on two server instances sharing one PostgreSQL database.
+
+use doorstep_server::storage::heads_key;
+use doorstep_sync_core::records::HomeVisit;
+use doorstep_sync_core::testing;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app, spawn_app_with};
+
+both_backends!(several_phones_sync_at_once_and_in_random_orders_and_converge);
+
+/// Each phone records one visit in every case it holds.
+fn record_visits(phones: &mut [Phone], round: i64) -> usize {
+    let mut recorded = 0;
+    for phone in phones.iter_mut() {
+        let user = phone.tokens.user.id.clone();
+        for doc in phone.docs.values_mut() {
+            let at = testing::at(round * 60 + recorded as i64);
+            doc.add(&testing::visit(&user, at, 120), at).unwrap();
+            recorded += 1;
+        }
+    }
+    recorded
+}
+
+async fn assert_converged(app: &TestApp, phones: &mut [Phone]) {
+    for phone in phones.iter_mut() {
+        for (case_id, doc) in &mut phone.docs {
+            let stored = app.storage().document(case_id).await.unwrap().unwrap();
+            assert_eq!(
+                heads_key(&doc.heads()),
+                stored.heads,
+                "{} on {case_id}",
+                phone.username
+            );
+        }
+    }
+}
+
+/// Rounds in random order, one phone at a time, until a whole pass is quiet.
+async fn sync_in_random_order(servers: &[&TestApp], phones: &mut [Phone], rng: &mut StdRng) {
+    for _ in 0..20 {
+        let mut order: Vec<usize> = (0..phones.len()).collect();
+        order.shuffle(rng);
+        let mut busy = false;
+        for i in order {
+            let server = servers.choose(rng).unwrap();
+            busy |= phones[i].sync_round(*server).await.1;
+        }
+        if !busy {
+            return;
+        }
+    }
+    panic!("phones did not converge within 20 passes");
+}
+
+async fn several_phones_sync_at_once_and_in_random_orders_and_converge(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut rng = StdRng::seed_from_u64(7);
+    // Two phones each for the officer and the worker; all four share case-demo-2.
+    let mut phones = vec![
+        Phone::sign_in(&app, "officer", 1).await,
+        Phone::sign_in(&app, "officer", 2).await,
+        Phone::sign_in(&app, "worker", 3).await,
+        Phone::sign_in(&app, "worker", 4).await,
+    ];
+    for phone in &mut phones {
+        phone.sync_until_quiet(&app).await;
+    }
+
+    let mut recorded = 0;
+    for round in 0..3 {
+        recorded += record_visits(&mut phones, round);
+        // All four at once: concurrent transactions on the same documents.
+        for _ in 0..2 {
+            let [a, b, c, d] = &mut phones[..] else {
+                unreachable!()
+            };
+            tokio::join!(
+                a.sync_round(&app),
+                b.sync_round(&app),
+                c.sync_round(&app),
+                d.sync_round(&app)
+            );
+        }
+        sync_in_random_order(&[&app], &mut phones, &mut rng).await;
+    }
+    assert_converged(&app, &mut phones).await;
+
+    // Every visit recorded anywhere is in the server's copy of its case.
+    let mut on_server = 0;
+    for case_id in ["case-demo-1", "case-demo-2", "case-demo-3"] {
+        let stored = app.storage().document(case_id).await.unwrap().unwrap();
+        let file = doorstep_sync_core::CaseFile::load(
+            &stored.snapshot,
+            testing::author("t", "t"),
+            testing::actor(77),
+        )
+        .unwrap();
+        on_server += file.list::<HomeVisit>().unwrap().len();
+    }
+    assert_eq!(on_server, recorded);
+    // case-demo-2: 3 rounds x 4 phones.
+    let mut phone = phones.remove(0);
+    assert_eq!(
+        phone.doc("case-demo-2").list::<HomeVisit>().unwrap().len(),
+        12
+    );
+}
+
+/// Two stateless instances on one PostgreSQL database, sharing the signing key: phones sync
+/// through either at random and converge. Neither instance caches documents, so each
+/// request sees what the other committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_database_converge() {
+    let first = spawn_app(Backend::Postgres).await;
+    let url = first.state.config.database_url();
+    let key = first.state.config.signing_key_file();
+    // The second instance gets its own data folder but the first one's database and key.
+    let second = spawn_app_with(Backend::Sqlite, |config| {
+        config.database_url = Some(url);
+        config.signing_key_file = Some(key);
+    })
+    .await;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut phones = vec![
+        Phone::sign_in(&first, "officer", 1).await,
+        Phone::sign_in(&second, "worker", 2).await,
+        Phone::sign_in(&second, "officer", 3).await,
+    ];
+    for round in 0..3 {
+        sync_in_random_order(&[&first, &second], &mut phones, &mut rng).await;
+        record_visits(&mut phones, round);
+    }
+    sync_in_random_order(&[&first, &second], &mut phones, &mut rng).await;
+    assert_converged(&first, &mut phones).await;
+    let shared = heads_key(&phones[0].doc("case-demo-2").heads());
+    assert_eq!(heads_key(&phones[1].doc("case-demo-2").heads()), shared);
+    assert_eq!(heads_key(&phones[2].doc("case-demo-2").heads()), shared);
+    // A token from one instance is good on the other.
+    let me = second.get_me(phones[0].access_token()).await;
+    assert_eq!(me.status(), reqwest::StatusCode::OK);
+}
