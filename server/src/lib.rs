@@ -6,6 +6,7 @@
 //! validation and the sync protocol come from `doorstep-sync-core`, shared with the phones.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod auth;

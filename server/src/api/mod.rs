@@ -1,6 +1,7 @@
 //! HTTP routes, middleware and the JSON body extractor.
 
 mod auth;
+mod cases;
 mod health;
 mod sync;
 
@@ -8,7 +9,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -18,6 +19,7 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub use auth::{MeResponse, RefreshRequest, SignInRequest, TokenResponse, UserView};
+pub use cases::{CaseResponse, CaseSummary, CaseloadResponse, CreateCaseRequest, CreatedCase};
 pub use sync::{SyncDocumentIn, SyncDocumentOut, SyncRequest, SyncResponse, WireError};
 
 /// Largest number of documents in one sync request.
@@ -38,6 +40,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/users/{user_id}/revoke", post(auth::revoke_user))
         .route("/api/v1/sync", post(sync::sync))
+        .route(
+            "/api/v1/cases",
+            get(cases::caseload).post(cases::create_case),
+        )
+        .route("/api/v1/cases/{case_id}", get(cases::read_case))
+        .route(
+            "/api/v1/cases/{case_id}/allocations/{user_id}",
+            put(cases::allocate).delete(cases::deallocate),
+        )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(

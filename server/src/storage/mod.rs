@@ -331,6 +331,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
         created_by: Option<&str>,
     ) -> StorageResult<()>;
     async fn case(&self, id: &str) -> StorageResult<Option<Case>>;
+    /// The cases of one school, or of every school, in id order.
+    async fn list_cases(&self, school_id: Option<&str>) -> StorageResult<Vec<Case>>;
     async fn allocate(&self, case_id: &str, user_id: &str, at: i64) -> StorageResult<()>;
     async fn deallocate(&self, case_id: &str, user_id: &str) -> StorageResult<()>;
     async fn allocated_case_ids(&self, user_id: &str) -> StorageResult<Vec<String>>;

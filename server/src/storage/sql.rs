@@ -373,6 +373,34 @@ macro_rules! sql_storage {
                 .transpose()
             }
 
+            async fn list_cases(&self, school_id: Option<&str>) -> StorageResult<Vec<Case>> {
+                let rows = match school_id {
+                    Some(school_id) => {
+                        sqlx::query(&$sql(
+                            "SELECT id, school_id, created_at FROM cases WHERE school_id = $1
+                             ORDER BY id",
+                        ))
+                        .bind(school_id)
+                        .fetch_all(&self.pool)
+                        .await?
+                    }
+                    None => {
+                        sqlx::query("SELECT id, school_id, created_at FROM cases ORDER BY id")
+                            .fetch_all(&self.pool)
+                            .await?
+                    }
+                };
+                rows.iter()
+                    .map(|row| {
+                        Ok(Case {
+                            id: row.try_get("id")?,
+                            school_id: row.try_get("school_id")?,
+                            created_at: row.try_get("created_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn allocate(&self, case_id: &str, user_id: &str, at: i64) -> StorageResult<()> {
                 sqlx::query(&$sql(
                     "INSERT INTO allocations (case_id, user_id, allocated_at) VALUES ($1, $2, $3)

@@ -9,6 +9,7 @@
 
 mod auth;
 mod bad_input;
+mod cases;
 mod convergence;
 mod crash;
 mod helpers;
