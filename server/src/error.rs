@@ -46,6 +46,9 @@ pub enum ApiError {
     NotFound,
     #[error("this Automerge actor id is already bound to another device")]
     ActorInUse,
+    /// The conflict was resolved by someone else, or changed, since the caller saw it.
+    #[error("no such open conflict: it was resolved or has changed; reload the case")]
+    StaleConflict,
     #[error("the server took too long to answer")]
     Timeout,
     #[error("the server is not ready")]
@@ -71,7 +74,7 @@ impl ApiError {
             | ApiError::DeviceRevoked => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::ActorInUse => StatusCode::CONFLICT,
+            ApiError::ActorInUse | ApiError::StaleConflict => StatusCode::CONFLICT,
             ApiError::Timeout | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::AccountDisabled => "account_disabled",
             ApiError::NotFound => "not_found",
             ApiError::ActorInUse => "actor_in_use",
+            ApiError::StaleConflict => "stale_conflict",
             ApiError::Timeout => "timeout",
             ApiError::NotReady => "not_ready",
             ApiError::Internal(_) => "internal",

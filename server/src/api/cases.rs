@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use doorstep_sync_core::records::CaseDetails;
-use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, CaseView};
+use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, CaseView, Resolution};
 use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, now_ms};
@@ -15,7 +15,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::cases::{self, CaseError};
 use crate::error::ApiError;
-use crate::storage::{Case, StorageError};
+use crate::storage::{Case, NewChange, StorageError, heads_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseSummary {
@@ -201,4 +201,74 @@ pub async fn deallocate(
     state.storage.deallocate(&case.id, &user_id).await?;
     tracing::info!(case = %case.id, user = %user_id, by = %caller.user.id, "case deallocated");
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// One of the conflicting values, exactly as the case view lists it.
+    pub chosen: serde_json::Value,
+}
+
+/// `POST /api/v1/cases/{case_id}/conflicts/{conflict_id}/resolve`: a person chooses one of
+/// the conflicting values. The resolution (chosen value, alternatives, who, when) is written
+/// into the case file by the server under the caller's name, and reaches the phones by sync.
+pub async fn resolve_conflict(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((case_id, conflict_id)): Path<(String, String)>,
+    JsonBody(request): JsonBody<ResolveRequest>,
+) -> Result<Json<Resolution>, ApiError> {
+    let case = access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
+    let mut tx = state.storage.begin_sync().await?;
+    // Locks the document (PostgreSQL) so that a concurrent sync cannot be lost.
+    let loaded = tx
+        .load_documents("", std::slice::from_ref(&case.id))
+        .await?
+        .pop()
+        .ok_or(ApiError::NotFound)?;
+    let author = Author {
+        user_id: caller.user.id.clone(),
+        device_id: cases::SERVER_DEVICE.into(),
+    };
+    let at = Utc::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        // A fresh actor per server-side edit: server instances never share sequence numbers.
+        let mut file = CaseFile::load(&loaded.snapshot, author, ActorId::random())?;
+        let before = file.heads();
+        let resolution = file.resolve_conflict(&conflict_id, &request.chosen, at)?;
+        let changes: Vec<NewChange> = file
+            .doc_mut()
+            .get_changes(&before)
+            .into_iter()
+            .map(|mut change| NewChange {
+                hash: change.hash().to_string(),
+                actor_id: change.actor_id().to_hex_string(),
+                bytes: change.bytes().to_vec(),
+            })
+            .collect();
+        let heads = heads_key(&file.heads());
+        Ok::<_, CaseFileError>((resolution, file.save(), heads, changes))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("resolve task failed: {e}")))?;
+    let (resolution, snapshot, heads, changes) = match outcome {
+        Ok(done) => done,
+        Err(CaseFileError::UnknownConflict(_)) => return Err(ApiError::StaleConflict),
+        Err(e @ CaseFileError::NotAConflictingValue) => {
+            return Err(ApiError::InvalidBody(e.to_string()));
+        }
+        Err(e) => return Err(ApiError::Internal(format!("case {}: {e}", case.id))),
+    };
+    tx.write_server_change(
+        &case.id,
+        (&snapshot, &heads),
+        &changes,
+        &caller.user.id,
+        at.timestamp_millis(),
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(case = %case.id, by = %caller.user.id, "conflict resolved");
+    Ok(Json(resolution))
 }

@@ -19,7 +19,9 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub use auth::{MeResponse, RefreshRequest, SignInRequest, TokenResponse, UserView};
-pub use cases::{CaseResponse, CaseSummary, CaseloadResponse, CreateCaseRequest, CreatedCase};
+pub use cases::{
+    CaseResponse, CaseSummary, CaseloadResponse, CreateCaseRequest, CreatedCase, ResolveRequest,
+};
 pub use sync::{SyncDocumentIn, SyncDocumentOut, SyncRequest, SyncResponse, WireError};
 
 /// Largest number of documents in one sync request.
@@ -45,6 +47,10 @@ pub fn router(state: AppState) -> Router {
             get(cases::caseload).post(cases::create_case),
         )
         .route("/api/v1/cases/{case_id}", get(cases::read_case))
+        .route(
+            "/api/v1/cases/{case_id}/conflicts/{conflict_id}/resolve",
+            post(cases::resolve_conflict),
+        )
         .route(
             "/api/v1/cases/{case_id}/allocations/{user_id}",
             put(cases::allocate).delete(cases::deallocate),

@@ -249,7 +249,7 @@ pub struct Provenance {
     pub received_at: i64,
 }
 
-/// One sync request's database transaction. Dropped without [`commit`](Self::commit), it rolls
+/// One sync request's (or one server-side edit's) database transaction. Dropped without [`commit`](Self::commit), it rolls
 /// back: nothing is acknowledged before it is committed.
 #[async_trait]
 pub trait SyncTransaction: Send {
@@ -277,6 +277,16 @@ pub trait SyncTransaction: Send {
         &mut self,
         provenance: &Provenance,
         writes: &[DocumentWrite],
+    ) -> StorageResult<()>;
+
+    /// Writes a change the server made for a staff member (no device, no sync state).
+    async fn write_server_change(
+        &mut self,
+        case_id: &str,
+        snapshot: (&[u8], &str),
+        changes: &[NewChange],
+        user_id: &str,
+        at: i64,
     ) -> StorageResult<()>;
 
     /// Forgets this device's sync state for cases it has dropped.

@@ -614,6 +614,30 @@ macro_rules! sql_storage {
                 Ok(())
             }
 
+            async fn write_server_change(
+                &mut self,
+                case_id: &str,
+                snapshot: (&[u8], &str),
+                changes: &[NewChange],
+                user_id: &str,
+                at: i64,
+            ) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "UPDATE documents SET snapshot = $2, heads = $3, updated_at = $4
+                     WHERE case_id = $1",
+                ))
+                .bind(case_id)
+                .bind(snapshot.0)
+                .bind(snapshot.1)
+                .bind(at)
+                .execute(&mut *self.tx)
+                .await?;
+                for change in changes {
+                    insert_change(&mut self.tx, case_id, change, None, Some(user_id), at).await?;
+                }
+                Ok(())
+            }
+
             async fn forget_sync_states(
                 &mut self,
                 device_id: &str,

@@ -5,6 +5,7 @@ use doorstep_server::api::{CaseResponse, CaseloadResponse, CreatedCase};
 use doorstep_server::auth::password;
 use doorstep_server::cases;
 use doorstep_server::storage::{Role, School, User};
+use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::testing;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -14,6 +15,7 @@ use crate::helpers::{Backend, DEMO_PASSWORD, Phone, TestApp, both_backends, spaw
 both_backends!(
     the_access_matrix_holds_for_every_role_and_endpoint,
     staff_create_and_allocate_cases_that_reach_phones,
+    a_conflict_is_shown_until_a_person_resolves_it,
 );
 
 /// Adds an invented second school with one unallocated case, its lead, and two workers to
@@ -323,4 +325,98 @@ async fn staff_create_and_allocate_cases_that_reach_phones(backend: Backend) {
     let (reply, _) = officer.sync_round(&app).await;
     assert_eq!(reply.drop, std::slice::from_ref(&created.case_id));
     assert!(!officer.docs.contains_key(&created.case_id));
+}
+
+async fn a_conflict_is_shown_until_a_person_resolves_it(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case = "case-demo-2";
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    let visit_id = officer
+        .doc(case)
+        .add(
+            &testing::visit("user-officer", testing::at(0), 40),
+            testing::at(0),
+        )
+        .unwrap();
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+
+    // Offline, both change what was discussed on the same (draft) visit.
+    for (phone, words, minute) in [
+        (&mut officer, "attendance plan agreed", 5),
+        (&mut worker, "transport problems", 6),
+    ] {
+        let mut visit = phone.doc(case).get::<HomeVisit>(&visit_id).unwrap().body;
+        visit.discussed = words.into();
+        phone
+            .doc(case)
+            .update(&visit_id, &visit, testing::at(minute))
+            .unwrap();
+    }
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+    officer.sync_until_quiet(&app).await;
+
+    let lead = app.tokens("lead", &testing::actor(3)).await;
+    let path = format!("/api/v1/cases/{case}");
+    let view: CaseResponse = get(&app, &lead.access_token, &path)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view.file.conflicts.len(), 1, "{:?}", view.file.conflicts);
+    let conflict = &view.file.conflicts[0];
+    assert_eq!(conflict.field, "discussed");
+    assert_eq!(conflict.values.len(), 2);
+
+    let resolve = |conflict_id: String, chosen: serde_json::Value| {
+        let app = &app;
+        let token = lead.access_token.clone();
+        async move {
+            app.client
+                .post(app.url(&format!(
+                    "/api/v1/cases/{case}/conflicts/{conflict_id}/resolve"
+                )))
+                .bearer_auth(token)
+                .json(&json!({ "chosen": chosen }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // A value that was never in conflict is refused; so is an unknown conflict.
+    let response = resolve(conflict.id.clone(), json!("something else")).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let response = resolve("no-such-conflict".into(), json!("transport problems")).await;
+    assert_eq!(response.status(), StatusCode::CONFLICT);
+
+    let response = resolve(conflict.id.clone(), json!("transport problems")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // Resolving it again: it is gone, and the caller is told so.
+    let again = resolve(conflict.id.clone(), json!("transport problems")).await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+
+    let view: CaseResponse = get(&app, &lead.access_token, &path)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(view.file.conflicts.is_empty());
+    assert_eq!(view.file.resolutions.len(), 1);
+    assert_eq!(view.file.resolutions[0].by.user_id, "user-lead");
+    // The resolution is attributed to the lead in the change log, and reaches the phones.
+    let changes = app.storage().changes(case).await.unwrap();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.user_id.as_deref() == Some("user-lead") && c.device_id.is_none())
+    );
+    for phone in [&mut officer, &mut worker] {
+        phone.sync_until_quiet(&app).await;
+        assert!(phone.doc(case).conflicts().unwrap().is_empty());
+        let visit = phone.doc(case).get::<HomeVisit>(&visit_id).unwrap();
+        assert_eq!(visit.body.discussed, "transport problems");
+    }
 }
