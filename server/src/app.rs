@@ -10,6 +10,7 @@ use crate::auth::jwt::{KeyError, TokenKeys};
 use crate::auth::password;
 use crate::config::{Config, redact_url};
 use crate::demo;
+use crate::metrics::Metrics;
 use crate::storage::{self, Storage, StorageError};
 
 /// Shared by every request. Config and keys live here, not in globals.
@@ -21,6 +22,7 @@ pub struct AppState {
     /// A real argon2 hash checked when a username is unknown, so that sign-in takes as long
     /// for unknown users as for known ones (usernames cannot be probed by timing).
     pub dummy_password_hash: Arc<String>,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,7 @@ impl App {
             storage,
             keys,
             dummy_password_hash: Arc::new(dummy_password_hash),
+            metrics: Arc::new(Metrics::default()),
         };
         Ok(App {
             listener,

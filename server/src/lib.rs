@@ -14,6 +14,7 @@ pub mod cases;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod metrics;
 pub mod storage;
 pub mod sync;
 

@@ -15,6 +15,7 @@ use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, Re
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, heads_key};
 
 /// One document in a sync request.
@@ -85,6 +86,7 @@ pub struct SyncReply {
 /// Runs one sync request for `caller`. Returns only after the transaction has committed.
 pub async fn sync(
     storage: &dyn Storage,
+    metrics: &Metrics,
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
@@ -158,6 +160,12 @@ pub async fn sync(
     tx.commit().await?;
 
     let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
+    let refused = replies.values().filter(|r| r.error.is_some()).count()
+        + order.iter().filter(|id| !replies.contains_key(*id)).count();
+    Metrics::add(&metrics.sync_requests, 1);
+    Metrics::add(&metrics.sync_documents, order.len() as u64);
+    Metrics::add(&metrics.sync_changes_applied, applied as u64);
+    Metrics::add(&metrics.sync_documents_refused, refused as u64);
     tracing::info!(
         device = %device_id,
         documents = order.len(),

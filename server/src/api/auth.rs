@@ -14,6 +14,7 @@ use super::{JsonBody, now_ms};
 use crate::app::AppState;
 use crate::auth::{self, Caller, password};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::storage::{Device, Role, Rotation, StorageError, User};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -97,7 +98,10 @@ pub async fn sign_in(
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(ApiError::InvalidCredentials),
+        _ => {
+            Metrics::add(&state.metrics.sign_in_failures, 1);
+            return Err(ApiError::InvalidCredentials);
+        }
     };
     if user.disabled_at.is_some() {
         return Err(ApiError::AccountDisabled);
@@ -126,6 +130,7 @@ pub async fn sign_in(
     let family = uuid::Uuid::new_v4().to_string();
     let (refresh_token, stored) = auth::new_refresh_token(&state, &device.id, &family, now);
     state.storage.insert_refresh_token(&stored).await?;
+    Metrics::add(&state.metrics.sign_ins, 1);
     tracing::info!(user = %user.id, device = %device.id, "signed in");
     Ok(Json(token_response(
         &state,

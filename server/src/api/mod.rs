@@ -33,6 +33,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::metrics))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/auth/sign-in", post(auth::sign_in))
         .route("/api/v1/auth/refresh", post(auth::refresh))
         .route("/api/v1/me", get(auth::me))
@@ -63,10 +65,24 @@ pub fn router(state: AppState) -> Router {
                     ApiError::Internal("a handler panicked".into()).into_response()
                 }))
                 .layer(TraceLayer::new_for_http())
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::metrics::track,
+                ))
                 .layer(HandleErrorLayer::new(timeout_error))
                 .timeout(timeout),
         )
         .with_state(state)
+}
+
+/// The OpenAPI document, written by hand beside the routes; a test keeps the two in step.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn timeout_error(error: tower::BoxError) -> ApiError {
@@ -94,4 +110,50 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 /// Milliseconds since the Unix epoch, the time unit of storage.
 pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// (METHOD, path) of every route registered in `router`, read from this file's source.
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        let source = include_str!("mod.rs");
+        let body = source
+            .split("pub fn router(")
+            .nth(1)
+            .and_then(|rest| rest.split(".fallback(").next())
+            .unwrap();
+        let mut routes = BTreeSet::new();
+        for chunk in body.split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).unwrap().to_string();
+            for method in ["get", "post", "put", "delete"] {
+                let called = chunk
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| i == 0 || !chunk.as_bytes()[i - 1].is_ascii_alphanumeric());
+                if called {
+                    routes.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        routes
+    }
+
+    fn routes_in_openapi() -> BTreeSet<(String, String)> {
+        let document: serde_json::Value = serde_json::from_str(super::OPENAPI).unwrap();
+        let mut routes = BTreeSet::new();
+        for (path, operations) in document["paths"].as_object().unwrap() {
+            for method in operations.as_object().unwrap().keys() {
+                routes.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let source = routes_in_source();
+        assert!(source.len() >= 10, "{source:?}");
+        assert_eq!(source, routes_in_openapi());
+    }
 }

@@ -82,7 +82,14 @@ pub async fn sync(
     JsonBody(request): JsonBody<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let incoming = check_request(request)?;
-    let reply = sync::sync(state.storage.as_ref(), &caller, incoming, now_ms()).await?;
+    let reply = sync::sync(
+        state.storage.as_ref(),
+        &state.metrics,
+        &caller,
+        incoming,
+        now_ms(),
+    )
+    .await?;
     Ok(Json(SyncResponse {
         documents: reply
             .documents

@@ -216,7 +216,7 @@ async fn an_oversized_body_gets_413() {
 }
 
 #[tokio::test]
-async fn unknown_routes_and_health() {
+async fn operations_endpoints_answer() {
     let app = spawn_app(Backend::Sqlite).await;
     let response = app
         .client
@@ -238,5 +238,37 @@ async fn unknown_routes_and_health() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
+
+    // The OpenAPI document is served, and metrics count what happened.
+    let openapi: serde_json::Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(openapi["paths"]["/api/v1/sync"]["post"].is_object());
+    let mut phone = Phone::sign_in(&app, "officer", 1).await;
+    phone.sync_until_quiet(&app).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("doorstep_sign_ins_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("doorstep_http_responses_total{class=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("doorstep_sync_requests_total 0"),
+        "{metrics}"
+    );
     app.shutdown().await;
 }

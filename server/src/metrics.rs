@@ -1,0 +1,129 @@
+//! Prometheus metrics, kept in the app state (no global registry) and rendered in the text
+//! exposition format at `GET /metrics`. Counters only carry counts, never ids or personal data.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// HTTP responses by status class (1xx..5xx).
+    responses: [AtomicU64; 5],
+    request_micros_total: AtomicU64,
+    pub sync_requests: AtomicU64,
+    pub sync_documents: AtomicU64,
+    pub sync_changes_applied: AtomicU64,
+    pub sync_documents_refused: AtomicU64,
+    pub sign_ins: AtomicU64,
+    pub sign_in_failures: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn record_response(&self, status: u16, micros: u64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        if let Some(counter) = self.responses.get(class) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        self.request_micros_total
+            .fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP doorstep_http_responses_total HTTP responses by status class."
+        );
+        let _ = writeln!(out, "# TYPE doorstep_http_responses_total counter");
+        let mut total = 0;
+        for (i, counter) in self.responses.iter().enumerate() {
+            total += load(counter);
+            let _ = writeln!(
+                out,
+                "doorstep_http_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                load(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP doorstep_http_request_duration_seconds Time spent handling requests."
+        );
+        let _ = writeln!(out, "# TYPE doorstep_http_request_duration_seconds summary");
+        let _ = writeln!(
+            out,
+            "doorstep_http_request_duration_seconds_sum {}",
+            load(&self.request_micros_total) as f64 / 1e6
+        );
+        let _ = writeln!(out, "doorstep_http_request_duration_seconds_count {total}");
+        for (name, help, counter) in [
+            (
+                "doorstep_sync_requests_total",
+                "Sync requests committed.",
+                &self.sync_requests,
+            ),
+            (
+                "doorstep_sync_documents_total",
+                "Documents in committed sync requests.",
+                &self.sync_documents,
+            ),
+            (
+                "doorstep_sync_changes_applied_total",
+                "Changes accepted from phones.",
+                &self.sync_changes_applied,
+            ),
+            (
+                "doorstep_sync_documents_refused_total",
+                "Documents refused (not found, foreign actor, invalid).",
+                &self.sync_documents_refused,
+            ),
+            (
+                "doorstep_sign_ins_total",
+                "Successful sign-ins.",
+                &self.sign_ins,
+            ),
+            (
+                "doorstep_sign_in_failures_total",
+                "Failed sign-ins.",
+                &self.sign_in_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", load(counter));
+        }
+        out
+    }
+}
+
+/// Counts every response and its handling time.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    state
+        .metrics
+        .record_response(response.status().as_u16(), micros);
+    response
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
