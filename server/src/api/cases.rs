@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
+use doorstep_sync_core::attendance::{self, AttendanceSummary};
 use doorstep_sync_core::records::CaseDetails;
 use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, CaseView, Resolution};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,39 @@ pub struct CaseSummary {
     pub allocated_to_me: bool,
     /// Unix milliseconds of the last accepted change.
     pub updated_at: i64,
+    /// Each child's attendance figures over all imported register marks.
+    pub attendance: Vec<ChildAttendance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildAttendance {
+    pub child_id: String,
+    /// Present or approved sessions over possible sessions; None with no possible session.
+    pub attendance_percent: Option<f64>,
+    pub persistent_absence: bool,
+    pub severe_absence: bool,
+    /// The counts behind the figures (possible, present, authorised, unauthorised, late...).
+    pub sessions: serde_json::Value,
+}
+
+fn attendance_of(file: &CaseFile, case_id: &str) -> Result<Vec<ChildAttendance>, ApiError> {
+    let internal = |e: CaseFileError| ApiError::Internal(format!("case {case_id}: {e}"));
+    let mut figures = Vec::new();
+    for child_id in file
+        .record_ids(doorstep_sync_core::Collection::Children)
+        .map_err(internal)?
+    {
+        let marks = file.marks(&child_id).map_err(internal)?;
+        let summary = AttendanceSummary::from_marks(&marks);
+        figures.push(ChildAttendance {
+            child_id,
+            attendance_percent: summary.attendance_percent(),
+            persistent_absence: summary.is_persistent_absence(),
+            severe_absence: summary.is_severe_absence(),
+            sessions: serde_json::to_value(summary).unwrap_or_default(),
+        });
+    }
+    Ok(figures)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,7 +124,9 @@ pub async fn caseload(
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
+        let attendance = attendance_of(&file, &case.id)?;
         cases.push(CaseSummary {
+            attendance,
             allocated_to_me: mine.contains(&case.id),
             case_id: case.id,
             school_id: case.school_id,
@@ -210,18 +246,34 @@ pub struct ResolveRequest {
     pub chosen: serde_json::Value,
 }
 
-/// `POST /api/v1/cases/{case_id}/conflicts/{conflict_id}/resolve`: a person chooses one of
-/// the conflicting values. The resolution (chosen value, alternatives, who, when) is written
-/// into the case file by the server under the caller's name, and reaches the phones by sync.
-pub async fn resolve_conflict(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path((case_id, conflict_id)): Path<(String, String)>,
-    JsonBody(request): JsonBody<ResolveRequest>,
-) -> Result<Json<Resolution>, ApiError> {
-    let case = access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
+/// Why a server-side edit failed.
+enum EditError {
+    CaseFile(CaseFileError),
+    Api(ApiError),
+}
+
+impl From<ApiError> for EditError {
+    fn from(error: ApiError) -> Self {
+        EditError::Api(error)
+    }
+}
+
+impl From<StorageError> for EditError {
+    fn from(error: StorageError) -> Self {
+        EditError::Api(error.into())
+    }
+}
+
+/// Runs `edit` on the stored case file as `caller` and stores the changes it made, in one
+/// transaction with the document locked (on PostgreSQL) so that a concurrent sync cannot be
+/// lost. Each edit writes with a fresh actor: server instances never share sequence numbers.
+async fn server_edit<T: Send + 'static>(
+    state: &AppState,
+    caller: &Caller,
+    case: &Case,
+    edit: impl FnOnce(&mut CaseFile, chrono::DateTime<Utc>) -> Result<T, CaseFileError> + Send + 'static,
+) -> Result<T, EditError> {
     let mut tx = state.storage.begin_sync().await?;
-    // Locks the document (PostgreSQL) so that a concurrent sync cannot be lost.
     let loaded = tx
         .load_documents("", std::slice::from_ref(&case.id))
         .await?
@@ -233,10 +285,9 @@ pub async fn resolve_conflict(
     };
     let at = Utc::now();
     let outcome = tokio::task::spawn_blocking(move || {
-        // A fresh actor per server-side edit: server instances never share sequence numbers.
         let mut file = CaseFile::load(&loaded.snapshot, author, ActorId::random())?;
         let before = file.heads();
-        let resolution = file.resolve_conflict(&conflict_id, &request.chosen, at)?;
+        let value = edit(&mut file, at)?;
         let changes: Vec<NewChange> = file
             .doc_mut()
             .get_changes(&before)
@@ -248,18 +299,11 @@ pub async fn resolve_conflict(
             })
             .collect();
         let heads = heads_key(&file.heads());
-        Ok::<_, CaseFileError>((resolution, file.save(), heads, changes))
+        Ok::<_, CaseFileError>((value, file.save(), heads, changes))
     })
     .await
-    .map_err(|e| ApiError::Internal(format!("resolve task failed: {e}")))?;
-    let (resolution, snapshot, heads, changes) = match outcome {
-        Ok(done) => done,
-        Err(CaseFileError::UnknownConflict(_)) => return Err(ApiError::StaleConflict),
-        Err(e @ CaseFileError::NotAConflictingValue) => {
-            return Err(ApiError::InvalidBody(e.to_string()));
-        }
-        Err(e) => return Err(ApiError::Internal(format!("case {}: {e}", case.id))),
-    };
+    .map_err(|e| ApiError::Internal(format!("edit task failed: {e}")))?;
+    let (value, snapshot, heads, changes) = outcome.map_err(EditError::CaseFile)?;
     tx.write_server_change(
         &case.id,
         (&snapshot, &heads),
@@ -269,6 +313,135 @@ pub async fn resolve_conflict(
     )
     .await?;
     tx.commit().await?;
+    Ok(value)
+}
+
+/// `POST /api/v1/cases/{case_id}/conflicts/{conflict_id}/resolve`: a person chooses one of
+/// the conflicting values. The resolution (chosen value, alternatives, who, when) is written
+/// into the case file by the server under the caller's name, and reaches the phones by sync.
+pub async fn resolve_conflict(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((case_id, conflict_id)): Path<(String, String)>,
+    JsonBody(request): JsonBody<ResolveRequest>,
+) -> Result<Json<Resolution>, ApiError> {
+    let case = access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
+    let outcome = server_edit(&state, &caller, &case, move |file, at| {
+        file.resolve_conflict(&conflict_id, &request.chosen, at)
+    })
+    .await;
+    let resolution = match outcome {
+        Ok(resolution) => resolution,
+        Err(EditError::Api(e)) => return Err(e),
+        Err(EditError::CaseFile(CaseFileError::UnknownConflict(_))) => {
+            return Err(ApiError::StaleConflict);
+        }
+        Err(EditError::CaseFile(e @ CaseFileError::NotAConflictingValue)) => {
+            return Err(ApiError::InvalidBody(e.to_string()));
+        }
+        Err(EditError::CaseFile(e)) => {
+            return Err(ApiError::Internal(format!("case {}: {e}", case.id)));
+        }
+    };
     tracing::info!(case = %case.id, by = %caller.user.id, "conflict resolved");
     Ok(Json(resolution))
+}
+
+/// One problem in a register import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportLineError {
+    /// 1-based line of the CSV (the header is line 1); None for a problem not tied to a line.
+    pub line: Option<u64>,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    pub imported: usize,
+    pub errors: Vec<ImportLineError>,
+}
+
+/// `POST /api/v1/cases/{case_id}/register-marks` (`Content-Type: text/csv`): register marks
+/// from a school MIS export, `pupil_ref,date,session,code`, where `pupil_ref` is the id of a
+/// child record of this case. All or nothing: any bad line gives 422 with a per-line report
+/// and nothing is written.
+pub async fn import_register_marks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(case_id): Path<String>,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Result<(StatusCode, Json<ImportReport>), ApiError> {
+    let is_csv = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/csv"));
+    if !is_csv {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let case =
+        access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Manage).await?;
+    let import = attendance::parse_register_csv(&body);
+    let mut errors: Vec<ImportLineError> = import
+        .errors
+        .iter()
+        .map(|e| ImportLineError {
+            line: Some(e.line),
+            reason: serde_json::to_value(&e.kind)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "invalid".into()),
+            message: e.kind.to_string(),
+        })
+        .collect();
+    let (file, _, _) = load(&state, &case).await?;
+    let children = file
+        .record_ids(doorstep_sync_core::Collection::Children)
+        .map_err(|e| ApiError::Internal(format!("case {}: {e}", case.id)))?;
+    let by_pupil: Vec<(String, Vec<attendance::Mark>)> = import
+        .marks_by_pupil()
+        .into_iter()
+        .map(|(pupil, marks)| (pupil.to_string(), marks))
+        .collect();
+    for (pupil, _) in &by_pupil {
+        if !children.contains(pupil) {
+            errors.push(ImportLineError {
+                line: None,
+                reason: "unknown_pupil".into(),
+                message: format!("pupil_ref {pupil:?} is not a child of this case"),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Ok((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(ImportReport {
+                imported: 0,
+                errors,
+            }),
+        ));
+    }
+    let outcome = server_edit(&state, &caller, &case, move |file, at| {
+        let mut imported = 0;
+        for (pupil, marks) in &by_pupil {
+            file.record_marks(pupil, marks, at)?;
+            imported += marks.len();
+        }
+        Ok(imported)
+    })
+    .await;
+    let imported = match outcome {
+        Ok(imported) => imported,
+        Err(EditError::Api(e)) => return Err(e),
+        Err(EditError::CaseFile(e)) => return Err(ApiError::InvalidBody(e.to_string())),
+    };
+    tracing::info!(case = %case.id, by = %caller.user.id, imported, "register marks imported");
+    Ok((
+        StatusCode::OK,
+        Json(ImportReport {
+            imported,
+            errors: Vec::new(),
+        }),
+    ))
 }

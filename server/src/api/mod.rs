@@ -20,7 +20,8 @@ use crate::error::ApiError;
 
 pub use auth::{MeResponse, RefreshRequest, SignInRequest, TokenResponse, UserView};
 pub use cases::{
-    CaseResponse, CaseSummary, CaseloadResponse, CreateCaseRequest, CreatedCase, ResolveRequest,
+    CaseResponse, CaseSummary, CaseloadResponse, ChildAttendance, CreateCaseRequest, CreatedCase,
+    ImportLineError, ImportReport, ResolveRequest,
 };
 pub use sync::{SyncDocumentIn, SyncDocumentOut, SyncRequest, SyncResponse, WireError};
 
@@ -49,6 +50,10 @@ pub fn router(state: AppState) -> Router {
             get(cases::caseload).post(cases::create_case),
         )
         .route("/api/v1/cases/{case_id}", get(cases::read_case))
+        .route(
+            "/api/v1/cases/{case_id}/register-marks",
+            post(cases::import_register_marks),
+        )
         .route(
             "/api/v1/cases/{case_id}/conflicts/{conflict_id}/resolve",
             post(cases::resolve_conflict),

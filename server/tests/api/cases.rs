@@ -16,6 +16,7 @@ both_backends!(
     the_access_matrix_holds_for_every_role_and_endpoint,
     staff_create_and_allocate_cases_that_reach_phones,
     a_conflict_is_shown_until_a_person_resolves_it,
+    register_marks_import_all_or_nothing_with_a_per_line_report,
 );
 
 /// Adds an invented second school with one unallocated case, its lead, and two workers to
@@ -419,4 +420,105 @@ async fn a_conflict_is_shown_until_a_person_resolves_it(backend: Backend) {
         let visit = phone.doc(case).get::<HomeVisit>(&visit_id).unwrap();
         assert_eq!(visit.body.discussed, "transport problems");
     }
+}
+
+async fn register_marks_import_all_or_nothing_with_a_per_line_report(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case = "case-demo-1";
+    let lead = app.tokens("lead", &testing::actor(1)).await;
+    let path = format!("/api/v1/cases/{case}");
+    let view: CaseResponse = get(&app, &lead.access_token, &path)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let child = view.file.children[0].id.clone();
+    let import_path = format!("/api/v1/cases/{case}/register-marks");
+    let import = |token: String, content_type: &'static str, body: String| {
+        let app = &app;
+        let url = app.url(&import_path);
+        async move {
+            app.client
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let heads_before = view.heads.clone();
+
+    // Bad codes, bad dates and an unknown pupil: 422, every problem named, nothing written.
+    let bad = format!(
+        "pupil_ref,date,session,code\n{child},2026-01-05,AM,/\n{child},2026-01-05,PM,QQ\n\
+         {child},31/02/2026,AM,/\nsomeone-else,2026-01-06,AM,/\n"
+    );
+    let response = import(lead.access_token.clone(), "text/csv", bad).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let report: doorstep_server::api::ImportReport = response.json().await.unwrap();
+    assert_eq!(report.imported, 0);
+    let reasons: Vec<(Option<u64>, &str)> = report
+        .errors
+        .iter()
+        .map(|e| (e.line, e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (Some(3), "unknown_code"),
+            (Some(4), "invalid_date"),
+            (None, "unknown_pupil")
+        ]
+    );
+    let after: CaseResponse = get(&app, &lead.access_token, &path)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after.heads, heads_before);
+
+    // Who may import: managers of the school only; and only CSV.
+    let officer = app.tokens("officer", &testing::actor(2)).await;
+    let worker = app.tokens("worker", &testing::actor(3)).await;
+    let good = format!(
+        "pupil_ref,date,session,code\n{child},2026-01-05,AM,/\n{child},2026-01-05,PM,O\n\
+         {child},06/01/2026,AM,/\n{child},06/01/2026,PM,\\\n"
+    );
+    let status = import(officer.access_token.clone(), "text/csv", good.clone())
+        .await
+        .status();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let status = import(worker.access_token.clone(), "text/csv", good.clone())
+        .await
+        .status();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let status = import(lead.access_token.clone(), "text/plain", good.clone())
+        .await
+        .status();
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let response = import(lead.access_token.clone(), "text/csv", good).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: doorstep_server::api::ImportReport = response.json().await.unwrap();
+    assert_eq!(report.imported, 4);
+
+    // The caseload shows the figures: 3 of 4 possible sessions, persistent absence.
+    let caseload: CaseloadResponse = get(&app, &lead.access_token, "/api/v1/cases")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let summary = caseload.cases.iter().find(|c| c.case_id == case).unwrap();
+    let figures = &summary.attendance[0];
+    assert_eq!(figures.child_id, child);
+    assert_eq!(figures.attendance_percent, Some(75.0));
+    assert!(figures.persistent_absence);
+    assert!(!figures.severe_absence);
+
+    // The marks reach the officer's phone.
+    let mut phone = Phone::sign_in(&app, "officer", 4).await;
+    phone.sync_until_quiet(&app).await;
+    assert_eq!(phone.doc(case).marks(&child).unwrap().len(), 4);
 }
