@@ -10,6 +10,18 @@ step "toolchain"
 cargo --version
 rustup component list --installed 2>/dev/null | grep -E '^(rustfmt|clippy)' || true
 
+step "PostgreSQL for the server's storage suite"
+# Every storage test runs on SQLite and on PostgreSQL. Point DOORSTEP_TEST_POSTGRES_URL at a
+# server where the user may create databases (each test makes and drops its own).
+export DOORSTEP_TEST_POSTGRES_URL="${DOORSTEP_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+if command -v pg_isready >/dev/null 2>&1; then
+  pg_isready -d "$DOORSTEP_TEST_POSTGRES_URL" || {
+    echo "PostgreSQL is not reachable at $DOORSTEP_TEST_POSTGRES_URL." >&2
+    echo "Start one, or set DOORSTEP_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/DB." >&2
+    exit 1
+  }
+fi
+
 step "format"
 cargo fmt --all -- --check
 
