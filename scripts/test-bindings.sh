@@ -109,4 +109,10 @@ if [[ $status -ne 0 || ${passed:-0} -eq 0 ]]; then
     exit 1
 fi
 
+if [[ ${SKIP_BENCH:-0} != 1 ]]; then
+    step "benchmark: 200 cases on one phone (SKIP_BENCH=1 skips)"
+    PYTHONPATH="$OUT/python:$ROOT/mobile-bridge/tests/python" \
+        "$VENV/bin/python" "$ROOT/mobile-bridge/tests/python/bench_bridge.py"
+fi
+
 printf '\nBindings tests passed.\n'

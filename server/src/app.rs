@@ -128,7 +128,8 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
-        let router = crate::api::router(self.state);
+        // The staff web view shares the listener; the API router keeps the JSON fallback.
+        let router = crate::api::router(self.state.clone()).merge(crate::web::router(self.state));
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await

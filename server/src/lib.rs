@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod storage;
 pub mod sync;
 
+pub mod web;
 pub use app::{App, AppState, StartupError};
 pub use config::Config;
 pub use error::ApiError;

@@ -266,4 +266,32 @@ class BridgeTest {
         assertEquals(1u, recorder.progress.first().round)
         assertNotNull(recorder.statuses.last().lastSuccess)
     }
+
+    /** POSTs JSON to the server as a test client (not through the bridge). */
+    private fun post(path: String, body: String, token: String? = null): String {
+        val builder = java.net.http.HttpRequest.newBuilder(java.net.URI.create(serverUrl + path))
+            .header("Content-Type", "application/json")
+            .POST(java.net.http.HttpRequest.BodyPublishers.ofString(body))
+        if (token != null) builder.header("Authorization", "Bearer $token")
+        val response = java.net.http.HttpClient.newHttpClient()
+            .send(builder.build(), java.net.http.HttpResponse.BodyHandlers.ofString())
+        assertTrue(response.statusCode() in 200..299, "HTTP ${response.statusCode()}: ${response.body()}")
+        return response.body()
+    }
+
+    @Test
+    fun `a revoked device is wiped and refuses further calls`() {
+        val phone = newPhone()
+        phone.store.recordVisit(CASE, visit())
+        val deviceId = phone.store.account()!!.deviceId
+        val actor = ByteArray(16).also { SecureRandom().nextBytes(it) }.joinToString("") { "%02x".format(it) }
+        val signIn = post("/api/v1/auth/sign-in",
+            """{"username":"admin","password":"$DEMO_PASSWORD","device_name":"kotlin admin","actor_id":"$actor"}""")
+        val token = Regex("\"access_token\":\"([^\"]+)\"").find(signIn)!!.groupValues[1]
+        post("/api/v1/devices/$deviceId/revoke", "{}", token)
+        assertThrows(DoorstepException.DeviceRevoked::class.java) { runBlocking { phone.store.syncNow() } }
+        assertNull(phone.store.account())
+        assertThrows(DoorstepException.NotSignedIn::class.java) { phone.store.caseload() }
+        assertThrows(DoorstepException.NotSignedIn::class.java) { phone.store.recordVisit(CASE, visit()) }
+    }
 }

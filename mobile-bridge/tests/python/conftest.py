@@ -50,12 +50,12 @@ class Server:
             self.process.wait()
             self.process = None
 
-    def post(self, path, body, token=None):
+    def post(self, path, body, token=None, method="POST"):
         request = urllib.request.Request(
             self.url + path,
-            data=json.dumps(body).encode(),
+            data=json.dumps(body).encode() if body is not None else None,
             headers={"Content-Type": "application/json"},
-            method="POST",
+            method=method,
         )
         if token:
             request.add_header("Authorization", "Bearer " + token)

@@ -425,3 +425,60 @@ def test_a_revoked_device_is_wiped(phones, fresh_server):
     phone.close_store()
     with open(phone.path, "rb") as f:
         assert b"family home" not in f.read()  # encrypted at rest, and wiped
+
+
+def test_a_deallocated_case_is_dropped_with_its_evidence(phones, fresh_server, tmp_path):
+    phone = synced_phone(phones, fresh_server)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"invented photo bytes")
+    phone.attach_evidence(
+        CASE,
+        bridge.EvidenceInput(
+            file_path=str(photo), kind=bridge.EvidenceKind.PHOTO, media_type="image/jpeg",
+            captured_at="2026-01-05T09:30:00Z", captured_where=None, related_record=None,
+            description="front door",
+        ),
+    )
+    run(phone.sync_now())
+    user_id = phone.account().user_id
+    fresh_server.post(
+        f"/api/v1/cases/{CASE}/allocations/{user_id}", None, fresh_server.admin_token(), method="DELETE"
+    )
+    report = run(phone.sync_now())
+    assert report.cases_dropped == [CASE]
+    assert CASE not in [c.case_id for c in phone.caseload()]
+    with pytest.raises(E.NotFound):
+        phone.open_case(CASE)
+    # The other case is untouched.
+    assert [c.case_id for c in phone.caseload()] == [SHARED_CASE]
+
+
+def test_a_sync_killed_midway_resumes_and_loses_nothing(phones, server):
+    phone = synced_phone(phones, server)
+    ids = [phone.record_visit(CASE, visit(note=f"visit {i}")) for i in range(5)]
+    phone.close_store()
+    child = textwrap.dedent(
+        f"""
+        import asyncio, os, signal, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        import doorstep_mobile_bridge as bridge
+
+        class KillOnFirstRound(bridge.SyncListener):
+            def on_progress(self, progress):
+                os.kill(os.getpid(), signal.SIGKILL)
+            def on_status(self, status):
+                pass
+
+        phone = bridge.Doorstep({phone.path!r}, bytes.fromhex({phone.key.hex()!r}))
+        phone.set_sync_listener(KillOnFirstRound())
+        asyncio.run(phone.sync_now())
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    reopened = bridge.Doorstep(phone.path, phone.key)
+    assert set(ids) <= {v.info.id for v in reopened.open_case(CASE).visits}
+    report = run(reopened.sync_now())
+    assert report.pending_changes == 0
+    other = synced_phone(phones, server)
+    assert set(ids) <= {v.info.id for v in other.open_case(CASE).visits}

@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::cases::{self, CaseError};
 use crate::error::ApiError;
-use crate::storage::{Case, NewChange, StorageError, heads_key};
+use crate::storage::{Case, NewChange, StorageError, User, heads_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaseSummary {
@@ -92,7 +92,10 @@ pub struct CreatedCase {
 }
 
 /// Loads the stored case file (read-only: the server's actor here never writes).
-async fn load(state: &AppState, case: &Case) -> Result<(CaseFile, String, i64), ApiError> {
+pub(crate) async fn load(
+    state: &AppState,
+    case: &Case,
+) -> Result<(CaseFile, String, i64), ApiError> {
     let stored = state
         .storage
         .document(&case.id)
@@ -247,7 +250,7 @@ pub struct ResolveRequest {
 }
 
 /// Why a server-side edit failed.
-enum EditError {
+pub(crate) enum EditError {
     CaseFile(CaseFileError),
     Api(ApiError),
 }
@@ -267,9 +270,9 @@ impl From<StorageError> for EditError {
 /// Runs `edit` on the stored case file as `caller` and stores the changes it made, in one
 /// transaction with the document locked (on PostgreSQL) so that a concurrent sync cannot be
 /// lost. Each edit writes with a fresh actor: server instances never share sequence numbers.
-async fn server_edit<T: Send + 'static>(
+pub(crate) async fn server_edit<T: Send + 'static>(
     state: &AppState,
-    caller: &Caller,
+    user: &User,
     case: &Case,
     edit: impl FnOnce(&mut CaseFile, chrono::DateTime<Utc>) -> Result<T, CaseFileError> + Send + 'static,
 ) -> Result<T, EditError> {
@@ -280,7 +283,7 @@ async fn server_edit<T: Send + 'static>(
         .pop()
         .ok_or(ApiError::NotFound)?;
     let author = Author {
-        user_id: caller.user.id.clone(),
+        user_id: user.id.clone(),
         device_id: cases::SERVER_DEVICE.into(),
     };
     let at = Utc::now();
@@ -308,7 +311,7 @@ async fn server_edit<T: Send + 'static>(
         &case.id,
         (&snapshot, &heads),
         &changes,
-        &caller.user.id,
+        &user.id,
         at.timestamp_millis(),
     )
     .await?;
@@ -326,7 +329,7 @@ pub async fn resolve_conflict(
     JsonBody(request): JsonBody<ResolveRequest>,
 ) -> Result<Json<Resolution>, ApiError> {
     let case = access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
-    let outcome = server_edit(&state, &caller, &case, move |file, at| {
+    let outcome = server_edit(&state, &caller.user, &case, move |file, at| {
         file.resolve_conflict(&conflict_id, &request.chosen, at)
     })
     .await;
@@ -422,7 +425,7 @@ pub async fn import_register_marks(
             }),
         ));
     }
-    let outcome = server_edit(&state, &caller, &case, move |file, at| {
+    let outcome = server_edit(&state, &caller.user, &case, move |file, at| {
         let mut imported = 0;
         for (pupil, marks) in &by_pupil {
             file.record_marks(pupil, marks, at)?;

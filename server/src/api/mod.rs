@@ -1,7 +1,7 @@
 //! HTTP routes, middleware and the JSON body extractor.
 
 mod auth;
-mod cases;
+pub(crate) mod cases;
 mod health;
 mod sync;
 

@@ -203,6 +203,28 @@ pub struct StoredChange {
     pub received_at: i64,
 }
 
+/// A staff member's browser session (the web view). The cookie's token is stored only as its
+/// SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebSession {
+    pub token_hash: String,
+    pub user_id: String,
+    /// The synchronizer token every form of this session carries.
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for WebSession {
+    // Both values let whoever reads them act as the user: keep them out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebSession")
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A case file's compacted snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDocument {
@@ -354,6 +376,17 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Starts the transaction of one sync request.
     async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>>;
 }
+    /// Stores a new web session.
+    async fn create_web_session(&self, session: &WebSession) -> StorageResult<()>;
+    /// The session with this token hash, if it exists and has not expired at `now`.
+    async fn web_session(&self, token_hash: &str, now: i64) -> StorageResult<Option<WebSession>>;
+    /// Ends a session (sign-out); every expired session is swept at the same time.
+    async fn delete_web_session(&self, token_hash: &str, now: i64) -> StorageResult<()>;
+    /// Notes that `user_id` opened `case_id` at `at`.
+    async fn record_case_view(&self, user_id: &str, case_id: &str, at: i64) -> StorageResult<()>;
+    /// When `user_id` last opened each case they have opened: (case id, Unix ms).
+    async fn case_views(&self, user_id: &str) -> StorageResult<Vec<(String, i64)>>;
+
 
 /// Opens (creating if needed, for SQLite) and migrates the database at `url`.
 pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {

@@ -22,7 +22,7 @@ macro_rules! sql_storage {
         use crate::storage::{
             AllocatedDocument, Case, Device, DocumentWrite, LoadedDocument, NewChange, Provenance,
             RefreshToken, Role, Rotation, School, Storage, StorageError, StorageResult,
-            StoredChange, StoredDocument, SyncTransaction, User,
+            StoredChange, StoredDocument, SyncTransaction, User, WebSession,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -470,6 +470,87 @@ macro_rules! sql_storage {
                             received_at: row.try_get("received_at")?,
                         })
                     })
+                    .collect()
+            }
+
+            async fn create_web_session(&self, session: &WebSession) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created_at, expires_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                ))
+                .bind(&session.token_hash)
+                .bind(&session.user_id)
+                .bind(&session.csrf_token)
+                .bind(session.created_at)
+                .bind(session.expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn web_session(
+                &self,
+                token_hash: &str,
+                now: i64,
+            ) -> StorageResult<Option<WebSession>> {
+                let row = sqlx::query(&$sql(
+                    "SELECT token_hash, user_id, csrf_token, created_at, expires_at
+                     FROM web_sessions WHERE token_hash = $1 AND expires_at > $2",
+                ))
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(|row| {
+                    Ok(WebSession {
+                        token_hash: row.try_get("token_hash")?,
+                        user_id: row.try_get("user_id")?,
+                        csrf_token: row.try_get("csrf_token")?,
+                        created_at: row.try_get("created_at")?,
+                        expires_at: row.try_get("expires_at")?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn delete_web_session(&self, token_hash: &str, now: i64) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "DELETE FROM web_sessions WHERE token_hash = $1 OR expires_at <= $2",
+                ))
+                .bind(token_hash)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn record_case_view(
+                &self,
+                user_id: &str,
+                case_id: &str,
+                at: i64,
+            ) -> StorageResult<()> {
+                sqlx::query(&$sql(
+                    "INSERT INTO case_views (user_id, case_id, viewed_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (user_id, case_id) DO UPDATE SET viewed_at = excluded.viewed_at",
+                ))
+                .bind(user_id)
+                .bind(case_id)
+                .bind(at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn case_views(&self, user_id: &str) -> StorageResult<Vec<(String, i64)>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT case_id, viewed_at FROM case_views WHERE user_id = $1 ORDER BY case_id",
+                ))
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok((row.try_get("case_id")?, row.try_get("viewed_at")?)))
                     .collect()
             }
 
