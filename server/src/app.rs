@@ -10,6 +10,7 @@ use crate::auth::jwt::{KeyError, TokenKeys};
 use crate::auth::password;
 use crate::config::{Config, redact_url};
 use crate::demo;
+use crate::doc_cache::DocumentCache;
 use crate::metrics::Metrics;
 use crate::storage::{self, Storage, StorageError};
 
@@ -23,6 +24,8 @@ pub struct AppState {
     /// for unknown users as for known ones (usernames cannot be probed by timing).
     pub dummy_password_hash: Arc<String>,
     pub metrics: Arc<Metrics>,
+    /// Parsed case files, revalidated against the database on every use.
+    pub documents: Arc<DocumentCache>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,12 +99,14 @@ impl App {
             })?;
         tracing::info!(%addr, database = %redact_url(&url), "doorstep server ready");
         let notice = accounts.notice(addr);
+        let config_cache_size = config.document_cache_size;
         let state = AppState {
             config: Arc::new(config),
             storage,
             keys,
             dummy_password_hash: Arc::new(dummy_password_hash),
             metrics: Arc::new(Metrics::default()),
+            documents: Arc::new(DocumentCache::new(config_cache_size)),
         };
         Ok(App {
             listener,

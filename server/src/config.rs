@@ -41,6 +41,10 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// How many parsed case files the sync path keeps in memory (0 turns the cache off).
+    #[arg(long, env = "DOORSTEP_DOCUMENT_CACHE_SIZE", default_value_t = 64)]
+    pub document_cache_size: usize,
+
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "DOORSTEP_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
@@ -62,6 +66,7 @@ impl Config {
             signing_key_file: None,
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 30,
+            document_cache_size: 64,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
         }

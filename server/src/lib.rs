@@ -13,12 +13,13 @@ pub mod auth;
 pub mod cases;
 pub mod config;
 pub mod demo;
+pub mod doc_cache;
 pub mod error;
 pub mod metrics;
 pub mod storage;
 pub mod sync;
-
 pub mod web;
+
 pub use app::{App, AppState, StartupError};
 pub use config::Config;
 pub use error::ApiError;

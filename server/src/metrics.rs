@@ -23,6 +23,8 @@ pub struct Metrics {
     pub sync_documents_refused: AtomicU64,
     pub sign_ins: AtomicU64,
     pub sign_in_failures: AtomicU64,
+    pub document_cache_hits: AtomicU64,
+    pub document_cache_misses: AtomicU64,
 }
 
 impl Metrics {
@@ -99,6 +101,16 @@ impl Metrics {
                 "doorstep_sign_in_failures_total",
                 "Failed sign-ins.",
                 &self.sign_in_failures,
+            ),
+            (
+                "doorstep_document_cache_hits_total",
+                "Sync documents served from the parsed-document cache.",
+                &self.document_cache_hits,
+            ),
+            (
+                "doorstep_document_cache_misses_total",
+                "Sync documents parsed from the database.",
+                &self.document_cache_misses,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

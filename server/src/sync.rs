@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, RefusedSync};
 
 use crate::auth::Caller;
+use crate::doc_cache::DocumentCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, heads_key};
@@ -87,6 +88,7 @@ pub struct SyncReply {
 pub async fn sync(
     storage: &dyn Storage,
     metrics: &Metrics,
+    documents: &DocumentCache,
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
@@ -122,7 +124,21 @@ pub async fn sync(
         .map(|d| d.case_id.clone())
         .collect();
     to_load.extend(unasked);
-    let loaded = tx.load_documents(&device_id, &to_load).await?;
+    let loaded: Vec<(LoadedDocument, Option<CaseFile>)> = tx
+        .load_documents(&device_id, &to_load)
+        .await?
+        .into_iter()
+        .map(|document| {
+            let cached = documents.take(&document.case_id, &document.heads);
+            let counter = if cached.is_some() {
+                &metrics.document_cache_hits
+            } else {
+                &metrics.document_cache_misses
+            };
+            Metrics::add(counter, 1);
+            (document, cached)
+        })
+        .collect();
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());
@@ -132,20 +148,24 @@ pub async fn sync(
     }
     let bound_actor = caller.device.actor_id.clone();
     // Automerge work is CPU-bound: keep it off the async workers.
-    let (writes, mut replies) = tokio::task::spawn_blocking(move || {
+    let (writes, mut replies, parsed) = tokio::task::spawn_blocking(move || {
         let mut writes = Vec::new();
         let mut replies = BTreeMap::new();
-        for document in loaded {
+        let mut parsed = Vec::new();
+        for (document, cached) in loaded {
             let message = messages.get(&document.case_id).cloned().flatten();
             let requested = messages.contains_key(&document.case_id);
-            let (write, reply) = apply_one(document, message.as_deref(), &bound_actor);
+            let applied = apply_one(document, cached, message.as_deref(), &bound_actor);
             // Unasked documents only send; their state is saved when the phone answers.
-            if let Some(write) = write.filter(|_| requested) {
+            if let Some(write) = applied.write.filter(|_| requested) {
                 writes.push(write);
             }
-            replies.insert(reply.case_id.clone(), reply);
+            if let Some(file) = applied.file {
+                parsed.push((applied.reply.case_id.clone(), file));
+            }
+            replies.insert(applied.reply.case_id.clone(), applied.reply);
         }
-        (writes, replies)
+        (writes, replies, parsed)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("sync task failed: {e}")))?;
@@ -158,6 +178,11 @@ pub async fn sync(
     tx.write_documents(&provenance, &writes).await?;
     tx.forget_sync_states(&device_id, &forgotten).await?;
     tx.commit().await?;
+    // Committed: the parsed documents now match the database and may serve the next request.
+    for (case_id, mut file) in parsed {
+        let heads = heads_key(&file.heads());
+        documents.put(case_id, heads, file);
+    }
 
     let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
     let refused = replies.values().filter(|r| r.error.is_some()).count()
@@ -190,33 +215,58 @@ pub async fn sync(
     })
 }
 
-/// Applies one message to one stored document and builds the server's next message.
-/// Returns what to write (None: nothing may change) and the reply.
+/// What applying one message to one document led to.
+struct Applied {
+    /// What to write; None when nothing may change.
+    write: Option<DocumentWrite>,
+    reply: DocumentReply,
+    /// The parsed document, unchanged unless `write` carries its new snapshot, for the cache.
+    file: Option<CaseFile>,
+}
+
+/// Applies one message to one stored document (parsed from the database unless the cache had
+/// it at the stored heads) and builds the server's next message.
 fn apply_one(
     document: LoadedDocument,
+    cached: Option<CaseFile>,
     message: Option<&[u8]>,
     bound_actor: &str,
-) -> (Option<DocumentWrite>, DocumentReply) {
+) -> Applied {
     let case_id = document.case_id;
-    let refuse = |error| {
-        let reply = DocumentReply {
+    let mut file = match cached {
+        Some(file) => file,
+        None => {
+            // The server only reads here; its author and actor are never written.
+            let author = Author {
+                user_id: "server".into(),
+                device_id: crate::cases::SERVER_DEVICE.into(),
+            };
+            match CaseFile::load(&document.snapshot, author, ActorId::random()) {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::error!(case = %case_id, error = %e, "stored case file does not load");
+                    return Applied {
+                        write: None,
+                        reply: DocumentReply {
+                            case_id,
+                            message: None,
+                            error: Some(DocumentError::Unavailable),
+                        },
+                        file: None,
+                    };
+                }
+            }
+        }
+    };
+    // A refusal leaves the document as stored (the checked receive changes nothing).
+    let refuse = |error, file| Applied {
+        write: None,
+        reply: DocumentReply {
             case_id: case_id.clone(),
             message: None,
             error: Some(error),
-        };
-        (None, reply)
-    };
-    // The server only reads here; its author and actor are never written.
-    let author = Author {
-        user_id: "server".into(),
-        device_id: crate::cases::SERVER_DEVICE.into(),
-    };
-    let mut file = match CaseFile::load(&document.snapshot, author, ActorId::random()) {
-        Ok(file) => file,
-        Err(e) => {
-            tracing::error!(case = %case_id, error = %e, "stored case file does not load");
-            return refuse(DocumentError::Unavailable);
-        }
+        },
+        file: Some(file),
     };
     let mut peer = match document.sync_state.as_deref().map(PeerState::decode) {
         Some(Ok(peer)) => peer,
@@ -235,7 +285,11 @@ fn apply_one(
                 for change in applied {
                     let Some(mut stored) = file.doc_mut().get_change_by_hash(&change.hash) else {
                         tracing::error!(case = %case_id, "an applied change is missing");
-                        return refuse(DocumentError::Unavailable);
+                        // Not cached: its state is uncertain.
+                        return Applied {
+                            file: None,
+                            ..refuse(DocumentError::Unavailable, file)
+                        };
                     };
                     changes.push(NewChange {
                         hash: change.hash.to_string(),
@@ -245,13 +299,13 @@ fn apply_one(
                 }
             }
             Err(RefusedSync::ForeignActor(actor)) => {
-                return refuse(DocumentError::ForeignActor(actor));
+                return refuse(DocumentError::ForeignActor(actor), file);
             }
             Err(RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(detail))) => {
-                return refuse(DocumentError::CorruptMessage(detail));
+                return refuse(DocumentError::CorruptMessage(detail), file);
             }
             Err(RefusedSync::Invalid(e)) => {
-                return refuse(DocumentError::InvalidDocument(e.to_string()));
+                return refuse(DocumentError::InvalidDocument(e.to_string()), file);
             }
         }
     }
@@ -263,7 +317,11 @@ fn apply_one(
             message: None,
             error: None,
         };
-        return (None, reply);
+        return Applied {
+            write: None,
+            reply,
+            file: Some(file),
+        };
     }
     let reply = file.generate_sync_message(&mut peer);
     let snapshot = if changes.is_empty() {
@@ -282,5 +340,9 @@ fn apply_one(
         message: reply,
         error: None,
     };
-    (Some(write), reply)
+    Applied {
+        write: Some(write),
+        reply,
+        file: Some(file),
+    }
 }

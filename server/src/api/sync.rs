@@ -85,6 +85,7 @@ pub async fn sync(
     let reply = sync::sync(
         state.storage.as_ref(),
         &state.metrics,
+        &state.documents,
         &caller,
         incoming,
         now_ms(),

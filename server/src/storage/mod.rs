@@ -248,6 +248,9 @@ pub struct AllocatedDocument {
 pub struct LoadedDocument {
     pub case_id: String,
     pub snapshot: Vec<u8>,
+    /// The stored document's heads (sorted hex joined by commas): what a cached parse of the
+    /// document is checked against.
+    pub heads: String,
     /// This device's saved sync state for the document.
     pub sync_state: Option<Vec<u8>>,
 }
@@ -373,9 +376,6 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The stored changes of a case, oldest first.
     async fn changes(&self, case_id: &str) -> StorageResult<Vec<StoredChange>>;
 
-    /// Starts the transaction of one sync request.
-    async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>>;
-}
     /// Stores a new web session.
     async fn create_web_session(&self, session: &WebSession) -> StorageResult<()>;
     /// The session with this token hash, if it exists and has not expired at `now`.
@@ -387,6 +387,9 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// When `user_id` last opened each case they have opened: (case id, Unix ms).
     async fn case_views(&self, user_id: &str) -> StorageResult<Vec<(String, i64)>>;
 
+    /// Starts the transaction of one sync request.
+    async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>>;
+}
 
 /// Opens (creating if needed, for SQLite) and migrates the database at `url`.
 pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {

@@ -624,7 +624,7 @@ macro_rules! sql_storage {
                 let mut loaded = Vec::with_capacity(sorted.len());
                 for case_id in sorted {
                     let row = sqlx::query(&$sql(concat!(
-                        "SELECT d.snapshot, s.state
+                        "SELECT d.snapshot, d.heads, s.state
                          FROM documents d
                          LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                          WHERE d.case_id = $1",
@@ -640,6 +640,7 @@ macro_rules! sql_storage {
                     loaded.push(LoadedDocument {
                         case_id: case_id.clone(),
                         snapshot: row.try_get("snapshot")?,
+                        heads: row.try_get("heads")?,
                         sync_state: row.try_get("state")?,
                     });
                 }

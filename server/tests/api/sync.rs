@@ -19,6 +19,7 @@ both_backends!(
     an_invalid_document_is_refused,
     retrying_a_sync_is_harmless,
     a_deallocated_case_is_dropped,
+    the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
 );
 
 async fn stored_heads(app: &TestApp, case_id: &str) -> String {
@@ -315,4 +316,95 @@ async fn an_empty_request_lists_the_caseload() {
     assert_eq!(reply.allocated, ["case-demo-1", "case-demo-2"]);
     assert_eq!(reply.documents.len(), 2);
     assert!(reply.documents.iter().all(|d| d.message.is_some()));
+}
+
+/// The value of one counter from the Prometheus text at /metrics.
+async fn counter(app: &TestApp, name: &str) -> u64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn the_document_cache_serves_repeat_syncs_but_never_a_stale_document(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case = "case-demo-1";
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let hits = |app| counter(app, "doorstep_document_cache_hits_total");
+    let misses = |app| counter(app, "doorstep_document_cache_misses_total");
+    let (hits_before, misses_before) = (hits(&app).await, misses(&app).await);
+
+    // A repeat sync of a case the server parsed last time is served from the cache.
+    officer
+        .doc(case)
+        .add(
+            &testing::visit("user-officer", testing::at(5), 100),
+            testing::at(5),
+        )
+        .unwrap();
+    officer.sync_until_quiet(&app).await;
+    assert!(
+        hits(&app).await > hits_before,
+        "a repeat sync used the cache"
+    );
+    assert_eq!(
+        heads_key(&officer.doc(case).heads()),
+        stored_heads(&app, case).await
+    );
+
+    // A write that does not go through sync (a staff import of register marks) changes the
+    // stored heads: the cached parse is stale and must not be used.
+    let lead = app.tokens("lead", &testing::actor(9)).await;
+    let view: serde_json::Value = app
+        .client
+        .get(app.url(&format!("/api/v1/cases/{case}")))
+        .bearer_auth(&lead.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let child = view["file"]["children"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/cases/{case}/register-marks")))
+        .bearer_auth(&lead.access_token)
+        .header("content-type", "text/csv")
+        .body(format!(
+            "pupil_ref,date,session,code\n{child},2026-01-05,AM,G\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let misses_before = misses(&app).await.max(misses_before);
+    officer.sync_until_quiet(&app).await;
+    assert!(
+        misses(&app).await > misses_before,
+        "the stale parse was not used"
+    );
+    assert_eq!(
+        officer.doc(case).marks(&child).unwrap().len(),
+        1,
+        "the phone got the import"
+    );
+    assert_eq!(
+        heads_key(&officer.doc(case).heads()),
+        stored_heads(&app, case).await
+    );
 }
