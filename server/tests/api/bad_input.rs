@@ -272,3 +272,40 @@ async fn operations_endpoints_answer() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_gets_503_and_the_server_keeps_serving() {
+    // With a zero time limit every request that has to wait (for the database, for argon2)
+    // runs out; one that answers at once (liveness) does not.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = doorstep_server::Config::with_data_dir(dir.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.database_url = Some(format!("sqlite:{}", dir.path().join("t.db").display()));
+    config.demo = true;
+    config.request_timeout_secs = 0;
+    let app = doorstep_server::App::build(config).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run(async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let sign_in = client
+        .post(format!("{base}/api/v1/auth/sign-in"))
+        .json(&json!({
+            "username": "officer",
+            "password": "doorstep-demo",
+            "device_name": "test phone",
+            "actor_id": testing::actor(1).to_hex_string(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_of(sign_in).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, "timeout");
+    let health = client.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "the server keeps serving");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
