@@ -31,6 +31,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (unit, property, integration, doc)"
 cargo test --workspace --locked
 
+step "the phone core through its generated bindings (Python, Kotlin; Swift drift)"
+scripts/test-bindings.sh
+
 step "benchmarks compile"
 cargo bench --workspace --locked --no-run
 
