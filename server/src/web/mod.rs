@@ -41,6 +41,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/cases") }))
         .route("/static/style.css", get(stylesheet))
+        // Browsers ask for it on every site; an empty answer keeps their consoles clean.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/sign-in",
             get(session::sign_in_page).post(session::sign_in),

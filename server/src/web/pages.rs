@@ -119,10 +119,24 @@ pub fn field_text(value: &serde_json::Value) -> String {
         Value::Bool(false) => "no".into(),
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
-        Value::Array(values) if values.iter().all(|v| !v.is_object()) => {
-            values.iter().map(field_text).collect::<Vec<_>>().join(", ")
+        Value::Array(values) => {
+            let separator = if values.iter().any(Value::is_object) {
+                " | "
+            } else {
+                ", "
+            };
+            values
+                .iter()
+                .map(field_text)
+                .collect::<Vec<_>>()
+                .join(separator)
         }
-        other => other.to_string(),
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| format!("{}: {}", label(k), field_text(v)))
+            .collect::<Vec<_>>()
+            .join("; "),
     }
 }
 
