@@ -526,9 +526,12 @@ impl Local {
         let actor = self.actor.clone();
         let loaded = self.case(case_id)?;
         let pending = pending_changes(&mut loaded.file, &loaded.acked, &actor);
+        let mut heads: Vec<String> = loaded.file.heads().iter().map(|h| h.to_string()).collect();
+        heads.sort();
         let view = loaded.file.view()?;
         Ok(CaseView {
             case_id: view.case_id.clone().unwrap_or_else(|| case_id.to_string()),
+            heads: heads.join(","),
             details: from_core(&view.details)?,
             children: typed_records(&view.children, |info, child| ChildRecord { info, child })?,
             household: typed_records(&view.household, |info, member| HouseholdRecord {

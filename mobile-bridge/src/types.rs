@@ -401,6 +401,9 @@ pub struct ConflictInfo {
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct CaseView {
     pub case_id: String,
+    /// The document's heads (sorted hex, comma-separated, as the server shows them): two
+    /// replicas with equal heads hold identical case files.
+    pub heads: String,
     pub details: CaseDetails,
     pub children: Vec<ChildRecord>,
     pub household: Vec<HouseholdRecord>,

@@ -1831,6 +1831,11 @@ public func FfiConverterTypeCaseSyncError_lower(_ value: CaseSyncError) -> RustB
  */
 public struct CaseView: Equatable, Hashable {
     public var caseId: String
+    /**
+     * The document's heads (sorted hex, comma-separated, as the server shows them): two
+     * replicas with equal heads hold identical case files.
+     */
+    public var heads: String
     public var details: CaseDetails
     public var children: [ChildRecord]
     public var household: [HouseholdRecord]
@@ -1852,7 +1857,11 @@ public struct CaseView: Equatable, Hashable {
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(caseId: String, details: CaseDetails, children: [ChildRecord], household: [HouseholdRecord], visits: [VisitRecord], voice: [VoiceRecord], evidence: [EvidenceRecord], contacts: [ContactRecord], targets: [TargetRecord], 
+    public init(caseId: String, 
+        /**
+         * The document's heads (sorted hex, comma-separated, as the server shows them): two
+         * replicas with equal heads hold identical case files.
+         */heads: String, details: CaseDetails, children: [ChildRecord], household: [HouseholdRecord], visits: [VisitRecord], voice: [VoiceRecord], evidence: [EvidenceRecord], contacts: [ContactRecord], targets: [TargetRecord], 
         /**
          * Parenting contracts, stage changes, considerations, attendance marks and resolutions,
          * as sync-core's JSON (`{"contracts": [...], "stage_changes": [...], ...}`).
@@ -1861,6 +1870,7 @@ public struct CaseView: Equatable, Hashable {
          * Local changes the server has not yet acknowledged.
          */pendingChanges: UInt64) {
         self.caseId = caseId
+        self.heads = heads
         self.details = details
         self.children = children
         self.household = household
@@ -1891,6 +1901,7 @@ public struct FfiConverterTypeCaseView: FfiConverterRustBuffer {
         return
             try CaseView(
                 caseId: FfiConverterString.read(from: &buf), 
+                heads: FfiConverterString.read(from: &buf), 
                 details: FfiConverterTypeCaseDetails.read(from: &buf), 
                 children: FfiConverterSequenceTypeChildRecord.read(from: &buf), 
                 household: FfiConverterSequenceTypeHouseholdRecord.read(from: &buf), 
@@ -1907,6 +1918,7 @@ public struct FfiConverterTypeCaseView: FfiConverterRustBuffer {
 
     public static func write(_ value: CaseView, into buf: inout [UInt8]) {
         FfiConverterString.write(value.caseId, into: &buf)
+        FfiConverterString.write(value.heads, into: &buf)
         FfiConverterTypeCaseDetails.write(value.details, into: &buf)
         FfiConverterSequenceTypeChildRecord.write(value.children, into: &buf)
         FfiConverterSequenceTypeHouseholdRecord.write(value.household, into: &buf)
