@@ -2,9 +2,9 @@
 //! refresh, and `POST /api/v1/sync` rounds until neither side has anything left to say.
 //!
 //! Wire format: the server's `api/sync.rs` (JSON; Automerge sync messages in standard base64).
-//! Every round is persisted in one transaction (received changes, sync states, pending
-//! counts) before the next request, so a sync cut off at any point resumes from what is on
-//! disk: the persisted sync state is only the part that survives a lost reply
+//! After every round trip, each case's received changes, sync state and pending count are
+//! committed together (one transaction per case) before the next request, so a sync cut off at
+//! any point resumes from what is on disk: the persisted sync state is only the part that survives a lost reply
 //! (`PeerState::encode`), exactly what the server asks a retrying client to start from.
 //! Pending changes are computed from those states, which only the server's replies advance,
 //! so nothing counts as synced before the server has said it holds it.

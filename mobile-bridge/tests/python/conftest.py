@@ -22,15 +22,16 @@ DEMO_PASSWORD = "doorstep-demo"  # invented demo data seeded by `doorstep-server
 class Server:
     """A doorstep-server process on a free port, restartable on the same port and data."""
 
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, extra_args=()):
         self.data_dir = str(data_dir)
+        self.extra_args = list(extra_args)
         self.listen = "127.0.0.1:0"
         self.process = None
         self.url = None
 
     def start(self, demo=True):
         binary = os.environ["DOORSTEP_SERVER_BIN"]
-        args = [binary, "--listen", self.listen, "--data-dir", self.data_dir]
+        args = [binary, "--listen", self.listen, "--data-dir", self.data_dir, *self.extra_args]
         if demo:
             args.append("--demo")
         self.process = subprocess.Popen(
@@ -87,6 +88,14 @@ def server(tmp_path_factory):
 def fresh_server(tmp_path):
     """A server of one's own, for tests that stop it or revoke devices."""
     server = Server(tmp_path / "server").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def short_token_server(tmp_path):
+    """A server whose access tokens live one second: phones must refresh before every call."""
+    server = Server(tmp_path / "server", ["--access-token-ttl-secs", "1"]).start()
     yield server
     server.stop()
 

@@ -482,3 +482,29 @@ def test_a_sync_killed_midway_resumes_and_loses_nothing(phones, server):
     assert report.pending_changes == 0
     other = synced_phone(phones, server)
     assert set(ids) <= {v.info.id for v in other.open_case(CASE).visits}
+
+
+def test_tokens_are_refreshed_and_a_replayed_refresh_token_ends_the_session(phones, short_token_server):
+    phone = synced_phone(phones, short_token_server)
+    # Every sync needs a fresh access token: each one refreshes (and rotates) by itself.
+    for note in ("first", "second"):
+        phone.record_visit(CASE, visit(note=note))
+        assert run(phone.sync_now()).pending_changes == 0
+    # A copy of the store holds the same refresh token: whichever presents it second replays
+    # a retired token, and the server revokes the whole sign-in.
+    phone.close_store()
+    copy_path = phone.path + ".copy"
+    with open(phone.path, "rb") as src, open(copy_path, "wb") as dst:
+        dst.write(src.read())
+    original = bridge.Doorstep(phone.path, phone.key)
+    copy = bridge.Doorstep(copy_path, phone.key)
+    run(original.sync_now())
+    with pytest.raises(E.SessionExpired):
+        run(copy.sync_now())
+    with pytest.raises(E.SessionExpired):
+        run(original.sync_now())
+    # Local work goes on; the data is kept until the worker signs in again.
+    visit_id = original.record_visit(CASE, visit(note="after the session ended"))
+    run(original.sign_in(short_token_server.url, "officer", DEMO_PASSWORD, "test phone"))
+    assert run(original.sync_now()).pending_changes == 0
+    assert visit_id in [v.info.id for v in original.open_case(CASE).visits]
