@@ -117,7 +117,11 @@ pub fn field_text(value: &serde_json::Value) -> String {
         Value::Null => "—".into(),
         Value::Bool(true) => "yes".into(),
         Value::Bool(false) => "no".into(),
-        Value::String(s) => s.clone(),
+        // Times are stored as RFC 3339 with nanoseconds; people read minutes.
+        Value::String(s) => DateTime::parse_from_rfc3339(s).map_or_else(
+            |_| s.clone(),
+            |at| super::render::time(at.with_timezone(&Utc)),
+        ),
         Value::Number(n) => n.to_string(),
         Value::Array(values) => {
             let separator = if values.iter().any(Value::is_object) {
@@ -173,7 +177,11 @@ impl Builder<'_> {
                 let fields = match serde_json::to_value(&record.body) {
                     Ok(serde_json::Value::Object(map)) => map
                         .iter()
-                        .filter(|(_, v)| !v.is_null() && v.as_array().is_none_or(|a| !a.is_empty()))
+                        .filter(|(_, v)| {
+                            !v.is_null()
+                                && v.as_array().is_none_or(|a| !a.is_empty())
+                                && v.as_str().is_none_or(|t| !t.is_empty())
+                        })
                         .map(|(k, v)| (label(k), field_text(v)))
                         .collect(),
                     _ => Vec::new(),

@@ -315,7 +315,12 @@ fn conflicts_section(signed_in: &SignedIn, data: &CaseData) -> Markup {
             @if data.view.conflicts.is_empty() { p { "None." } }
             @for conflict in &data.view.conflicts {
                 article.conflict {
-                    h3 { (conflict_target(&conflict.target)) ": " (conflict.field.replace('_', " ")) }
+                    h3 {
+                        @if let ConflictTarget::Record { collection, id } = &conflict.target {
+                            a href=(format!("#{}", anchor(*collection, id))) { (conflict_target(&conflict.target)) }
+                        } @else { (conflict_target(&conflict.target)) }
+                        ": " (conflict.field.replace('_', " "))
+                    }
                     p.meta { "Two people set this at once; choose the value to keep. Both stay in the record of the resolution." }
                     ul {
                         @for value in &conflict.values {

@@ -13,6 +13,7 @@ mod helpers;
 
 mod pages;
 mod safety;
+mod storage;
 
 use doorstep_server::web::demo;
 use helpers::{Backend, DEMO_PASSWORD, TestApp, spawn_app};

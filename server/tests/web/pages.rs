@@ -155,9 +155,21 @@ async fn case_page_shows_the_merged_file(backend: Backend) {
     ] {
         assert!(html.contains(expected), "missing {expected:?}");
     }
-    // Readiness links point at records on the page.
-    let link = attribute_after(&html, "href=\"#visits-").unwrap();
-    assert!(html.contains(&format!("id=\"visits-{link}\"")), "{link}");
+    // Every readiness link points at a record on the page.
+    let readiness =
+        &html[html.find("id=\"readiness\"").unwrap()..html.find("id=\"attendance\"").unwrap()];
+    let links: Vec<&str> = readiness
+        .split("href=\"#")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('"').unwrap()])
+        .collect();
+    assert!(links.len() >= 6, "{links:?}");
+    for link in links {
+        assert!(
+            html.contains(&format!("id=\"{link}\"")),
+            "no record {link} on the page"
+        );
+    }
     // A worker who holds the case sees it too.
     let worker_case = Browser::sign_in(&app, "worker").await;
     worker_case.page("/cases/case-demo-2", StatusCode::OK).await;

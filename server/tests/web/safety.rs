@@ -12,6 +12,8 @@ both_backends!(
     forged_form_posts_are_refused_and_change_nothing,
     script_in_a_note_or_a_name_is_shown_as_text,
     a_stale_conflict_resolution_is_refused_and_changes_nothing,
+    unreadable_or_foreign_values_and_signed_out_posts_change_nothing,
+    cookies_are_secure_outside_localhost_and_end_with_the_account,
 );
 
 async fn a_case_you_may_not_see_is_a_404_like_a_missing_one(backend: Backend) {
@@ -159,4 +161,68 @@ async fn a_stale_conflict_resolution_is_refused_and_changes_nothing(backend: Bac
     );
     assert!(message.contains("nothing was changed"));
     assert_eq!(stored_heads(&app, "case-demo-1").await, after_first);
+}
+
+async fn unreadable_or_foreign_values_and_signed_out_posts_change_nothing(backend: Backend) {
+    let app = app_with_casework(backend).await;
+    let lead = Browser::sign_in(&app, "lead").await;
+    let html = lead.page("/cases/case-demo-1", StatusCode::OK).await;
+    let action = attribute_after(&html, "action=\"/cases/case-demo-1/conflicts/").unwrap();
+    let path = format!("/cases/case-demo-1/conflicts/{action}");
+    let csrf = csrf_of(&html);
+    let before = stored_heads(&app, "case-demo-1").await;
+    for chosen in ["{not json", "\"a value nobody set\""] {
+        let response = lead
+            .post(&path, &[("csrf", &csrf), ("chosen", chosen)])
+            .await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{chosen}");
+    }
+    // Without a session, a post is sent to sign in.
+    let stranger = Browser::new(&app);
+    let response = stranger
+        .post(&path, &[("csrf", &csrf), ("chosen", "\"x\"")])
+        .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(response.headers()["location"], "/sign-in");
+    assert_eq!(stored_heads(&app, "case-demo-1").await, before);
+}
+
+async fn cookies_are_secure_outside_localhost_and_end_with_the_account(backend: Backend) {
+    let app = app_with_casework(backend).await;
+    // Reached under a public name (as behind a TLS proxy), the cookies are `Secure`.
+    let response = reqwest::Client::new()
+        .get(format!("{}/sign-in", app.base))
+        .header("host", "doorstep.example.org")
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+
+    // Disabling an account ends its browser sessions at once, and it cannot sign in again.
+    let worker = Browser::sign_in(&app, "worker").await;
+    worker.page("/cases", StatusCode::OK).await;
+    app.storage()
+        .disable_user("user-worker", chrono::Utc::now().timestamp_millis())
+        .await
+        .unwrap();
+    assert_eq!(worker.get("/cases").await.status(), StatusCode::SEE_OTHER);
+    let form = worker.page("/sign-in", StatusCode::OK).await;
+    let response = worker
+        .post(
+            "/sign-in",
+            &[
+                ("username", "worker"),
+                ("password", crate::helpers::DEMO_PASSWORD),
+                ("csrf", &csrf_of(&form)),
+            ],
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
