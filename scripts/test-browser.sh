@@ -4,16 +4,20 @@
 # at tablet width and saves screenshots under tests/artefacts/ (git-ignored).
 #
 # Installs what it needs on a fresh Debian machine: the `chromium` package (only when
-# /usr/bin/chromium is missing) and playwright-core (npm; no browser download).
+# /usr/bin/chromium is missing), Node.js and npm when missing, and playwright-core (npm; no
+# browser download).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-if [ ! -x /usr/bin/chromium ]; then
-    sudo=""
-    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
+missing=()
+if [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
+if ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
+if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y chromium
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y "${missing[@]}"
 fi
 
 (
@@ -62,7 +66,6 @@ if [ -z "$base" ]; then
     cat "$work/server.log" >&2
     exit 1
 fi
-curl --silent --show-error --fail "$base/ready" >/dev/null
 
 mkdir -p tests/artefacts
 DOORSTEP_URL=$base ARTEFACTS=$root/tests/artefacts node server/tests/browser/web-view.test.mjs

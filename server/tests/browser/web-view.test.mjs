@@ -12,6 +12,10 @@ assert.ok(base, 'DOORSTEP_URL is set');
 assert.ok(artefacts, 'ARTEFACTS is set');
 fs.mkdirSync(artefacts, { recursive: true });
 
+// The server printed its address once listening; it must also say it is ready.
+const ready = await fetch(`${base}/ready`);
+assert.equal(ready.status, 200, 'the server is ready');
+
 const browser = await chromium.launch({
   executablePath: '/usr/bin/chromium',
   args: [
