@@ -22,9 +22,13 @@ mod render;
 pub mod session;
 
 use axum::Router;
+use axum::error_handling::HandleErrorLayer;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -57,6 +61,17 @@ pub fn router(state: AppState) -> Router {
         .route("/cases/{case_id}/evidence-pack", get(pack::pack_html))
         .route("/cases/{case_id}/evidence-pack.pdf", get(pack::pack_pdf))
         .layer(axum::middleware::map_response(security_headers))
+        .layer(
+            ServiceBuilder::new()
+                .layer(CatchPanicLayer::custom(|_| {
+                    WebError::Internal("a page handler panicked".into()).into_response()
+                }))
+                .layer(TraceLayer::new_for_http())
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    WebError::Internal("a page took too long or its middleware failed".into())
+                }))
+                .timeout(state.config.request_timeout()),
+        )
         .with_state(state)
 }
 

@@ -50,6 +50,8 @@ pub struct Item {
     pub fields: Vec<(String, String)>,
     /// Received (or, failing that, made) after the user last opened the case.
     pub new_since_last_view: bool,
+    /// Amendments received (or made) since then.
+    pub new_amendments: usize,
 }
 
 impl Item {
@@ -101,12 +103,13 @@ impl CaseData {
             .max()
     }
 
+    /// Records and amendments new since the user last opened the case.
     pub fn new_records(&self) -> usize {
         self.timeline
             .iter()
             .chain(&self.other_records)
-            .filter(|i| i.new_since_last_view)
-            .count()
+            .map(|i| usize::from(i.new_since_last_view) + i.new_amendments)
+            .sum()
     }
 }
 
@@ -203,6 +206,17 @@ impl Builder<'_> {
                         .collect(),
                     fields,
                     new_since_last_view: self.last_viewed.is_some_and(|seen| arrived > seen),
+                    new_amendments: record
+                        .amendments
+                        .iter()
+                        .filter(|a| {
+                            let arrived = self
+                                .provenance
+                                .amendment(&a.id)
+                                .map_or(a.at.timestamp_millis(), |r| r.at);
+                            self.last_viewed.is_some_and(|seen| arrived > seen)
+                        })
+                        .count(),
                 }
             })
             .collect()

@@ -126,7 +126,7 @@ pub fn caseload_page(signed_in: &SignedIn, rows: &[CaseloadRow]) -> Markup {
                 table.caseload {
                     thead { tr {
                         th { "Case" } th { "Stage" } th { "Attendance" } th { "Penalty-notice threshold" }
-                        th { "Last contact" } th { "Open conflicts" } th { "New since my last visit" }
+                        th { "Last contact" } th { "Open conflicts" } th { "New records and amendments since my last visit" }
                     } }
                     tbody {
                         @for row in rows {

@@ -127,6 +127,32 @@ async fn caseload_shows_figures_and_what_is_new(backend: Backend) {
     .unwrap();
     let html = officer.page("/cases", StatusCode::OK).await;
     assert!(html.contains("1 new"), "{html}");
+    // An amendment counts too.
+    doorstep_server::web::demo::edit_stored_case(
+        app.storage(),
+        "case-demo-1",
+        "user-officer",
+        |file| {
+            let visit = file
+                .list::<doorstep_sync_core::records::HomeVisit>()?
+                .into_iter()
+                .find(|v| v.finalised.is_some())
+                .unwrap();
+            file.amend(
+                doorstep_sync_core::Collection::Visits,
+                &visit.id,
+                "location",
+                serde_json::json!("grandparent's home"),
+                "the family had moved in with the grandparents",
+                chrono::Utc::now(),
+            )?;
+            Ok(())
+        },
+    )
+    .await
+    .unwrap();
+    let html = officer.page("/cases", StatusCode::OK).await;
+    assert!(html.contains("2 new"), "{html}");
 }
 
 async fn case_page_shows_the_merged_file(backend: Backend) {
