@@ -218,23 +218,21 @@ pub fn build(data: &CaseData) -> Pack {
     let mut readiness: Vec<Entry> = r
         .items
         .iter()
-        .map(|item| Entry {
-            heading: format!(
-                "{} [{}]",
-                item.title,
-                if item.met { "met" } else { "missing" }
-            ),
-            lines: vec![
-                ("detail".into(), item.detail.clone()),
-                (
-                    "records".into(),
-                    item.records
-                        .iter()
-                        .map(|x| format!("{} {}", x.collection, x.id))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                ),
-            ],
+        .map(|item| {
+            let mut lines = vec![("detail".to_string(), item.detail.clone())];
+            if !item.records.is_empty() {
+                let records: Vec<String> = item
+                    .records
+                    .iter()
+                    .map(|x| format!("{} {}", x.collection, x.id))
+                    .collect();
+                lines.push(("records".into(), records.join(", ")));
+            }
+            let status = if item.met { "met" } else { "missing" };
+            Entry {
+                heading: format!("{} [{status}]", item.title),
+                lines,
+            }
         })
         .collect();
     readiness.push(Entry {

@@ -119,7 +119,15 @@ fn layout(blocks: &[Block]) -> Vec<Vec<u8>> {
 
 /// The whole PDF file.
 pub fn render(title: &str, blocks: &[Block]) -> Vec<u8> {
-    let pages = layout(blocks);
+    let mut pages = layout(blocks);
+    // Every page names the document and its place in it, so loose pages can be put back.
+    let count = pages.len();
+    for (i, page) in pages.iter_mut().enumerate() {
+        let y = MARGIN / 2.0;
+        page.extend_from_slice(format!("BT /F1 8 Tf {MARGIN} {y:.1} Td ").as_bytes());
+        pdf_string(&format!("{title} - page {} of {count}", i + 1), page);
+        page.extend_from_slice(b" Tj ET\n");
+    }
     // Objects: 1 catalog, 2 page tree, 3 and 4 fonts, 5 info, then a page and its content
     // stream for each page.
     let first_page = 6;
@@ -217,6 +225,7 @@ mod tests {
             .map(|&b| if b.is_ascii() { b as char } else { '?' })
             .collect();
         assert!(text.contains("(line 199) Tj"));
+        assert!(text.contains("(T - page 4 of 4) Tj"));
         assert!(
             text.contains("/Count 4"),
             "200 lines of 12pt on A4 take four pages"
