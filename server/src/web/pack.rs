@@ -358,7 +358,7 @@ pub fn build(data: &CaseData) -> Pack {
         heading: "Automerge changes stored by the server".into(),
         entries: vec![Entry {
             heading: format!(
-                "{} changes, oldest first (hash: received, by, device)",
+                "{} changes, oldest first (hash: received, by, device, Automerge actor)",
                 data.changes.len()
             ),
             lines: data
@@ -368,12 +368,13 @@ pub fn build(data: &CaseData) -> Pack {
                     (
                         c.hash.clone(),
                         format!(
-                            "{}, {}, {}",
+                            "{}, {}, {}, actor {}",
                             time_ms(c.received_at),
                             c.user_id
                                 .as_deref()
                                 .map_or("server".into(), |u| data.name_of(u)),
-                            c.device_id.as_deref().unwrap_or("server")
+                            c.device_id.as_deref().unwrap_or("server"),
+                            c.actor_id
                         ),
                     )
                 })
