@@ -239,6 +239,7 @@ async fn evidence_pack_as_html_and_pdf(backend: Backend) {
             "change {} missing",
             change.hash
         );
+        assert!(html.contains(&change.actor_id), "actor of {}", change.hash);
     }
     for expected in [
         "Evidence pack: case ATT-DEMO-0001",
