@@ -34,6 +34,9 @@ cargo test --workspace --locked
 step "the phone core through its generated bindings (Python, Kotlin; Swift drift)"
 scripts/test-bindings.sh
 
+step "the staff web view in headless Chromium (playwright-core)"
+scripts/test-browser.sh
+
 step "benchmarks compile"
 cargo bench --workspace --locked --no-run
 
