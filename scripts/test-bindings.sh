@@ -9,6 +9,8 @@
 # Usage: scripts/test-bindings.sh            (from anywhere)
 #        UPDATE_SWIFT_BINDINGS=1 scripts/test-bindings.sh   rewrites the committed Swift copy
 #        DOORSTEP_SERVER_BIN=path scripts/test-bindings.sh  uses that server binary
+#        scripts/test-bindings.sh --install-only            only installs the toolchain (libssl-dev
+#            is needed by any workspace build, since the bridge links SQLCipher)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -45,6 +47,7 @@ if [[ ! -x $KOTLIN_HOME/bin/kotlinc ]]; then
         "kotlin-compiler@$KOTLIN_VERSION"
 fi
 echo "$KOTLIN_HOME/bin/kotlinc"
+[[ ${1:-} == --install-only ]] && exit 0
 
 step "build the bridge (cdylib on its own), the generator and the server"
 # Built in separate calls: building the cdylib together with uniffi-bindgen merges features.
