@@ -22,6 +22,10 @@ if command -v pg_isready >/dev/null 2>&1; then
   }
 fi
 
+step "system packages and toolchains (apt, npm), before any build"
+# libssl-dev is needed by every workspace build (the bridge links SQLCipher).
+scripts/test-bindings.sh --install-only
+
 step "format"
 cargo fmt --all -- --check
 
