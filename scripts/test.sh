@@ -29,7 +29,7 @@ scripts/test-bindings.sh --install-only
 step "format"
 cargo fmt --all -- --check
 
-step "lint"
+step "lint (also type-checks the benchmarks)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "tests (unit, property, integration, doc)"
@@ -40,8 +40,5 @@ scripts/test-bindings.sh
 
 step "the staff web view in headless Chromium (playwright-core)"
 scripts/test-browser.sh
-
-step "benchmarks compile"
-cargo bench --workspace --locked --no-run
 
 printf '\nAll tests passed.\n'
