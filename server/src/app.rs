@@ -26,6 +26,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
+    /// Evidence files: the blob store and the receipt-signing key.
+    pub evidence: Arc<crate::evidence::Evidence>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error("cannot open the evidence store: {0}")]
+    EvidenceStore(#[from] crate::blob_store::BlobStoreError),
     #[error("cannot create the first accounts: {0}")]
     Seed(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -78,6 +82,10 @@ impl App {
                 source,
             })?;
         let keys = TokenKeys::load_or_generate(&config.signing_key_file())?;
+        // Receipts are signed with the same Ed25519 key as access tokens (one key to publish).
+        let receipt_signer =
+            crate::evidence::receipt::ReceiptSigner::load(&config.signing_key_file())?;
+        let blob_store = config.evidence.open_store(&config.data_dir)?;
         let dummy_password_hash = password::hash(uuid::Uuid::new_v4().to_string())
             .await
             .map_err(|e| StartupError::Seed(e.to_string()))?;
@@ -107,6 +115,7 @@ impl App {
             dummy_password_hash: Arc::new(dummy_password_hash),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
+            evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),
         };
         Ok(App {
             listener,
@@ -134,10 +143,13 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         // The staff web view shares the listener; the API router keeps the JSON fallback.
+        let cleanup = crate::evidence::spawn_cleanup(self.state.clone());
         let router = crate::api::router(self.state.clone()).merge(crate::web::router(self.state));
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
-            .map_err(StartupError::Serve)
+            .map_err(StartupError::Serve);
+        cleanup.abort();
+        served
     }
 }

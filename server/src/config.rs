@@ -52,6 +52,10 @@ pub struct Config {
     /// Lifetime of a refresh token, in seconds.
     #[arg(long, env = "DOORSTEP_REFRESH_TOKEN_TTL_SECS", default_value_t = 30 * 24 * 3600)]
     pub refresh_token_ttl_secs: u64,
+
+    /// Evidence files: where they are stored and the limits published to phones.
+    #[command(flatten)]
+    pub evidence: crate::evidence::EvidenceConfig,
 }
 
 impl Config {
@@ -69,6 +73,7 @@ impl Config {
             document_cache_size: 64,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
+            evidence: crate::evidence::EvidenceConfig::default(),
         }
     }
 
@@ -117,6 +122,7 @@ impl fmt::Debug for Config {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .field("evidence", &self.evidence)
             .finish()
     }
 }

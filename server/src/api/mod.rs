@@ -17,6 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::evidence::api as evidence;
 
 pub use auth::{MeResponse, RefreshRequest, SignInRequest, TokenResponse, UserView};
 pub use cases::{
@@ -61,6 +62,24 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/cases/{case_id}/allocations/{user_id}",
             put(cases::allocate).delete(cases::deallocate),
+        )
+        .route("/api/v1/evidence/limits", get(evidence::limits))
+        .route("/api/v1/evidence/public-key", get(evidence::public_key))
+        .route(
+            "/api/v1/cases/{case_id}/evidence/uploads",
+            post(evidence::start_upload),
+        )
+        .route(
+            "/api/v1/cases/{case_id}/evidence/uploads/{upload_id}",
+            get(evidence::upload_status).put(evidence::put_chunk),
+        )
+        .route(
+            "/api/v1/cases/{case_id}/evidence/uploads/{upload_id}/complete",
+            post(evidence::retry_completion),
+        )
+        .route(
+            "/api/v1/cases/{case_id}/evidence/{sha256}",
+            get(evidence::download),
         )
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(body_limit))

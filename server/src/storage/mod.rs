@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub mod evidence;
 mod postgres;
 mod sql;
 mod sqlite;
 
+pub use evidence::{EvidenceChunk, EvidenceStorage, EvidenceUpload, StoredReceipt};
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
@@ -326,7 +328,7 @@ pub trait SyncTransaction: Send {
 
 /// Everything the server keeps. Implementations: [`SqliteStorage`], [`PostgresStorage`].
 #[async_trait]
-pub trait Storage: Send + Sync + fmt::Debug {
+pub trait Storage: Send + Sync + fmt::Debug + EvidenceStorage {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> StorageResult<()>;
 

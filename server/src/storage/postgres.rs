@@ -39,3 +39,5 @@ super::sql::sql_storage! {
     lock_document: " FOR UPDATE OF d",
     begin: |pool| pool.begin(),
 }
+
+super::evidence::evidence_sql! { storage: PostgresStorage, db: sqlx::Postgres, sql: postgres_sql }

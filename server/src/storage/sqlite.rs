@@ -48,3 +48,5 @@ super::sql::sql_storage! {
     // writes can fail with SQLITE_BUSY when another writer got in between.
     begin: |pool| pool.begin_with("BEGIN IMMEDIATE"),
 }
+
+super::evidence::evidence_sql! { storage: SqliteStorage, db: sqlx::Sqlite, sql: sqlite_sql }

@@ -12,6 +12,7 @@ mod bad_input;
 mod cases;
 mod convergence;
 mod crash;
+mod evidence;
 mod helpers;
 mod storage_suite;
 mod sync;
