@@ -151,9 +151,15 @@ impl BlobStore {
     /// offset never overwrite each other's bytes (only one of them is recorded).
     pub fn chunk_key(upload_id: &str, offset: u64) -> String {
         format!(
-            "uploads/{upload_id}/{offset:020}-{}",
+            "{}/{offset:020}-{}",
+            Self::upload_prefix(upload_id),
             uuid::Uuid::new_v4().simple()
         )
+    }
+
+    /// The prefix under which every chunk of an upload is stored.
+    pub fn upload_prefix(upload_id: &str) -> String {
+        format!("uploads/{upload_id}")
     }
 
     pub async fn put_chunk(&self, key: &str, bytes: Bytes) -> Result<(), BlobStoreError> {

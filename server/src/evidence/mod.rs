@@ -255,10 +255,12 @@ pub(crate) async fn complete_upload(
     }
 }
 
-/// Deletes an upload's chunk objects and rows.
+/// Deletes an upload's chunk objects and rows. Every object under the upload's prefix goes,
+/// including any stored by a request that died before recording its chunk.
 async fn discard_upload(state: &AppState, upload: &EvidenceUpload) -> Result<(), EvidenceError> {
-    for chunk in state.storage.evidence_chunks(&upload.id).await? {
-        state.evidence.store.delete(&chunk.object_key).await?;
+    let store = &state.evidence.store;
+    for key in store.keys(&BlobStore::upload_prefix(&upload.id)).await? {
+        store.delete(&key).await?;
     }
     state.storage.delete_evidence_upload(&upload.id).await?;
     Ok(())

@@ -588,6 +588,14 @@ async fn abandoned_uploads_are_cleaned_up(backend: Backend) {
         .upload_id
         .unwrap();
     assert_eq!(chunk_objects(&app).await.len(), 1);
+    // A chunk stored by a request that died before recording it goes too.
+    let orphan = BlobStore::chunk_key(&id, 5_000);
+    app.state
+        .evidence
+        .store
+        .put_chunk(&orphan, file[5_000..6_000].to_vec().into())
+        .await
+        .unwrap();
 
     let now = chrono::Utc::now().timestamp_millis();
     // Nothing is old yet.
