@@ -87,7 +87,8 @@ VENV=$OUT/venv
 "$VENV/bin/python" -m pip show pytest >/dev/null 2>&1 ||
     "$VENV/bin/python" -m pip install --quiet "pytest==8.*"
 PYTHONPATH="$OUT/python:$ROOT/mobile-bridge/tests/python" \
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/mobile-bridge/tests/python"
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider "$ROOT/mobile-bridge/tests/python" \
+    "$ROOT/tests/end_to_end"
 
 step "JUnit 5 over the Kotlin bindings (JVM, JNA)"
 CLASSES=$OUT/kotlin-classes

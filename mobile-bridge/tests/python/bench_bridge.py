@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(__file__))
 
 import doorstep_mobile_bridge as bridge  # noqa: E402
-from conftest import DEMO_PASSWORD, Server, run, visit  # noqa: E402
+from bridge_harness import DEMO_PASSWORD, Server, run, visit  # noqa: E402
 
 CASES = 200
 VISITS = 50

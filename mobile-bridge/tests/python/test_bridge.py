@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import doorstep_mobile_bridge as bridge
-from conftest import DEMO_PASSWORD, run, snapshot, visit
+from bridge_harness import DEMO_PASSWORD, run, snapshot, visit
 
 CASE = "case-demo-1"
 SHARED_CASE = "case-demo-2"  # allocated to both `officer` and `worker`
@@ -326,7 +326,7 @@ def test_a_write_survives_the_process_being_killed(phones, server):
         import os, signal, sys
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         import doorstep_mobile_bridge as bridge
-        from conftest import visit
+        from bridge_harness import visit
         phone = bridge.Doorstep({phone.path!r}, bytes.fromhex({phone.key.hex()!r}))
         visit_id = phone.record_visit({CASE!r}, visit(note="written just before the kill"))
         print(visit_id, flush=True)

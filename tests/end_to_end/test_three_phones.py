@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import doorstep_mobile_bridge as bridge
-from conftest import DEMO_PASSWORD, run, visit
+from bridge_harness import DEMO_PASSWORD, run, visit
 
 CASE = "case-demo-2"  # allocated to both `officer` and `worker`
 E = bridge.DoorstepError
