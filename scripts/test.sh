@@ -35,6 +35,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "tests (unit, property, integration, doc)"
 cargo test --workspace --locked
 
+step "evidence blob store against a local S3-compatible server (moto, from PyPI)"
+scripts/test-s3.sh
+
 step "the phone core through its generated bindings (Python, Kotlin; Swift drift)"
 scripts/test-bindings.sh
 
