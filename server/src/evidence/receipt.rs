@@ -201,6 +201,43 @@ mod tests {
         );
     }
 
+    /// The documented OpenSSL command verifies what the server signs (skipped without openssl).
+    #[test]
+    fn openssl_verifies_a_receipt_as_documented() {
+        use std::process::Command;
+        if Command::new("openssl").arg("version").output().is_err() {
+            eprintln!("SKIPPED openssl_verifies_a_receipt_as_documented: no openssl here");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ReceiptSigner::new(SigningKey::from_bytes(&[7u8; 32]));
+        let mut signed = receipt();
+        signer.sign(&mut signed).unwrap();
+        let public = dir.path().join("pub.pem");
+        let text = dir.path().join("receipt.txt");
+        let signature = dir.path().join("receipt.sig");
+        std::fs::write(&public, signer.public_key_pem()).unwrap();
+        std::fs::write(&signature, STANDARD.decode(&signed.signature).unwrap()).unwrap();
+        let verify = || {
+            Command::new("openssl")
+                .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+                .arg(&public)
+                .arg("-in")
+                .arg(&text)
+                .arg("-sigfile")
+                .arg(&signature)
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        std::fs::write(&text, signed.signed_bytes().unwrap()).unwrap();
+        assert!(verify(), "openssl refused a good receipt");
+        signed.size += 1;
+        std::fs::write(&text, signed.signed_bytes().unwrap()).unwrap();
+        assert!(!verify(), "openssl accepted an altered receipt");
+    }
+
     #[test]
     fn a_signed_receipt_verifies_and_an_altered_one_does_not() {
         let signer = ReceiptSigner::new(SigningKey::from_bytes(&[7u8; 32]));
