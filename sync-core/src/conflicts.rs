@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::case_file::{Amendment, Author, CaseFile, amendment_heads, validate_raw_body};
 use crate::error::{CaseFileError, Result};
 use crate::records::Collection;
-use crate::value::{json_of, map_at, put_json, read_map};
+use crate::value::{hex_string, json_of, map_at, put_json, read_map};
 
 /// Where a conflict is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -410,7 +410,7 @@ fn conflict(
         hasher.update(&value.source);
     }
     let digest = hasher.finalize();
-    let id = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex_string(&digest[..12]);
     Conflict {
         id,
         kind,
