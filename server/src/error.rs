@@ -3,7 +3,7 @@
 //! never into a body.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -18,6 +18,9 @@ pub enum ApiError {
     /// The body is JSON of the wrong shape.
     #[error("the request body is invalid: {0}")]
     InvalidBody(String),
+    /// A query-string parameter is missing or not of its type.
+    #[error("the query string is invalid: {0}")]
+    InvalidQuery(String),
     #[error("the request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("the request body is too large")]
@@ -60,9 +63,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedBody(_) | ApiError::CorruptSyncMessage { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::MalformedBody(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::CorruptSyncMessage { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,6 +88,7 @@ impl ApiError {
         match self {
             ApiError::MalformedBody(_) => "malformed_body",
             ApiError::InvalidBody(_) => "invalid_body",
+            ApiError::InvalidQuery(_) => "invalid_query",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge => "body_too_large",
             ApiError::CorruptSyncMessage { .. } => "corrupt_sync_message",
@@ -158,6 +162,12 @@ impl From<JsonRejection> for ApiError {
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
             other => ApiError::MalformedBody(other.body_text()),
         }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::InvalidQuery(rejection.body_text())
     }
 }
 

@@ -12,7 +12,7 @@
 //! Every upload answer carries the acknowledged offset in `Upload-Offset`.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::receipt::Receipt;
 use super::{EvidenceError, UPLOAD_OFFSET, complete_upload, issue_receipt, receipt_of, to_u64};
 use crate::access::{Need, case_for};
-use crate::api::{JsonBody, now_ms};
+use crate::api::{JsonBody, QueryParams, now_ms};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::blob_store::BlobStore;
@@ -259,7 +259,7 @@ pub async fn put_chunk(
     State(state): State<AppState>,
     caller: Caller,
     Path((case_id, upload_id)): Path<(String, String)>,
-    Query(query): Query<ChunkQuery>,
+    QueryParams(query): QueryParams<ChunkQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, EvidenceError> {

@@ -496,6 +496,23 @@ async fn chunks_out_of_order_or_overlapping_are_refused(backend: Backend) {
             "chunk_beyond_size".into()
         )
     );
+    for bad_offset in ["?offset=ten", "?offset=-1", ""] {
+        let response = app
+            .client
+            .put(app.url(&format!(
+                "/api/v1/cases/case-demo-2/evidence/uploads/{id}{bad_offset}"
+            )))
+            .bearer_auth(&worker.token)
+            .body(file[10_000..20_000].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_of(response).await,
+            (StatusCode::BAD_REQUEST, "invalid_query".into()),
+            "offset {bad_offset:?}"
+        );
+    }
     let status: UploadStatus = worker
         .status("case-demo-2", &id)
         .await
