@@ -134,6 +134,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// A query-string extractor whose rejection is the API's JSON error (`400 invalid_query`)
 /// rather than axum's plain text.
+#[derive(Debug)]
 pub struct QueryParams<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
