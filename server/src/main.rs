@@ -7,6 +7,12 @@ use clap::Parser;
 use doorstep_server::{App, Config};
 use tracing_subscriber::EnvFilter;
 
+/// glibc's malloc raises its mmap threshold after each large free and then keeps blocks below
+/// it in per-thread arenas. Measured here (debug build, 20 phones signing in at once): glibc
+/// 60 -> 112 MiB peak, mimalloc 38 -> 89 MiB, jemalloc 39 -> 42 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Logs go to stderr; stdout carries only the start-up notice.
