@@ -28,6 +28,8 @@ pub struct AppState {
     pub documents: Arc<DocumentCache>,
     /// Evidence files: the blob store and the receipt-signing key.
     pub evidence: Arc<crate::evidence::Evidence>,
+    /// The automerge-repo WebSocket connections of this process: who has which case open.
+    pub repo: Arc<crate::repo_ws::RepoHub>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,12 @@ impl App {
         let receipt_signer =
             crate::evidence::receipt::ReceiptSigner::load(&config.signing_key_file())?;
         let blob_store = config.evidence.open_store(&config.data_dir)?;
+        // Every instance on one database has the same key, hence the same storage id.
+        let storage_id = {
+            use sha2::{Digest, Sha256};
+            let digest = Sha256::digest(receipt_signer.public_key().as_bytes());
+            format!("doorstep-{}", hex::encode(&digest[..16]))
+        };
         let dummy_password_hash = password::hash(uuid::Uuid::new_v4().to_string())
             .await
             .map_err(|e| StartupError::Seed(e.to_string()))?;
@@ -116,6 +124,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),
+            repo: Arc::new(crate::repo_ws::RepoHub::new(storage_id)),
         };
         Ok(App {
             listener,

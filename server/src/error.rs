@@ -52,6 +52,9 @@ pub enum ApiError {
     /// The conflict was resolved by someone else, or changed, since the caller saw it.
     #[error("no such open conflict: it was resolved or has changed; reload the case")]
     StaleConflict,
+    /// A plain request to an endpoint that speaks only WebSocket.
+    #[error("this endpoint speaks WebSocket: send an upgrade request")]
+    WebSocketUpgradeRequired,
     #[error("the server took too long to answer")]
     Timeout,
     #[error("the server is not ready")]
@@ -78,6 +81,7 @@ impl ApiError {
             ApiError::Forbidden | ApiError::AccountDisabled => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::ActorInUse | ApiError::StaleConflict => StatusCode::CONFLICT,
+            ApiError::WebSocketUpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Timeout | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::ActorInUse => "actor_in_use",
             ApiError::StaleConflict => "stale_conflict",
+            ApiError::WebSocketUpgradeRequired => "websocket_upgrade_required",
             ApiError::Timeout => "timeout",
             ApiError::NotReady => "not_ready",
             ApiError::Internal(_) => "internal",

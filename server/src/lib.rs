@@ -18,6 +18,7 @@ pub mod doc_cache;
 pub mod error;
 pub mod evidence;
 pub mod metrics;
+pub mod repo_ws;
 pub mod storage;
 pub mod sync;
 pub mod web;

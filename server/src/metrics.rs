@@ -25,6 +25,13 @@ pub struct Metrics {
     pub sign_in_failures: AtomicU64,
     pub document_cache_hits: AtomicU64,
     pub document_cache_misses: AtomicU64,
+    pub ws_connections: AtomicU64,
+    pub ws_frames_received: AtomicU64,
+    pub ws_frames_sent: AtomicU64,
+    pub ws_bytes_received: AtomicU64,
+    pub ws_bytes_sent: AtomicU64,
+    pub ws_protocol_errors: AtomicU64,
+    pub ws_closed_with_error: AtomicU64,
 }
 
 impl Metrics {
@@ -111,6 +118,41 @@ impl Metrics {
                 "doorstep_document_cache_misses_total",
                 "Sync documents parsed from the database.",
                 &self.document_cache_misses,
+            ),
+            (
+                "doorstep_ws_connections_total",
+                "automerge-repo WebSocket connections accepted.",
+                &self.ws_connections,
+            ),
+            (
+                "doorstep_ws_frames_received_total",
+                "WebSocket frames received.",
+                &self.ws_frames_received,
+            ),
+            (
+                "doorstep_ws_frames_sent_total",
+                "WebSocket frames sent.",
+                &self.ws_frames_sent,
+            ),
+            (
+                "doorstep_ws_bytes_received_total",
+                "WebSocket payload bytes received.",
+                &self.ws_bytes_received,
+            ),
+            (
+                "doorstep_ws_bytes_sent_total",
+                "WebSocket payload bytes sent.",
+                &self.ws_bytes_sent,
+            ),
+            (
+                "doorstep_ws_protocol_errors_total",
+                "WebSocket connections closed for input that is not the protocol.",
+                &self.ws_protocol_errors,
+            ),
+            (
+                "doorstep_ws_closed_with_error_total",
+                "WebSocket connections the server closed with an error.",
+                &self.ws_closed_with_error,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -10,6 +10,7 @@
 //! learns of new cases and new changes in one round trip.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, RefusedSync};
 
@@ -17,6 +18,7 @@ use crate::auth::Caller;
 use crate::doc_cache::DocumentCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::repo_ws::RepoHub;
 use crate::storage::{DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, heads_key};
 
 /// One document in a sync request.
@@ -88,7 +90,8 @@ pub struct SyncReply {
 pub async fn sync(
     storage: &dyn Storage,
     metrics: &Metrics,
-    documents: &DocumentCache,
+    documents: &Arc<DocumentCache>,
+    hub: &Arc<RepoHub>,
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
@@ -146,7 +149,7 @@ pub async fn sync(
         order.push(document.case_id.clone());
         messages.insert(document.case_id, document.message);
     }
-    let bound_actor = caller.device.actor_id.clone();
+    let rule = ActorRule::Bound(BTreeSet::from([caller.device.actor_id.clone()]));
     // Automerge work is CPU-bound: keep it off the async workers.
     let (writes, mut replies, parsed) = tokio::task::spawn_blocking(move || {
         let mut writes = Vec::new();
@@ -155,7 +158,7 @@ pub async fn sync(
         for (document, cached) in loaded {
             let message = messages.get(&document.case_id).cloned().flatten();
             let requested = messages.contains_key(&document.case_id);
-            let applied = apply_one(document, cached, message.as_deref(), &bound_actor);
+            let applied = apply_one(document, cached, message.as_deref(), &rule);
             // Unasked documents only send; their state is saved when the phone answers.
             if let Some(write) = applied.write.filter(|_| requested) {
                 writes.push(write);
@@ -178,10 +181,21 @@ pub async fn sync(
     tx.write_documents(&provenance, &writes).await?;
     tx.forget_sync_states(&device_id, &forgotten).await?;
     tx.commit().await?;
-    // Committed: the parsed documents now match the database and may serve the next request.
+    // Committed: the parsed documents now match the database and may serve the next request,
+    // once the WebSocket clients that have a changed one open have been sent its changes.
+    let changed: BTreeSet<&str> = writes
+        .iter()
+        .filter(|w| !w.changes.is_empty())
+        .map(|w| w.case_id.as_str())
+        .collect();
     for (case_id, mut file) in parsed {
-        let heads = heads_key(&file.heads());
-        documents.put(case_id, heads, file);
+        if changed.contains(case_id.as_str()) && hub.has_subscribers(&case_id) {
+            let (hub, documents) = (Arc::clone(hub), Arc::clone(documents));
+            tokio::spawn(async move { hub.document_changed(&documents, case_id, file).await });
+        } else {
+            let heads = heads_key(&file.heads());
+            documents.put(case_id, heads, file);
+        }
     }
 
     let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
@@ -215,6 +229,125 @@ pub async fn sync(
     })
 }
 
+/// Which actors' changes a sync may bring.
+#[derive(Debug, Clone)]
+pub enum ActorRule {
+    /// Only these actors (hex): the actors bound to the sending device. What phones syncing
+    /// over HTTP get: the one actor they registered at sign-in.
+    Bound(BTreeSet<String>),
+    /// These, and actors not yet bound to anyone, which the caller must then claim for the
+    /// device ([`crate::storage::SyncTransaction::claim_actors`]) before it stores the changes.
+    /// What automerge-repo clients get: they cannot choose their actors.
+    BoundOrUnclaimed(BTreeSet<String>),
+}
+
+impl ActorRule {
+    fn bound(&self) -> &BTreeSet<String> {
+        match self {
+            ActorRule::Bound(bound) | ActorRule::BoundOrUnclaimed(bound) => bound,
+        }
+    }
+}
+
+/// What a checked receive accepted into one document.
+#[derive(Debug, Default)]
+pub(crate) struct Received {
+    /// The new changes, in storage form.
+    pub changes: Vec<NewChange>,
+    /// Actors of those changes not yet bound to the device (only under
+    /// [`ActorRule::BoundOrUnclaimed`]).
+    pub unclaimed_actors: BTreeSet<String>,
+}
+
+/// Parses a stored document, unless the cache had it at the stored heads.
+pub(crate) fn parse_document(
+    document: &LoadedDocument,
+    cached: Option<CaseFile>,
+) -> Result<CaseFile, DocumentError> {
+    if let Some(file) = cached {
+        return Ok(file);
+    }
+    // The server only reads here; its author and actor are never written.
+    let author = Author {
+        user_id: "server".into(),
+        device_id: crate::cases::SERVER_DEVICE.into(),
+    };
+    CaseFile::load(&document.snapshot, author, ActorId::random()).map_err(|e| {
+        tracing::error!(case = %document.case_id, error = %e, "stored case file does not load");
+        DocumentError::Unavailable
+    })
+}
+
+/// The device's saved sync state for a document (a fresh one if it has none or it does not
+/// decode: losing it costs only a longer exchange).
+pub(crate) fn saved_peer_state(document: &LoadedDocument) -> PeerState {
+    match document.sync_state.as_deref().map(PeerState::decode) {
+        Some(Ok(peer)) => peer,
+        Some(Err(e)) => {
+            tracing::warn!(case = %document.case_id, error = %e, "discarding unreadable sync state");
+            PeerState::new()
+        }
+        None => PeerState::new(),
+    }
+}
+
+/// Applies one device's messages to one document, in order, each with the checked receive.
+/// A refused message leaves the document and `peer` as the messages before it left them, and
+/// the messages after it are not applied.
+pub(crate) fn receive_messages<'m>(
+    case_id: &str,
+    file: &mut CaseFile,
+    peer: &mut PeerState,
+    messages: impl IntoIterator<Item = &'m [u8]>,
+    rule: &ActorRule,
+) -> (Received, Option<DocumentError>) {
+    let mut received = Received::default();
+    for message in messages {
+        let mut unclaimed = BTreeSet::new();
+        let allowed = |actor: &ActorId| {
+            let hex = actor.to_hex_string();
+            if rule.bound().contains(&hex) {
+                return true;
+            }
+            // Any other actor passes here only to be claimed in storage, which refuses one
+            // that is bound to, or wrote for, anyone else.
+            matches!(rule, ActorRule::BoundOrUnclaimed(_))
+        };
+        let applied = match file.receive_sync_message_checked(peer, message, allowed) {
+            Ok(applied) => applied,
+            Err(RefusedSync::ForeignActor(actor)) => {
+                return (received, Some(DocumentError::ForeignActor(actor)));
+            }
+            Err(RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(detail))) => {
+                return (received, Some(DocumentError::CorruptMessage(detail)));
+            }
+            Err(RefusedSync::Invalid(e)) => {
+                return (
+                    received,
+                    Some(DocumentError::InvalidDocument(e.to_string())),
+                );
+            }
+        };
+        for change in applied {
+            let hex = change.actor.to_hex_string();
+            if !rule.bound().contains(&hex) {
+                unclaimed.insert(hex.clone());
+            }
+            let Some(mut stored) = file.doc_mut().get_change_by_hash(&change.hash) else {
+                tracing::error!(case = %case_id, "an applied change is missing");
+                return (received, Some(DocumentError::Unavailable));
+            };
+            received.changes.push(NewChange {
+                hash: change.hash.to_string(),
+                actor_id: hex,
+                bytes: stored.bytes().to_vec(),
+            });
+        }
+        received.unclaimed_actors.extend(unclaimed);
+    }
+    (received, None)
+}
+
 /// What applying one message to one document led to.
 struct Applied {
     /// What to write; None when nothing may change.
@@ -230,84 +363,38 @@ fn apply_one(
     document: LoadedDocument,
     cached: Option<CaseFile>,
     message: Option<&[u8]>,
-    bound_actor: &str,
+    rule: &ActorRule,
 ) -> Applied {
-    let case_id = document.case_id;
-    let mut file = match cached {
-        Some(file) => file,
-        None => {
-            // The server only reads here; its author and actor are never written.
-            let author = Author {
-                user_id: "server".into(),
-                device_id: crate::cases::SERVER_DEVICE.into(),
+    let case_id = document.case_id.clone();
+    let mut file = match parse_document(&document, cached) {
+        Ok(file) => file,
+        Err(error) => {
+            return Applied {
+                write: None,
+                reply: DocumentReply {
+                    case_id,
+                    message: None,
+                    error: Some(error),
+                },
+                file: None,
             };
-            match CaseFile::load(&document.snapshot, author, ActorId::random()) {
-                Ok(file) => file,
-                Err(e) => {
-                    tracing::error!(case = %case_id, error = %e, "stored case file does not load");
-                    return Applied {
-                        write: None,
-                        reply: DocumentReply {
-                            case_id,
-                            message: None,
-                            error: Some(DocumentError::Unavailable),
-                        },
-                        file: None,
-                    };
-                }
-            }
         }
     };
-    // A refusal leaves the document as stored (the checked receive changes nothing).
-    let refuse = |error, file| Applied {
-        write: None,
-        reply: DocumentReply {
-            case_id: case_id.clone(),
-            message: None,
-            error: Some(error),
-        },
-        file: Some(file),
-    };
-    let mut peer = match document.sync_state.as_deref().map(PeerState::decode) {
-        Some(Ok(peer)) => peer,
-        Some(Err(e)) => {
-            // Losing it costs only a longer exchange: the protocol rediscovers what is shared.
-            tracing::warn!(case = %case_id, error = %e, "discarding unreadable sync state");
-            PeerState::new()
-        }
-        None => PeerState::new(),
-    };
-    let mut changes = Vec::new();
-    if let Some(message) = message {
-        let allowed = |actor: &ActorId| actor.to_hex_string() == bound_actor;
-        match file.receive_sync_message_checked(&mut peer, message, allowed) {
-            Ok(applied) => {
-                for change in applied {
-                    let Some(mut stored) = file.doc_mut().get_change_by_hash(&change.hash) else {
-                        tracing::error!(case = %case_id, "an applied change is missing");
-                        // Not cached: its state is uncertain.
-                        return Applied {
-                            file: None,
-                            ..refuse(DocumentError::Unavailable, file)
-                        };
-                    };
-                    changes.push(NewChange {
-                        hash: change.hash.to_string(),
-                        actor_id: change.actor.to_hex_string(),
-                        bytes: stored.bytes().to_vec(),
-                    });
-                }
-            }
-            Err(RefusedSync::ForeignActor(actor)) => {
-                return refuse(DocumentError::ForeignActor(actor), file);
-            }
-            Err(RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(detail))) => {
-                return refuse(DocumentError::CorruptMessage(detail), file);
-            }
-            Err(RefusedSync::Invalid(e)) => {
-                return refuse(DocumentError::InvalidDocument(e.to_string()), file);
-            }
-        }
+    let mut peer = saved_peer_state(&document);
+    let (received, refused) = receive_messages(&case_id, &mut file, &mut peer, message, rule);
+    if let Some(error) = refused {
+        // A refusal leaves the document as stored (the checked receive changes nothing); a
+        // document whose state is uncertain is not cached.
+        let file = (error != DocumentError::Unavailable).then_some(file);
+        return Applied {
+            write: None,
+            reply: DocumentReply {
+                case_id,
+                message: None,
+                error: Some(error),
+            },
+            file,
+        };
     }
     // Without a message from the phone, speak only if it may lack something: the saved state
     // keeps only what the phone is known to have, so a fresh generate would always send.
@@ -324,6 +411,7 @@ fn apply_one(
         };
     }
     let reply = file.generate_sync_message(&mut peer);
+    let changes = received.changes;
     let snapshot = if changes.is_empty() {
         None
     } else {

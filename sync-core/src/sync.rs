@@ -95,6 +95,19 @@ impl CaseFile {
         actor_allowed: impl Fn(&ActorId) -> bool,
     ) -> Result<Vec<AppliedChange>, RefusedSync> {
         let message = decode_message(message).map_err(RefusedSync::Invalid)?;
+        if message.changes.is_empty() {
+            // Heads, needs and haves only: the document cannot change, so no trial copy (a
+            // fork costs as much as the whole document) is needed.
+            let mut trial_peer = peer.clone();
+            self.doc
+                .sync()
+                .receive_sync_message(&mut trial_peer.0, message)
+                .map_err(|e| {
+                    RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(e.to_string()))
+                })?;
+            *peer = trial_peer;
+            return Ok(Vec::new());
+        }
         let before: BTreeSet<ChangeHash> = self.doc.get_heads().into_iter().collect();
         let before_heads: Vec<ChangeHash> = before.iter().copied().collect();
         let mut trial = CaseFile {

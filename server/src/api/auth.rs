@@ -212,6 +212,7 @@ pub async fn revoke_device(
         return Err(ApiError::NotFound);
     }
     state.storage.revoke_device(&device.id, now_ms()).await?;
+    state.repo.device_revoked(&device.id);
     tracing::info!(device = %device.id, by = %caller.user.id, "device revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -226,6 +227,7 @@ pub async fn revoke_user(
         return Err(ApiError::Forbidden);
     }
     state.storage.disable_user(&user_id, now_ms()).await?;
+    state.repo.user_revoked(&user_id);
     tracing::info!(user = %user_id, by = %caller.user.id, "user revoked");
     Ok(StatusCode::NO_CONTENT)
 }

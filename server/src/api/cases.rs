@@ -238,6 +238,7 @@ pub async fn deallocate(
     let case =
         access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Manage).await?;
     state.storage.deallocate(&case.id, &user_id).await?;
+    state.repo.allocations_changed(&user_id);
     tracing::info!(case = %case.id, user = %user_id, by = %caller.user.id, "case deallocated");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -302,11 +303,11 @@ pub(crate) async fn server_edit<T: Send + 'static>(
             })
             .collect();
         let heads = heads_key(&file.heads());
-        Ok::<_, CaseFileError>((value, file.save(), heads, changes))
+        Ok::<_, CaseFileError>((value, file.save(), heads, changes, file))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("edit task failed: {e}")))?;
-    let (value, snapshot, heads, changes) = outcome.map_err(EditError::CaseFile)?;
+    let (value, snapshot, heads, changes, file) = outcome.map_err(EditError::CaseFile)?;
     tx.write_server_change(
         &case.id,
         (&snapshot, &heads),
@@ -316,6 +317,13 @@ pub(crate) async fn server_edit<T: Send + 'static>(
     )
     .await?;
     tx.commit().await?;
+    if !changes.is_empty() {
+        // WebSocket clients that have the case open get the edit now.
+        state
+            .repo
+            .document_changed(&state.documents, case.id.clone(), file)
+            .await;
+    }
     Ok(value)
 }
 

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/users/{user_id}/revoke", post(auth::revoke_user))
         .route("/api/v1/sync", post(sync::sync))
+        .route("/api/v1/repo/ws", get(crate::repo_ws::upgrade))
         .route(
             "/api/v1/cases",
             get(cases::caseload).post(cases::create_case),
@@ -89,7 +90,16 @@ pub fn router(state: AppState) -> Router {
                 .layer(CatchPanicLayer::custom(|_| {
                     ApiError::Internal("a handler panicked".into()).into_response()
                 }))
-                .layer(TraceLayer::new_for_http())
+                // The path only: a query string may hold an access token (the WebSocket).
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                        tracing::debug_span!(
+                            "request",
+                            method = %request.method(),
+                            path = %request.uri().path(),
+                        )
+                    }),
+                )
                 .layer(axum::middleware::from_fn_with_state(
                     state.clone(),
                     crate::metrics::track,

@@ -86,6 +86,7 @@ pub async fn sync(
         state.storage.as_ref(),
         &state.metrics,
         &state.documents,
+        &state.repo,
         &caller,
         incoming,
         now_ms(),

@@ -29,36 +29,46 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .ok_or(ApiError::Unauthenticated)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .ok_or(ApiError::Unauthenticated)?;
-        let claims = state.keys.verify(token.trim()).map_err(|e| match e {
-            TokenError::Expired => ApiError::TokenExpired,
-            TokenError::Invalid => ApiError::Unauthenticated,
-        })?;
-        let device = state
-            .storage
-            .device(&claims.did)
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
-        let user = state
-            .storage
-            .user(&claims.sub)
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
-        if device.user_id != user.id {
-            return Err(ApiError::Unauthenticated);
-        }
-        if device.revoked_at.is_some() || user.disabled_at.is_some() {
-            return Err(ApiError::DeviceRevoked);
-        }
-        Ok(Caller { user, device })
+        let token = bearer_token(&parts.headers).ok_or(ApiError::Unauthenticated)?;
+        let (caller, _) = authenticate(state, token).await?;
+        Ok(caller)
     }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|header| header.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Checks an access token, then its device and user in the database (so that revoking either
+/// takes effect at once). Returns the caller and what the token says (its expiry, for a
+/// connection that outlives one request).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<(Caller, Claims), ApiError> {
+    let claims = state.keys.verify(token.trim()).map_err(|e| match e {
+        TokenError::Expired => ApiError::TokenExpired,
+        TokenError::Invalid => ApiError::Unauthenticated,
+    })?;
+    let device = state
+        .storage
+        .device(&claims.did)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let user = state
+        .storage
+        .user(&claims.sub)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    if device.user_id != user.id {
+        return Err(ApiError::Unauthenticated);
+    }
+    if device.revoked_at.is_some() || user.disabled_at.is_some() {
+        return Err(ApiError::DeviceRevoked);
+    }
+    Ok((Caller { user, device }, claims))
 }
 
 /// A new access token and a new refresh token for a device.

@@ -316,6 +316,20 @@ pub trait SyncTransaction: Send {
         at: i64,
     ) -> StorageResult<()>;
 
+    /// Every actor bound to this device (the one it signed in with, and any it was bound to
+    /// since): changes by these actors are this device's.
+    async fn device_actors(&mut self, device_id: &str) -> StorageResult<Vec<String>>;
+
+    /// Binds actors nobody has used to this device and returns those that are not, or cannot
+    /// be, this device's: bound to another device, or already seen writing for another device
+    /// or for the server. Binding commits with the transaction.
+    async fn claim_actors(
+        &mut self,
+        device_id: &str,
+        actor_ids: &[String],
+        at: i64,
+    ) -> StorageResult<Vec<String>>;
+
     /// Forgets this device's sync state for cases it has dropped.
     async fn forget_sync_states(
         &mut self,

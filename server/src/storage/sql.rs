@@ -189,6 +189,7 @@ macro_rules! sql_storage {
             }
 
             async fn create_device(&self, device: &Device) -> StorageResult<()> {
+                let mut tx = self.begin_write().await?;
                 sqlx::query(&$sql(
                     "INSERT INTO devices (id, user_id, actor_id, name, created_at, revoked_at)
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -199,8 +200,18 @@ macro_rules! sql_storage {
                 .bind(&device.name)
                 .bind(device.created_at)
                 .bind(device.revoked_at)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
+                // One table says which device owns each actor, whoever bound it.
+                sqlx::query(&$sql(
+                    "INSERT INTO device_actors (actor_id, device_id, bound_at) VALUES ($1, $2, $3)",
+                ))
+                .bind(&device.actor_id)
+                .bind(&device.id)
+                .bind(device.created_at)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -211,7 +222,11 @@ macro_rules! sql_storage {
             }
 
             async fn device_by_actor(&self, actor_id: &str) -> StorageResult<Option<Device>> {
-                let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE actor_id = $1");
+                // The actor a device signed in with, or one it was bound to later.
+                let sql = format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE id =
+                        (SELECT device_id FROM device_actors WHERE actor_id = $1)"
+                );
                 let row = sqlx::query(&$sql(&sql))
                     .bind(actor_id)
                     .fetch_optional(&self.pool)
@@ -718,6 +733,67 @@ macro_rules! sql_storage {
                     insert_change(&mut self.tx, case_id, change, None, Some(user_id), at).await?;
                 }
                 Ok(())
+            }
+
+            async fn device_actors(&mut self, device_id: &str) -> StorageResult<Vec<String>> {
+                let rows = sqlx::query(&$sql(
+                    "SELECT actor_id FROM device_actors WHERE device_id = $1 ORDER BY actor_id",
+                ))
+                .bind(device_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+                rows.iter()
+                    .map(|row| Ok(row.try_get("actor_id")?))
+                    .collect()
+            }
+
+            async fn claim_actors(
+                &mut self,
+                device_id: &str,
+                actor_ids: &[String],
+                at: i64,
+            ) -> StorageResult<Vec<String>> {
+                let mut refused = Vec::new();
+                for actor_id in actor_ids {
+                    // An actor that already wrote for someone else (another device, or the
+                    // server) is theirs, even if it was never bound.
+                    let used_elsewhere = sqlx::query(&$sql(
+                        "SELECT 1 AS used FROM changes
+                         WHERE actor_id = $1 AND (device_id IS NULL OR device_id <> $2)
+                         LIMIT 1",
+                    ))
+                    .bind(actor_id)
+                    .bind(device_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await?
+                    .is_some();
+                    if used_elsewhere {
+                        refused.push(actor_id.clone());
+                        continue;
+                    }
+                    // A concurrent claim of the same actor waits for this row, then finds it.
+                    sqlx::query(&$sql(
+                        "INSERT INTO device_actors (actor_id, device_id, bound_at)
+                         VALUES ($1, $2, $3)
+                         ON CONFLICT (actor_id) DO NOTHING",
+                    ))
+                    .bind(actor_id)
+                    .bind(device_id)
+                    .bind(at)
+                    .execute(&mut *self.tx)
+                    .await?;
+                    let owner: String = sqlx::query(&$sql(
+                        "SELECT device_id FROM device_actors WHERE actor_id = $1",
+                    ))
+                    .bind(actor_id)
+                    .fetch_one(&mut *self.tx)
+                    .await?
+                    .try_get("device_id")?;
+                    if owner != device_id {
+                        refused.push(actor_id.clone());
+                    }
+                }
+                Ok(refused)
             }
 
             async fn forget_sync_states(

@@ -14,5 +14,6 @@ mod convergence;
 mod crash;
 mod evidence;
 mod helpers;
+mod repo_ws;
 mod storage_suite;
 mod sync;

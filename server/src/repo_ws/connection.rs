@@ -1,0 +1,809 @@
+//! One WebSocket connection: the handshake, then batches of sync messages run through the
+//! server's sync path, pushes from the hub, and the reasons to close.
+//!
+//! Reading and writing are separate tasks: this one reads frames and does the work, a writer
+//! drains the connection's [`Outbox`]. Frames that arrive together (a client opening forty
+//! documents at once) are handled as one batch: one database transaction, one trip to the
+//! blocking pool, one commit.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, close_code};
+use doorstep_sync_core::CaseFile;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::document_id;
+use super::hub::{Control, Outbox, Outgoing, RepoHub, Subscription};
+use super::protocol::{self, Message, PROTOCOL_VERSION, PeerMetadata};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::metrics::Metrics;
+use crate::storage::{DocumentWrite, LoadedDocument, Provenance, heads_key};
+use crate::sync::{self, ActorRule, DocumentError};
+
+/// Frames queued for one client before it counts as not reading.
+const OUTBOX_CAPACITY: usize = 4096;
+/// Most frames, and bytes, read into one batch.
+const MAX_BATCH_FRAMES: usize = 256;
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// A connection must send `join` this soon.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long closing may wait for a client that does not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest peer id accepted (it is repeated in every message sent back).
+const MAX_PEER_ID_BYTES: usize = 256;
+
+/// Why a connection ends: an `error` message (unless the client is gone or not reading),
+/// then a close frame with this code.
+#[derive(Debug)]
+struct Close {
+    code: u16,
+    message: String,
+}
+
+impl Close {
+    fn new(code: u16, message: impl Into<String>) -> Close {
+        Close {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn protocol(message: impl Into<String>) -> Close {
+        Close::new(close_code::PROTOCOL, message)
+    }
+
+    fn invalid(message: impl Into<String>) -> Close {
+        Close::new(close_code::INVALID, message)
+    }
+
+    fn server() -> Close {
+        Close::new(
+            close_code::ERROR,
+            "the server could not complete the sync; reconnect to try again",
+        )
+    }
+
+    fn revoked() -> Close {
+        Close::new(
+            close_code::POLICY,
+            "this device has been revoked: wipe local data and sign in again",
+        )
+    }
+}
+
+impl From<crate::storage::StorageError> for Close {
+    fn from(error: crate::storage::StorageError) -> Close {
+        tracing::error!(error = %error, "websocket sync: storage failed");
+        Close::server()
+    }
+}
+
+/// One document's work in a batch.
+struct DocumentWork {
+    case_id: String,
+    document_id: String,
+    messages: Vec<Vec<u8>>,
+}
+
+/// What the blocking step made of one document.
+struct Outcome {
+    case_id: String,
+    subscription: Arc<Subscription>,
+    /// None when the document must not go back to the cache (refused or unreadable).
+    file: Option<CaseFile>,
+    write: Option<DocumentWrite>,
+    unclaimed_actors: BTreeSet<String>,
+    refused: Option<DocumentError>,
+}
+
+struct Connection {
+    state: AppState,
+    hub: Arc<RepoHub>,
+    id: u64,
+    caller: Caller,
+    /// Set by `join`.
+    outbox: Option<Arc<Outbox>>,
+    outbox_rx: Option<mpsc::Receiver<Outgoing>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    sink: Option<SplitSink<WebSocket, WsMessage>>,
+    /// Open documents by case id.
+    subscriptions: HashMap<String, Arc<Subscription>>,
+}
+
+/// Serves one upgraded connection until it closes. `expires_at` is the access token's expiry
+/// (Unix seconds): the connection closes then.
+pub(crate) async fn serve(socket: WebSocket, state: AppState, caller: Caller, expires_at: i64) {
+    let hub = Arc::clone(&state.repo);
+    let (id, mut control) = hub.register(&caller.device.id, &caller.user.id);
+    Metrics::add(&state.metrics.ws_connections, 1);
+    tracing::info!(connection = id, device = %caller.device.id, "websocket connected");
+    let (sink, mut stream) = socket.split();
+    let mut connection = Connection {
+        state,
+        hub: Arc::clone(&hub),
+        id,
+        caller,
+        outbox: None,
+        outbox_rx: None,
+        writer: None,
+        sink: Some(sink),
+        subscriptions: HashMap::new(),
+    };
+    let close = connection.run(&mut stream, &mut control, expires_at).await;
+    let reading = close.as_ref().is_some_and(|c| c.code != close_code::SIZE);
+    connection.finish(close).await;
+    if reading {
+        // The closing handshake: read until the client's close frame, so that its unread
+        // frames do not make the socket reset before it has read ours.
+        let drained = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, drained).await;
+    }
+    hub.deregister(id);
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+        expires_at: i64,
+    ) -> Option<Close> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let left =
+            u64::try_from(expires_at.saturating_mul(1000).saturating_sub(now_ms)).unwrap_or(0);
+        let expiry = tokio::time::sleep(Duration::from_millis(left));
+        tokio::pin!(expiry);
+        let handshake = tokio::time::sleep(HANDSHAKE_TIMEOUT);
+        tokio::pin!(handshake);
+        let overflow = async |outbox: Option<Arc<Outbox>>| match outbox {
+            Some(outbox) if !outbox.overflowed() => outbox.overflow.notified().await,
+            Some(_) => {}
+            None => std::future::pending().await,
+        };
+        loop {
+            tokio::select! {
+                biased;
+                command = control.recv() => match command {
+                    Some(Control::Revoked) => return Some(Close::revoked()),
+                    Some(Control::AllocationsChanged) => {
+                        if let Err(close) = self.recheck_allocations().await {
+                            return Some(close);
+                        }
+                    }
+                    None => return None,
+                },
+                () = overflow(self.outbox.clone()) => {
+                    tracing::warn!(connection = self.id, "websocket client is not reading: closing");
+                    // It is not reading: nothing more is sent, not even an error.
+                    return None;
+                }
+                () = &mut expiry => {
+                    return Some(Close::new(
+                        close_code::POLICY,
+                        "the access token has expired: reconnect with a fresh one",
+                    ));
+                }
+                () = &mut handshake, if self.outbox.is_none() => {
+                    return Some(Close::protocol("no join message within 30 seconds"));
+                }
+                frame = stream.next() => {
+                    let first = match read_frame(frame) {
+                        Frame::Data(bytes) => bytes,
+                        Frame::Skip => continue,
+                        Frame::End(close) => return close,
+                    };
+                    // Whatever else has already arrived joins the batch.
+                    let mut total = first.len();
+                    let mut frames = vec![first];
+                    let mut after = None;
+                    while frames.len() < MAX_BATCH_FRAMES && total < MAX_BATCH_BYTES {
+                        let Some(next) = stream.next().now_or_never() else {
+                            break;
+                        };
+                        match read_frame(next) {
+                            Frame::Data(bytes) => {
+                                total += bytes.len();
+                                frames.push(bytes);
+                            }
+                            Frame::Skip => {}
+                            // Handle the batch first, then the close or error.
+                            Frame::End(close) => {
+                                after = Some(close);
+                                break;
+                            }
+                        }
+                    }
+                    let metrics = &self.state.metrics;
+                    Metrics::add(&metrics.ws_frames_received, frames.len() as u64);
+                    Metrics::add(&metrics.ws_bytes_received, total as u64);
+                    if let Err(close) = self.handle_batch(frames).await {
+                        return Some(close);
+                    }
+                    if let Some(close) = after {
+                        return close;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the error and the close frame (if the client can hear them), stops the writer
+    /// and forgets the connection's documents.
+    async fn finish(&mut self, close: Option<Close>) {
+        for case_id in self.subscriptions.keys() {
+            self.hub.unsubscribe(case_id, self.id);
+        }
+        self.subscriptions.clear();
+        if let Some(close) = &close {
+            Metrics::add(&self.state.metrics.ws_closed_with_error, 1);
+            if matches!(
+                close.code,
+                close_code::PROTOCOL
+                    | close_code::UNSUPPORTED
+                    | close_code::INVALID
+                    | close_code::SIZE
+            ) {
+                Metrics::add(&self.state.metrics.ws_protocol_errors, 1);
+            }
+            tracing::info!(connection = self.id, code = close.code, reason = %close.message, "websocket closing");
+        }
+        let error = close.as_ref().map(|c| {
+            protocol::encode(&Message::Error {
+                message: &c.message,
+            })
+        });
+        let frame = close.as_ref().map(|c| (c.code, close_reason(&c.message)));
+        match (self.outbox.take(), self.writer.take()) {
+            (Some(outbox), Some(mut writer)) => {
+                let overflowed = outbox.overflowed();
+                if !overflowed {
+                    let queued = async {
+                        if let Some(error) = error {
+                            outbox.send(Outgoing::Frame(error)).await;
+                        }
+                        let (code, reason) = frame.unwrap_or((close_code::NORMAL, String::new()));
+                        outbox.send(Outgoing::Close(code, reason)).await;
+                    };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, queued).await;
+                }
+                drop(outbox);
+                if overflowed
+                    || tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+                        .await
+                        .is_err()
+                {
+                    writer.abort();
+                }
+            }
+            _ => {
+                // Before the handshake there is no writer: write directly.
+                if let Some(mut sink) = self.sink.take() {
+                    let send = async {
+                        if let Some(error) = error {
+                            sink.send(WsMessage::Binary(error.into())).await?;
+                        }
+                        let (code, reason) = frame.unwrap_or((close_code::NORMAL, String::new()));
+                        sink.send(WsMessage::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await
+                    };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, send).await;
+                }
+            }
+        }
+        self.outbox_rx = None;
+        tracing::info!(connection = self.id, "websocket closed");
+    }
+
+    async fn handle_batch(&mut self, frames: Vec<bytes::Bytes>) -> Result<(), Close> {
+        let mut work: Vec<DocumentWork> = Vec::new();
+        for frame in &frames {
+            let message = protocol::decode(frame).map_err(|e| match e {
+                protocol::ProtocolError::UnknownType(_) => Close::protocol(e.to_string()),
+                _ => Close::invalid(format!("unreadable message: {e}")),
+            })?;
+            if self.outbox.is_none() {
+                match message {
+                    Message::Join {
+                        sender_id,
+                        supported_protocol_versions,
+                        ..
+                    } => {
+                        self.join(sender_id, &supported_protocol_versions)?;
+                        continue;
+                    }
+                    other => {
+                        return Err(Close::protocol(format!(
+                            "expected join before anything else, got {}",
+                            other.kind()
+                        )));
+                    }
+                }
+            }
+            match message {
+                Message::Request(fields) | Message::Sync(fields) => {
+                    let case_id = case_of(fields.document_id)?;
+                    if let Err(e) = doorstep_sync_core::decode_message(fields.data) {
+                        return Err(Close::invalid(format!(
+                            "document {}: {e}",
+                            fields.document_id
+                        )));
+                    }
+                    match work.iter_mut().find(|w| w.case_id == case_id) {
+                        Some(document) => document.messages.push(fields.data.to_vec()),
+                        None => work.push(DocumentWork {
+                            case_id,
+                            document_id: fields.document_id.to_string(),
+                            messages: vec![fields.data.to_vec()],
+                        }),
+                    }
+                }
+                Message::Ephemeral {
+                    sender_id,
+                    count,
+                    session_id,
+                    document_id,
+                    data,
+                    ..
+                } => {
+                    let case_id = case_of(document_id)?;
+                    // Only among connections that may see the document, and have it open.
+                    if self.subscriptions.contains_key(&case_id) {
+                        self.hub
+                            .relay_ephemeral(&case_id, self.id, sender_id, count, session_id, data);
+                    }
+                }
+                Message::Join { .. } => return Err(Close::protocol("join sent twice")),
+                Message::Peer { .. } => {
+                    return Err(Close::protocol(
+                        "peer is the server's message, not a client's",
+                    ));
+                }
+                Message::Error { .. } => {
+                    // The client is closing; its text is not logged (it could hold anything).
+                    return Err(Close::new(
+                        close_code::NORMAL,
+                        "closing after the client's error",
+                    ));
+                }
+                // Advisory, or gossip this server does not take part in.
+                Message::Leave { .. }
+                | Message::DocUnavailable { .. }
+                | Message::RemoteSubscriptionChange
+                | Message::RemoteHeadsChanged => {}
+            }
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        self.sync_documents(work).await
+    }
+
+    /// Answers `join` with `peer` and starts the writer.
+    fn join(&mut self, client_peer_id: &str, versions: &[&str]) -> Result<(), Close> {
+        if !versions.contains(&PROTOCOL_VERSION) {
+            return Err(Close::protocol(format!(
+                "unsupported protocol versions {versions:?}: this server speaks version 1"
+            )));
+        }
+        if client_peer_id.is_empty() || client_peer_id.len() > MAX_PEER_ID_BYTES {
+            return Err(Close::protocol(format!(
+                "senderId must be 1 to {MAX_PEER_ID_BYTES} bytes"
+            )));
+        }
+        let Some(sink) = self.sink.take() else {
+            return Err(Close::server());
+        };
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let outbox = Arc::new(Outbox::new(tx, client_peer_id.to_string()));
+        outbox.push(protocol::encode(&Message::Peer {
+            sender_id: self.hub.peer_id(),
+            target_id: client_peer_id,
+            selected_protocol_version: PROTOCOL_VERSION,
+            metadata: Some(PeerMetadata {
+                storage_id: Some(self.hub.storage_id().to_string()),
+                is_ephemeral: false,
+            }),
+        }));
+        self.writer = Some(tokio::spawn(write_frames(
+            sink,
+            rx,
+            Arc::clone(&self.state.metrics),
+        )));
+        self.outbox = Some(outbox);
+        Ok(())
+    }
+
+    fn outbox(&self) -> Result<&Arc<Outbox>, Close> {
+        self.outbox.as_ref().ok_or_else(Close::server)
+    }
+
+    fn unavailable(&self, document_id: &str) -> Result<(), Close> {
+        let outbox = self.outbox()?;
+        outbox.push(protocol::encode(&Message::DocUnavailable {
+            sender_id: self.hub.peer_id(),
+            target_id: &outbox.client_peer_id,
+            document_id,
+        }));
+        Ok(())
+    }
+
+    /// The device and its user as they stand now: revoked ones go no further.
+    async fn check_caller(&mut self) -> Result<(), Close> {
+        let storage = self.state.storage.as_ref();
+        let device = storage.device(&self.caller.device.id).await?;
+        let user = storage.user(&self.caller.user.id).await?;
+        match (device, user) {
+            (Some(device), Some(user))
+                if device.revoked_at.is_none() && user.disabled_at.is_none() =>
+            {
+                self.caller = Caller { user, device };
+                Ok(())
+            }
+            _ => Err(Close::revoked()),
+        }
+    }
+
+    /// Drops documents no longer allocated to the user, telling the client.
+    async fn recheck_allocations(&mut self) -> Result<(), Close> {
+        let allocated: HashSet<String> = self
+            .state
+            .storage
+            .allocated_case_ids(&self.caller.user.id)
+            .await?
+            .into_iter()
+            .collect();
+        let gone: Vec<String> = self
+            .subscriptions
+            .keys()
+            .filter(|case_id| !allocated.contains(*case_id))
+            .cloned()
+            .collect();
+        for case_id in gone {
+            if let Some(subscription) = self.subscriptions.remove(&case_id) {
+                self.hub.unsubscribe(&case_id, self.id);
+                self.unavailable(&subscription.document_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a batch's sync messages through the server's sync path: checked receive,
+    /// validation, storage with provenance, the device's sync state, the document cache; then
+    /// the replies, and pushes to the other connections that have a changed document open.
+    async fn sync_documents(&mut self, work: Vec<DocumentWork>) -> Result<(), Close> {
+        self.check_caller().await?;
+        let storage = Arc::clone(&self.state.storage);
+        let allocated: HashSet<String> = storage
+            .allocated_case_ids(&self.caller.user.id)
+            .await?
+            .into_iter()
+            .collect();
+        // Unknown and not allocated get the same answer.
+        let mut open: Vec<(Arc<Subscription>, Vec<Vec<u8>>)> = Vec::new();
+        for document in work {
+            if !allocated.contains(&document.case_id) {
+                if self.subscriptions.remove(&document.case_id).is_some() {
+                    self.hub.unsubscribe(&document.case_id, self.id);
+                }
+                self.unavailable(&document.document_id)?;
+                continue;
+            }
+            let subscription = match self.subscriptions.get(&document.case_id) {
+                Some(subscription) => Arc::clone(subscription),
+                None => {
+                    // Open before the document is read, so that no commit in between is
+                    // missed: a change committed before the read is in what is read, one
+                    // committed after is pushed.
+                    let subscription = Arc::new(Subscription {
+                        connection: self.id,
+                        case_id: document.case_id.clone(),
+                        document_id: document.document_id.clone(),
+                        peer: std::sync::Mutex::new(None),
+                        outbox: Arc::clone(self.outbox()?),
+                    });
+                    self.hub.subscribe(Arc::clone(&subscription));
+                    self.subscriptions
+                        .insert(document.case_id.clone(), Arc::clone(&subscription));
+                    subscription
+                }
+            };
+            open.push((subscription, document.messages));
+        }
+        if open.is_empty() {
+            return Ok(());
+        }
+
+        let device_id = self.caller.device.id.clone();
+        let mut tx = storage.begin_sync().await?;
+        let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
+        let case_ids: Vec<String> = open.iter().map(|(s, _)| s.case_id.clone()).collect();
+        let mut loaded: HashMap<String, LoadedDocument> = tx
+            .load_documents(&device_id, &case_ids)
+            .await?
+            .into_iter()
+            .map(|d| (d.case_id.clone(), d))
+            .collect();
+        let documents = Arc::clone(&self.state.documents);
+        let metrics = Arc::clone(&self.state.metrics);
+        let mut jobs = Vec::with_capacity(open.len());
+        for (subscription, messages) in open {
+            let Some(document) = loaded.remove(&subscription.case_id) else {
+                return Err(Close::server());
+            };
+            let cached = documents.take(&document.case_id, &document.heads);
+            let counter = if cached.is_some() {
+                &metrics.document_cache_hits
+            } else {
+                &metrics.document_cache_misses
+            };
+            Metrics::add(counter, 1);
+            jobs.push((subscription, document, cached, messages));
+        }
+        let rule = ActorRule::BoundOrUnclaimed(bound);
+        // Automerge work is CPU-bound: keep it off the async workers.
+        let mut outcomes = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(subscription, document, cached, messages)| {
+                    receive_one(subscription, &document, cached, &messages, &rule)
+                })
+                .collect::<Vec<Outcome>>()
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "websocket sync task failed");
+            Close::server()
+        })?;
+
+        // Actors nobody has used become this device's; any that are someone else's refuse
+        // their document.
+        let unclaimed: Vec<String> = outcomes
+            .iter()
+            .flat_map(|o| o.unclaimed_actors.iter().cloned())
+            .collect::<BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let received_at = chrono::Utc::now().timestamp_millis();
+        if !unclaimed.is_empty() {
+            let refused: BTreeSet<String> = tx
+                .claim_actors(&device_id, &unclaimed, received_at)
+                .await?
+                .into_iter()
+                .collect();
+            for outcome in &mut outcomes {
+                if let Some(actor) = outcome.unclaimed_actors.intersection(&refused).next() {
+                    outcome.refused = Some(DocumentError::ForeignActor(actor.clone()));
+                    outcome.write = None;
+                    outcome.file = None;
+                }
+            }
+        }
+        let writes: Vec<DocumentWrite> =
+            outcomes.iter_mut().filter_map(|o| o.write.take()).collect();
+        let provenance = Provenance {
+            device_id: device_id.clone(),
+            user_id: self.caller.user.id.clone(),
+            received_at,
+        };
+        tx.write_documents(&provenance, &writes).await?;
+        tx.commit().await?;
+
+        let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
+        let changed: HashSet<String> = writes
+            .iter()
+            .filter(|w| !w.changes.is_empty())
+            .map(|w| w.case_id.clone())
+            .collect();
+        let refused = outcomes
+            .iter()
+            .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)));
+        Metrics::add(&metrics.sync_documents, outcomes.len() as u64);
+        Metrics::add(&metrics.sync_changes_applied, applied as u64);
+        Metrics::add(
+            &metrics.sync_documents_refused,
+            outcomes.iter().filter(|o| o.refused.is_some()).count() as u64,
+        );
+        tracing::debug!(
+            connection = self.id,
+            documents = outcomes.len(),
+            changes_applied = applied,
+            "websocket sync committed"
+        );
+
+        // Committed: answer this client, push to the others, return the documents.
+        let hub = Arc::clone(&self.hub);
+        tokio::task::spawn_blocking(move || {
+            for outcome in outcomes {
+                let Some(mut file) = outcome.file else {
+                    continue;
+                };
+                if changed.contains(&outcome.case_id) {
+                    hub.fan_out(&outcome.case_id, &mut file, None);
+                } else {
+                    hub.send_sync(&outcome.subscription, &mut file);
+                }
+                let heads = heads_key(&file.heads());
+                documents.put(outcome.case_id, heads, file);
+            }
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "websocket reply task failed");
+            Close::server()
+        })?;
+
+        if let Some((case_id, error)) = refused {
+            let document = document_id::document_id(&case_id).unwrap_or(case_id);
+            let code = match error {
+                DocumentError::CorruptMessage(_) => close_code::INVALID,
+                DocumentError::Unavailable => close_code::ERROR,
+                _ => close_code::POLICY,
+            };
+            return Err(Close::new(
+                code,
+                format!(
+                    "document {document}: {} ({})",
+                    error.message(),
+                    error.code()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The blocking part for one document: parse (or take from the cache), set up the
+/// connection's sync state from the saved one on first use, and apply the messages.
+fn receive_one(
+    subscription: Arc<Subscription>,
+    document: &LoadedDocument,
+    cached: Option<CaseFile>,
+    messages: &[Vec<u8>],
+    rule: &ActorRule,
+) -> Outcome {
+    let case_id = document.case_id.clone();
+    let mut file = match sync::parse_document(document, cached) {
+        Ok(file) => file,
+        Err(error) => {
+            return Outcome {
+                case_id,
+                subscription,
+                file: None,
+                write: None,
+                unclaimed_actors: BTreeSet::new(),
+                refused: Some(error),
+            };
+        }
+    };
+    let mut guard = subscription.peer();
+    let peer = guard.get_or_insert_with(|| sync::saved_peer_state(document));
+    let (received, refused) = sync::receive_messages(
+        &case_id,
+        &mut file,
+        peer,
+        messages.iter().map(Vec::as_slice),
+        rule,
+    );
+    let sync_state = (peer.encode(), heads_key(peer.shared_heads()));
+    drop(guard);
+    if refused.is_some() {
+        // The connection closes: nothing of this document is stored or cached.
+        return Outcome {
+            case_id,
+            subscription,
+            file: None,
+            write: None,
+            unclaimed_actors: BTreeSet::new(),
+            refused,
+        };
+    }
+    let snapshot = if received.changes.is_empty() {
+        None
+    } else {
+        Some((file.save(), heads_key(&file.heads())))
+    };
+    Outcome {
+        write: Some(DocumentWrite {
+            case_id: case_id.clone(),
+            snapshot,
+            changes: received.changes,
+            sync_state,
+        }),
+        case_id,
+        subscription,
+        file: Some(file),
+        unclaimed_actors: received.unclaimed_actors,
+        refused: None,
+    }
+}
+
+/// The case a document id names; an id that is not base58check ends the connection.
+fn case_of(document_id: &str) -> Result<String, Close> {
+    document_id::case_id(document_id).map_err(|e| Close::invalid(e.to_string()))
+}
+
+/// What one read from the socket gave.
+enum Frame {
+    Data(bytes::Bytes),
+    /// Ping or pong: answered by the WebSocket layer itself.
+    Skip,
+    /// The client closed (None) or must be told why it is closed.
+    End(Option<Close>),
+}
+
+fn read_frame(frame: Option<Result<WsMessage, axum::Error>>) -> Frame {
+    match frame {
+        None | Some(Ok(WsMessage::Close(_))) => Frame::End(None),
+        Some(Ok(WsMessage::Binary(bytes))) => Frame::Data(bytes),
+        Some(Ok(WsMessage::Text(_))) => Frame::End(Some(Close::new(
+            close_code::UNSUPPORTED,
+            "text frames are not part of the protocol: send CBOR in binary frames",
+        ))),
+        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => Frame::Skip,
+        Some(Err(error)) => {
+            let inner = error.into_inner();
+            Frame::End(match inner.downcast_ref::<tungstenite::Error>() {
+                Some(tungstenite::Error::Capacity(e)) => Some(Close::new(
+                    close_code::SIZE,
+                    format!("frame too large: {e}"),
+                )),
+                Some(tungstenite::Error::Protocol(e)) => {
+                    Some(Close::protocol(format!("WebSocket protocol error: {e}")))
+                }
+                // The connection is gone: nobody to tell.
+                _ => None,
+            })
+        }
+    }
+}
+
+/// A close frame's reason is at most 123 bytes.
+fn close_reason(message: &str) -> String {
+    let mut reason = String::new();
+    for c in message.chars() {
+        if reason.len() + c.len_utf8() > 123 {
+            break;
+        }
+        reason.push(c);
+    }
+    reason
+}
+
+/// Writes queued frames to the socket, flushing when the queue runs dry.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, WsMessage>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    metrics: Arc<Metrics>,
+) {
+    while let Some(item) = rx.recv().await {
+        match item {
+            Outgoing::Frame(frame) => {
+                Metrics::add(&metrics.ws_frames_sent, 1);
+                Metrics::add(&metrics.ws_bytes_sent, frame.len() as u64);
+                if sink.feed(WsMessage::Binary(frame.into())).await.is_err() {
+                    return;
+                }
+                if rx.is_empty() && sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            Outgoing::Close(code, reason) => {
+                let _ = sink
+                    .send(WsMessage::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await;
+                return;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}

@@ -1,0 +1,313 @@
+//! What the WebSocket connections of one server process share: who has which document open
+//! (with the sync state of each), and a way to reach each connection.
+//!
+//! Pushing is done by whoever commits a change, while it still holds the parsed document: it
+//! generates the next sync message for every connection that has the document open and puts
+//! it in that connection's outbox, then returns the document to the cache. No connection parses
+//! the document again to learn what changed, and a message never carries a change that is not
+//! yet committed. Every generation for one connection and document happens under the lock of
+//! its sync state, in the order the messages are queued, so the state always matches what was
+//! sent.
+//!
+//! This reaches the connections of this process only. Several instances on one database would
+//! also need a notifier between them (PostgreSQL `LISTEN`/`NOTIFY` on the case id, say, after
+//! which each instance loads the document and calls [`RepoHub::document_changed`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use doorstep_sync_core::{CaseFile, PeerState};
+use tokio::sync::{Notify, mpsc};
+
+use super::protocol::{self, Message, SyncFields};
+use crate::doc_cache::DocumentCache;
+use crate::storage::heads_key;
+
+/// What a connection's writer sends, in order.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Vec<u8>),
+    /// A close frame with its code and reason, then nothing more.
+    Close(u16, String),
+}
+
+/// The queue of one connection's outgoing frames. Bounded: a client that stops reading is
+/// disconnected rather than left to fill the server's memory.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    tx: mpsc::Sender<Outgoing>,
+    /// The client's peer id: the `targetId` of everything sent to it.
+    pub client_peer_id: String,
+    overflowed: AtomicBool,
+    /// Woken when a frame could not be queued.
+    pub overflow: Notify,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<Outgoing>, client_peer_id: String) -> Outbox {
+        Outbox {
+            tx,
+            client_peer_id,
+            overflowed: AtomicBool::new(false),
+            overflow: Notify::new(),
+        }
+    }
+
+    /// Queues a frame without waiting. False when the queue is full (the connection is then
+    /// closed) or already closed.
+    pub fn push(&self, frame: Vec<u8>) -> bool {
+        match self.tx.try_send(Outgoing::Frame(frame)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Relaxed);
+                self.overflow.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// Queues a frame, waiting for room (for the few frames a connection sends when closing).
+    pub async fn send(&self, item: Outgoing) -> bool {
+        self.tx.send(item).await.is_ok()
+    }
+}
+
+/// One connection's interest in one document.
+#[derive(Debug)]
+pub(crate) struct Subscription {
+    pub connection: u64,
+    pub case_id: String,
+    pub document_id: String,
+    /// None until the connection's first message for the document has been read with the
+    /// document; only then does the server know what the client has.
+    pub peer: Mutex<Option<PeerState>>,
+    pub outbox: Arc<Outbox>,
+}
+
+impl Subscription {
+    pub fn peer(&self) -> MutexGuard<'_, Option<PeerState>> {
+        self.peer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Something a connection must act on that did not come from its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    /// The device or its user was revoked: close.
+    Revoked,
+    /// The user's allocations changed: drop documents no longer allocated.
+    AllocationsChanged,
+}
+
+#[derive(Debug)]
+struct ConnectionEntry {
+    device_id: String,
+    user_id: String,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// Shared by every WebSocket connection of this process (in the app state).
+#[derive(Debug)]
+pub struct RepoHub {
+    peer_id: String,
+    storage_id: String,
+    subscriptions: Mutex<HashMap<String, Vec<Arc<Subscription>>>>,
+    connections: Mutex<HashMap<u64, ConnectionEntry>>,
+    next_connection: AtomicU64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the maps whole: a panic elsewhere cannot tear them.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RepoHub {
+    /// `storage_id` names the server's storage: the same for every instance on one database,
+    /// so that a client that keeps sync states reuses them whichever instance it reaches.
+    pub fn new(storage_id: String) -> RepoHub {
+        RepoHub {
+            peer_id: format!("doorstep-server-{}", uuid::Uuid::new_v4()),
+            storage_id,
+            subscriptions: Mutex::new(HashMap::new()),
+            connections: Mutex::new(HashMap::new()),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    /// This process's peer id in the protocol (it changes on every start, as peer ids do).
+    pub fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+
+    pub fn storage_id(&self) -> &str {
+        &self.storage_id
+    }
+
+    /// Connections open now.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.connections).len()
+    }
+
+    /// (connection, document) pairs open now.
+    pub fn subscription_count(&self) -> usize {
+        lock(&self.subscriptions).values().map(Vec::len).sum()
+    }
+
+    pub(crate) fn register(
+        &self,
+        device_id: &str,
+        user_id: &str,
+    ) -> (u64, mpsc::UnboundedReceiver<Control>) {
+        let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.connections).insert(
+            id,
+            ConnectionEntry {
+                device_id: device_id.to_string(),
+                user_id: user_id.to_string(),
+                control: tx,
+            },
+        );
+        (id, rx)
+    }
+
+    pub(crate) fn deregister(&self, connection: u64) {
+        lock(&self.connections).remove(&connection);
+    }
+
+    fn tell(&self, control: Control, matches: impl Fn(&ConnectionEntry) -> bool) {
+        for entry in lock(&self.connections).values().filter(|e| matches(e)) {
+            let _ = entry.control.send(control);
+        }
+    }
+
+    /// Closes the connections of a revoked device.
+    pub fn device_revoked(&self, device_id: &str) {
+        self.tell(Control::Revoked, |e| e.device_id == device_id);
+    }
+
+    /// Closes the connections of every device of a revoked user.
+    pub fn user_revoked(&self, user_id: &str) {
+        self.tell(Control::Revoked, |e| e.user_id == user_id);
+    }
+
+    /// Makes the user's connections drop documents no longer allocated to them.
+    pub fn allocations_changed(&self, user_id: &str) {
+        self.tell(Control::AllocationsChanged, |e| e.user_id == user_id);
+    }
+
+    pub(crate) fn subscribe(&self, subscription: Arc<Subscription>) {
+        lock(&self.subscriptions)
+            .entry(subscription.case_id.clone())
+            .or_default()
+            .push(subscription);
+    }
+
+    pub(crate) fn unsubscribe(&self, case_id: &str, connection: u64) {
+        let mut subscriptions = lock(&self.subscriptions);
+        if let Some(list) = subscriptions.get_mut(case_id) {
+            list.retain(|s| s.connection != connection);
+            if list.is_empty() {
+                subscriptions.remove(case_id);
+            }
+        }
+    }
+
+    fn subscribers(&self, case_id: &str) -> Vec<Arc<Subscription>> {
+        lock(&self.subscriptions)
+            .get(case_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn has_subscribers(&self, case_id: &str) -> bool {
+        lock(&self.subscriptions).contains_key(case_id)
+    }
+
+    /// Generates and queues the next sync message of `subscription` from `file` (committed
+    /// state only). CPU work: call it off the async workers.
+    pub(crate) fn send_sync(&self, subscription: &Subscription, file: &mut CaseFile) {
+        let mut peer = subscription.peer();
+        let Some(peer) = peer.as_mut() else {
+            // Not yet read with the document: its first exchange will send what is current.
+            return;
+        };
+        if let Some(data) = file.generate_sync_message(peer) {
+            let frame = protocol::encode(&Message::Sync(SyncFields {
+                sender_id: &self.peer_id,
+                target_id: &subscription.outbox.client_peer_id,
+                document_id: &subscription.document_id,
+                data: &data,
+            }));
+            subscription.outbox.push(frame);
+        }
+    }
+
+    /// Sends the committed `file` to every connection that has it open except `except`. CPU
+    /// work: call it off the async workers.
+    pub(crate) fn fan_out(&self, case_id: &str, file: &mut CaseFile, except: Option<u64>) {
+        for subscription in self.subscribers(case_id) {
+            if Some(subscription.connection) != except {
+                self.send_sync(&subscription, file);
+            }
+        }
+    }
+
+    /// A document changed and `file` holds it as committed: pushes it to the connections that
+    /// have it open, then returns it to the cache. Used by the HTTP sync and staff edits.
+    pub async fn document_changed(
+        self: &Arc<Self>,
+        documents: &Arc<DocumentCache>,
+        case_id: String,
+        mut file: CaseFile,
+    ) {
+        if !self.has_subscribers(&case_id) {
+            let heads = heads_key(&file.heads());
+            documents.put(case_id, heads, file);
+            return;
+        }
+        let hub = Arc::clone(self);
+        let documents = Arc::clone(documents);
+        let pushed = tokio::task::spawn_blocking(move || {
+            hub.fan_out(&case_id, &mut file, None);
+            let heads = heads_key(&file.heads());
+            documents.put(case_id, heads, file);
+        })
+        .await;
+        if let Err(e) = pushed {
+            tracing::error!(error = %e, "pushing a changed document failed");
+        }
+    }
+
+    /// Relays an ephemeral message to the other connections that have the document open.
+    pub(crate) fn relay_ephemeral(
+        &self,
+        case_id: &str,
+        from: u64,
+        sender_id: &str,
+        count: u64,
+        session_id: &str,
+        data: &[u8],
+    ) {
+        for subscription in self.subscribers(case_id) {
+            if subscription.connection == from {
+                continue;
+            }
+            let frame = protocol::encode(&Message::Ephemeral {
+                sender_id,
+                target_id: &subscription.outbox.client_peer_id,
+                count,
+                session_id,
+                document_id: &subscription.document_id,
+                data,
+            });
+            subscription.outbox.push(frame);
+        }
+    }
+}

@@ -1,0 +1,947 @@
+//! The automerge-repo WebSocket endpoint (`GET /api/v1/repo/ws`) driven by a real WebSocket
+//! client (tokio-tungstenite) speaking CBOR through an independent codec (ciborium), with
+//! sync-core replicas as the documents: the handshake, need-to-know, storage with provenance,
+//! pushes between WebSocket and HTTP clients, and every kind of bad input.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ciborium::Value;
+use doorstep_server::repo_ws::document_id;
+use doorstep_server::storage::heads_key;
+use doorstep_sync_core::records::{Collection, ContactEntry};
+use doorstep_sync_core::{ActorId, CaseFile, PeerState, testing};
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::helpers::{Backend, Phone, TestApp, both_backends, error_of, spawn_app, spawn_app_with};
+
+both_backends!(
+    join_is_answered_with_peer_and_the_token_may_come_either_way,
+    a_requested_case_arrives_and_others_are_unavailable,
+    changes_over_websocket_are_stored_attributed_and_served_over_http,
+    changes_reach_open_websocket_clients_at_once,
+    actors_stay_bound_to_one_device,
+    bad_frames_close_the_connection_and_change_nothing,
+    refused_changes_close_the_connection_and_change_nothing,
+    a_token_that_expires_closes_the_connection,
+    a_revoked_device_is_disconnected,
+    an_oversized_frame_closes_the_connection,
+);
+
+/// Longest wait for any one frame: a bound on a failing test, never a pause.
+const FRAME_WAIT: Duration = Duration::from_secs(20);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What the server sent.
+#[derive(Debug)]
+enum Incoming {
+    Message(BTreeMap<String, Value>),
+    Closed(Option<(u16, String)>),
+}
+
+impl Incoming {
+    fn message(self) -> BTreeMap<String, Value> {
+        match self {
+            Incoming::Message(m) => m,
+            Incoming::Closed(close) => panic!("expected a message, the server closed: {close:?}"),
+        }
+    }
+}
+
+fn text(map: &BTreeMap<String, Value>, key: &str) -> String {
+    match map.get(key) {
+        Some(Value::Text(s)) => s.clone(),
+        other => panic!("{key} is {other:?} in {map:?}"),
+    }
+}
+
+fn kind(map: &BTreeMap<String, Value>) -> String {
+    text(map, "type")
+}
+
+fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = Value::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.into()), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    ciborium::into_writer(&map, &mut out).unwrap();
+    out
+}
+
+fn ws_url(app: &TestApp) -> String {
+    format!("{}/api/v1/repo/ws", app.base.replace("http://", "ws://"))
+}
+
+/// Opens a connection with the token in the query string (as browsers must).
+async fn open(app: &TestApp, token: &str) -> Socket {
+    let url = format!("{}?access_token={token}", ws_url(app));
+    let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    socket
+}
+
+async fn send(socket: &mut Socket, frame: Vec<u8>) {
+    socket.send(WsMessage::Binary(frame.into())).await.unwrap();
+}
+
+async fn next(socket: &mut Socket) -> Incoming {
+    loop {
+        let frame = tokio::time::timeout(FRAME_WAIT, socket.next())
+            .await
+            .expect("the server sent nothing");
+        match frame {
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                let value: Value = ciborium::from_reader(bytes.as_ref()).unwrap();
+                let Value::Map(entries) = value else {
+                    panic!("not a map: {value:?}");
+                };
+                let map = entries
+                    .into_iter()
+                    .map(|(k, v)| match k {
+                        Value::Text(k) => (k, v),
+                        other => panic!("key {other:?}"),
+                    })
+                    .collect();
+                return Incoming::Message(map);
+            }
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Incoming::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            None | Some(Err(_)) => return Incoming::Closed(None),
+        }
+    }
+}
+
+/// Expects an `error` message then a close with `code`; returns the error's text.
+async fn expect_error_and_close(socket: &mut Socket, code: u16) -> String {
+    let error = next(socket).await.message();
+    assert_eq!(kind(&error), "error", "{error:?}");
+    let message = text(&error, "message");
+    match next(socket).await {
+        Incoming::Closed(Some((got, _))) => assert_eq!(got, code, "closed for: {message}"),
+        other => panic!("expected a close frame after {message:?}, got {other:?}"),
+    }
+    message
+}
+
+/// A joined connection.
+struct Peer {
+    socket: Socket,
+    peer_id: String,
+    server_id: String,
+}
+
+impl Peer {
+    async fn connect(app: &TestApp, token: &str) -> Peer {
+        let socket = open(app, token).await;
+        Peer::join(socket).await
+    }
+
+    async fn join(mut socket: Socket) -> Peer {
+        let peer_id = format!("test-client-{}", uuid::Uuid::new_v4());
+        send(
+            &mut socket,
+            cbor(vec![
+                ("type", Value::Text("join".into())),
+                ("senderId", Value::Text(peer_id.clone())),
+                (
+                    "supportedProtocolVersions",
+                    Value::Array(vec![Value::Text("1".into())]),
+                ),
+                (
+                    "peerMetadata",
+                    Value::Map(vec![(Value::Text("isEphemeral".into()), Value::Bool(true))]),
+                ),
+            ]),
+        )
+        .await;
+        let peer = next(&mut socket).await.message();
+        assert_eq!(kind(&peer), "peer", "{peer:?}");
+        assert_eq!(text(&peer, "targetId"), peer_id);
+        assert_eq!(text(&peer, "selectedProtocolVersion"), "1");
+        let server_id = text(&peer, "senderId");
+        Peer {
+            socket,
+            peer_id,
+            server_id,
+        }
+    }
+
+    fn sync_frame(&self, kind: &str, document_id: &str, data: Vec<u8>) -> Vec<u8> {
+        cbor(vec![
+            ("type", Value::Text(kind.into())),
+            ("senderId", Value::Text(self.peer_id.clone())),
+            ("targetId", Value::Text(self.server_id.clone())),
+            ("documentId", Value::Text(document_id.into())),
+            ("data", Value::Bytes(data)),
+        ])
+    }
+
+    async fn send_sync(&mut self, kind: &str, document_id: &str, data: Vec<u8>) {
+        let frame = self.sync_frame(kind, document_id, data);
+        send(&mut self.socket, frame).await;
+    }
+
+    async fn next(&mut self) -> Incoming {
+        next(&mut self.socket).await
+    }
+
+    /// Starts syncing a document, as automerge-repo does: `request` when it has nothing.
+    async fn open_document(&mut self, replica: &mut Replica) {
+        let message = replica
+            .file
+            .generate_sync_message(&mut replica.state)
+            .unwrap();
+        let kind = if replica.file.heads().is_empty() {
+            "request"
+        } else {
+            "sync"
+        };
+        self.send_sync(kind, &replica.document_id, message).await;
+    }
+
+    /// Sends what `replica` has that the server may lack.
+    async fn push(&mut self, replica: &mut Replica) {
+        if let Some(message) = replica.file.generate_sync_message(&mut replica.state) {
+            self.send_sync("sync", &replica.document_id, message).await;
+        }
+    }
+
+    /// Reads one sync message for `replica`, applies it and answers as a repo would.
+    async fn exchange(&mut self, replica: &mut Replica) {
+        let message = self.next().await.message();
+        assert_eq!(kind(&message), "sync", "{message:?}");
+        assert_eq!(text(&message, "documentId"), replica.document_id);
+        assert_eq!(text(&message, "targetId"), self.peer_id);
+        let Some(Value::Bytes(data)) = message.get("data") else {
+            panic!("no data in {message:?}");
+        };
+        replica
+            .file
+            .receive_sync_message(&mut replica.state, data)
+            .unwrap();
+        self.push(replica).await;
+    }
+}
+
+/// A client's copy of one case, as automerge-repo keeps it: a document and a sync state.
+struct Replica {
+    case_id: String,
+    document_id: String,
+    file: CaseFile,
+    state: PeerState,
+}
+
+impl Replica {
+    /// A replica with nothing yet, writing as `user`/`device` with a random actor (as
+    /// automerge-repo clients do).
+    fn new(case_id: &str, user_id: &str, device_id: &str) -> Replica {
+        Replica::with_actor(case_id, user_id, device_id, ActorId::random())
+    }
+
+    fn with_actor(case_id: &str, user_id: &str, device_id: &str, actor: ActorId) -> Replica {
+        Replica {
+            case_id: case_id.into(),
+            document_id: document_id::document_id(case_id).unwrap(),
+            file: CaseFile::empty(testing::author(user_id, device_id), actor),
+            state: PeerState::new(),
+        }
+    }
+
+    fn heads(&mut self) -> String {
+        heads_key(&self.file.heads())
+    }
+
+    fn contacts(&self) -> Vec<String> {
+        self.file
+            .record_ids(Collection::Contacts)
+            .unwrap_or_default()
+    }
+}
+
+/// Creates a case with a `case-<uuid>` id (as the staff API does) allocated to `users`.
+async fn new_case(app: &TestApp, users: &[&str]) -> String {
+    let case_id = format!("case-{}", uuid::Uuid::new_v4());
+    doorstep_server::cases::create_case(
+        app.storage(),
+        &case_id,
+        "school-riverside",
+        &testing::case_details(),
+        "user-lead",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    for user in users {
+        app.storage()
+            .allocate(&case_id, &format!("user-{user}"), 1)
+            .await
+            .unwrap();
+    }
+    case_id
+}
+
+/// What the server holds of a case: heads and stored changes.
+async fn stored(app: &TestApp, case_id: &str) -> (String, usize) {
+    let document = app.storage().document(case_id).await.unwrap().unwrap();
+    let changes = app.storage().changes(case_id).await.unwrap();
+    (document.heads, changes.len())
+}
+
+/// Requests a case and answers until the replica holds what the server holds.
+async fn fetch(app: &TestApp, peer: &mut Peer, replica: &mut Replica) {
+    peer.open_document(replica).await;
+    let (heads, _) = stored(app, &replica.case_id).await;
+    while replica.heads() != heads {
+        peer.exchange(replica).await;
+    }
+}
+
+/// Sends the replica's changes and answers until the server has stored them.
+async fn deliver(app: &TestApp, peer: &mut Peer, replica: &mut Replica) {
+    peer.push(replica).await;
+    loop {
+        peer.exchange(replica).await;
+        if stored(app, &replica.case_id).await.0 == replica.heads() {
+            return;
+        }
+    }
+}
+
+fn contact(minutes: i64) -> ContactEntry {
+    testing::letter(1, testing::at(minutes))
+}
+
+async fn join_is_answered_with_peer_and_the_token_may_come_either_way(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+
+    // Query parameter: the peer message names the server's storage, which is not ephemeral.
+    let mut socket = open(&app, &officer.access_token).await;
+    send(
+        &mut socket,
+        cbor(vec![
+            ("type", Value::Text("join".into())),
+            ("senderId", Value::Text("browser-tab".into())),
+            (
+                "supportedProtocolVersions",
+                Value::Array(vec![Value::Text("1".into())]),
+            ),
+        ]),
+    )
+    .await;
+    let peer = next(&mut socket).await.message();
+    assert_eq!(kind(&peer), "peer");
+    assert_eq!(text(&peer, "targetId"), "browser-tab");
+    assert_eq!(text(&peer, "senderId"), app.state.repo.peer_id());
+    let Some(Value::Map(metadata)) = peer.get("peerMetadata") else {
+        panic!("no peerMetadata in {peer:?}");
+    };
+    let metadata: BTreeMap<String, Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_text().unwrap().to_string(), v.clone()))
+        .collect();
+    assert_eq!(metadata.get("isEphemeral"), Some(&Value::Bool(false)));
+    assert_eq!(text(&metadata, "storageId"), app.state.repo.storage_id());
+
+    // Authorization header.
+    let mut request = ws_url(&app).into_client_request().unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", officer.access_token).parse().unwrap(),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    Peer::join(socket).await;
+
+    // No token, a bad token: refused before the upgrade, as the HTTP API refuses.
+    for url in [
+        ws_url(&app),
+        format!("{}?access_token=not-a-token", ws_url(&app)),
+    ] {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            }
+            other => panic!("expected 401, got {other:?}"),
+        }
+    }
+    // A plain request, not an upgrade.
+    let response = app
+        .client
+        .get(app.url("/api/v1/repo/ws"))
+        .bearer_auth(&officer.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            StatusCode::UPGRADE_REQUIRED,
+            "websocket_upgrade_required".into()
+        )
+    );
+
+    // Version 2 only: an error, then the close.
+    let mut socket = open(&app, &officer.access_token).await;
+    send(
+        &mut socket,
+        cbor(vec![
+            ("type", Value::Text("join".into())),
+            ("senderId", Value::Text("future".into())),
+            (
+                "supportedProtocolVersions",
+                Value::Array(vec![Value::Text("2".into())]),
+            ),
+        ]),
+    )
+    .await;
+    let message = expect_error_and_close(&mut socket, 1002).await;
+    assert!(message.contains("version"), "{message}");
+}
+
+async fn a_requested_case_arrives_and_others_are_unavailable(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let mine = new_case(&app, &["officer"]).await;
+    let theirs = new_case(&app, &["worker"]).await;
+
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&mine, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    replica.file.check_layout().unwrap();
+    assert_eq!(replica.file.case_id().as_deref(), Some(mine.as_str()));
+    assert_eq!(
+        replica.file.details().unwrap(),
+        testing::case_details(),
+        "the whole case file arrived"
+    );
+
+    // Not allocated, unknown, and a fixed demo case of someone else: one answer, by request
+    // or by sync, and the connection goes on.
+    let unknown = format!("case-{}", uuid::Uuid::new_v4());
+    for (kind, case_id) in [
+        ("request", &theirs),
+        ("sync", &theirs),
+        ("request", &unknown),
+    ] {
+        let mut other = Replica::new(case_id, &officer.user.id, &officer.device_id);
+        let data = other.file.generate_sync_message(&mut other.state).unwrap();
+        peer.send_sync(kind, &other.document_id, data).await;
+        let answer = peer.next().await.message();
+        assert_eq!(kind_of(&answer), "doc-unavailable", "{kind} of {case_id}");
+        assert_eq!(text(&answer, "documentId"), other.document_id);
+        assert_eq!(text(&answer, "targetId"), peer.peer_id);
+    }
+    // Still serving: a change to the allocated case is accepted.
+    replica.file.add(&contact(5), testing::at(5)).unwrap();
+    deliver(&app, &mut peer, &mut replica).await;
+}
+
+fn kind_of(map: &BTreeMap<String, Value>) -> String {
+    kind(map)
+}
+
+async fn changes_over_websocket_are_stored_attributed_and_served_over_http(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let lead = app.tokens("lead", &testing::actor(2)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    let (_, changes_before) = stored(&app, &case_id).await;
+    let record = replica.file.add(&contact(10), testing::at(10)).unwrap();
+    let before_send = chrono::Utc::now().timestamp_millis();
+    deliver(&app, &mut peer, &mut replica).await;
+
+    // Stored with the device, the user and the time it arrived.
+    let changes = app.storage().changes(&case_id).await.unwrap();
+    assert_eq!(changes.len(), changes_before + 1);
+    let change = changes.last().unwrap();
+    assert_eq!(
+        change.device_id.as_deref(),
+        Some(officer.device_id.as_str())
+    );
+    assert_eq!(change.user_id.as_deref(), Some(officer.user.id.as_str()));
+    assert!(
+        change.received_at >= before_send,
+        "received-at is the server's time"
+    );
+    assert_eq!(
+        change.actor_id,
+        replica.file.doc().get_actor().to_hex_string()
+    );
+
+    // Seen by staff over HTTP, with the author the record names.
+    let case: doorstep_server::api::CaseResponse = app
+        .client
+        .get(app.url(&format!("/api/v1/cases/{case_id}")))
+        .bearer_auth(&lead.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let contact = case
+        .file
+        .contacts
+        .iter()
+        .find(|c| c.id == record)
+        .expect("the WebSocket client's record");
+    assert_eq!(contact.author.device_id, officer.device_id);
+
+    // And a phone syncing over HTTP gets it too.
+    let mut phone = Phone::sign_in(&app, "officer", 3).await;
+    phone.sync_until_quiet(&app).await;
+    assert!(
+        phone
+            .doc(&case_id)
+            .record_ids(Collection::Contacts)
+            .unwrap()
+            .contains(&record)
+    );
+
+    // A reconnect with the saved sync state sends nothing already known: the server's first
+    // message after the client's carries no changes and the replica converges at once.
+    drop(peer);
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    replica.state = PeerState::decode(&replica.state.encode()).unwrap();
+    peer.push(&mut replica).await;
+    let answer = peer.next().await.message();
+    assert_eq!(kind(&answer), "sync");
+    let Some(Value::Bytes(data)) = answer.get("data") else {
+        panic!("{answer:?}");
+    };
+    let decoded = automerge::sync::Message::decode(data).unwrap();
+    assert!(decoded.changes.is_empty(), "nothing is sent twice");
+    let (heads, _) = stored(&app, &case_id).await;
+    assert_eq!(heads_key(&decoded.heads), heads);
+}
+
+async fn changes_reach_open_websocket_clients_at_once(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let worker = app.tokens("worker", &testing::actor(2)).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+
+    let mut a = Peer::connect(&app, &officer.access_token).await;
+    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut a, &mut replica_a).await;
+    let mut b = Peer::connect(&app, &worker.access_token).await;
+    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
+    fetch(&app, &mut b, &mut replica_b).await;
+
+    // WebSocket to WebSocket: B is sent A's record without asking.
+    let record = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(&app, &mut a, &mut replica_a).await;
+    while !replica_b.contacts().contains(&record) {
+        b.exchange(&mut replica_b).await;
+    }
+
+    // HTTP to WebSocket: a phone's visit reaches both open connections.
+    let mut phone = Phone::sign_in(&app, "worker", 9).await;
+    phone.sync_until_quiet(&app).await;
+    let visit = phone
+        .doc(&case_id)
+        .add(
+            &testing::visit("user-worker", testing::at(30), 80),
+            testing::at(30),
+        )
+        .unwrap();
+    phone.sync_until_quiet(&app).await;
+    for (peer, replica) in [(&mut a, &mut replica_a), (&mut b, &mut replica_b)] {
+        while !replica
+            .file
+            .record_ids(Collection::Visits)
+            .unwrap_or_default()
+            .contains(&visit)
+        {
+            peer.exchange(replica).await;
+        }
+    }
+
+    // A staff edit (a register import) reaches them too.
+    let (heads_before, _) = stored(&app, &case_id).await;
+    let child = phone
+        .doc(&case_id)
+        .add(&testing::child("Invented Child"), testing::at(40))
+        .unwrap();
+    phone.sync_until_quiet(&app).await;
+    let lead = app.tokens("lead", &testing::actor(4)).await;
+    let csv = format!("pupil_ref,date,session,code\n{child},2026-01-05,AM,/\n");
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/cases/{case_id}/register-marks")))
+        .bearer_auth(&lead.access_token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    let (heads_after, _) = stored(&app, &case_id).await;
+    assert_ne!(heads_before, heads_after);
+    while replica_a.heads() != heads_after {
+        a.exchange(&mut replica_a).await;
+    }
+    assert_eq!(replica_a.file.marks(&child).unwrap().len(), 1);
+}
+
+async fn actors_stay_bound_to_one_device(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let tablet = app.tokens("officer", &testing::actor(2)).await;
+    let worker = app.tokens("worker", &testing::actor(3)).await;
+    assert_ne!(officer.device_id, tablet.device_id);
+
+    // A fresh actor is bound to the first device that delivers a change by it.
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    replica.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(&app, &mut peer, &mut replica).await;
+    let actor = replica.file.doc().get_actor().clone();
+    let bound = app
+        .storage()
+        .device_by_actor(&actor.to_hex_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bound.id, officer.device_id);
+    // The same device may go on writing with it, on a new connection too.
+    drop(peer);
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    replica.state = PeerState::decode(&replica.state.encode()).unwrap();
+    replica.file.add(&contact(2), testing::at(2)).unwrap();
+    deliver(&app, &mut peer, &mut replica).await;
+
+    // Someone else's actors are refused: that actor (now another device's), the actor the
+    // worker's phone registered at sign-in, and the actor the server created the case with.
+    let server_actor = app.storage().changes(&case_id).await.unwrap()[0]
+        .actor_id
+        .clone();
+    let server_actor = ActorId::from(hex::decode(server_actor).unwrap());
+    for (token, user, device, actor) in [
+        (&tablet, &tablet.user.id, &tablet.device_id, actor.clone()),
+        (
+            &officer,
+            &officer.user.id,
+            &officer.device_id,
+            testing::actor(3),
+        ),
+        (&worker, &worker.user.id, &worker.device_id, server_actor),
+    ] {
+        let before = stored(&app, &case_id).await;
+        let mut peer = Peer::connect(&app, &token.access_token).await;
+        let mut forger = Replica::with_actor(&case_id, user, device, actor.clone());
+        fetch(&app, &mut peer, &mut forger).await;
+        forger.file.add(&contact(3), testing::at(3)).unwrap();
+        peer.push(&mut forger).await;
+        let message = expect_error_and_close(&mut peer.socket, 1008).await;
+        assert!(message.contains("foreign_actor"), "{message}");
+        assert!(message.contains(&actor.to_hex_string()), "{message}");
+        assert_eq!(stored(&app, &case_id).await, before, "nothing stored");
+    }
+    // The binding did not move.
+    let still = app
+        .storage()
+        .device_by_actor(&actor.to_hex_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.id, officer.device_id);
+}
+
+async fn bad_frames_close_the_connection_and_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+    let document = document_id::document_id(&case_id).unwrap();
+    let before = stored(&app, &case_id).await;
+    let sync_data = {
+        let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+        replica
+            .file
+            .generate_sync_message(&mut replica.state)
+            .unwrap()
+    };
+    let frame = |kind: &str, document: &str, data: Vec<u8>| {
+        cbor(vec![
+            ("type", Value::Text(kind.into())),
+            ("senderId", Value::Text("client".into())),
+            ("targetId", Value::Text("server".into())),
+            ("documentId", Value::Text(document.into())),
+            ("data", Value::Bytes(data)),
+        ])
+    };
+    // A valid base58check id of 20 bytes, not 16.
+    let long_id = bs58_check(&[7u8; 20]);
+
+    // Before join: sync, request, and a message of no known type.
+    for bad in [
+        frame("sync", &document, sync_data.clone()),
+        frame("request", &document, sync_data.clone()),
+    ] {
+        let mut socket = open(&app, &officer.access_token).await;
+        send(&mut socket, bad).await;
+        let message = expect_error_and_close(&mut socket, 1002).await;
+        assert!(message.contains("join"), "{message}");
+    }
+
+    // After join.
+    let cases: Vec<(&str, WsMessage, u16, &str)> = vec![
+        (
+            "not CBOR",
+            WsMessage::Binary(b"\xff\xfe definitely not cbor".to_vec().into()),
+            1007,
+            "unreadable",
+        ),
+        (
+            "CBOR, not a map",
+            WsMessage::Binary(vec![0x83, 1, 2, 3].into()),
+            1007,
+            "map",
+        ),
+        (
+            "a text frame",
+            WsMessage::Text("{\"type\":\"sync\"}".into()),
+            1003,
+            "text frames",
+        ),
+        (
+            "an unknown message type",
+            WsMessage::Binary(
+                cbor(vec![
+                    ("type", Value::Text("gossip".into())),
+                    ("senderId", Value::Text("client".into())),
+                ])
+                .into(),
+            ),
+            1002,
+            "unknown message type",
+        ),
+        (
+            "a sync without data",
+            WsMessage::Binary(
+                cbor(vec![
+                    ("type", Value::Text("sync".into())),
+                    ("senderId", Value::Text("client".into())),
+                    ("targetId", Value::Text("server".into())),
+                    ("documentId", Value::Text(document.clone())),
+                ])
+                .into(),
+            ),
+            1007,
+            "data",
+        ),
+        (
+            "a document id that is not base58check",
+            WsMessage::Binary(frame("request", "not-base58check-0OIl", sync_data.clone()).into()),
+            1007,
+            "base58check",
+        ),
+        (
+            "a base58check id of 20 bytes",
+            WsMessage::Binary(frame("request", &long_id, sync_data.clone()).into()),
+            1007,
+            "16",
+        ),
+        (
+            "sync message bytes that do not decode",
+            WsMessage::Binary(frame("sync", &document, vec![0x42, 0xde, 0xad, 0xbe, 0xef]).into()),
+            1007,
+            &document,
+        ),
+        (
+            "a second join",
+            WsMessage::Binary(
+                cbor(vec![
+                    ("type", Value::Text("join".into())),
+                    ("senderId", Value::Text("again".into())),
+                    (
+                        "supportedProtocolVersions",
+                        Value::Array(vec![Value::Text("1".into())]),
+                    ),
+                ])
+                .into(),
+            ),
+            1002,
+            "join",
+        ),
+    ];
+    for (what, bad, code, says) in cases {
+        let mut peer = Peer::connect(&app, &officer.access_token).await;
+        peer.socket.send(bad).await.unwrap();
+        let message = expect_error_and_close(&mut peer.socket, code).await;
+        assert!(message.contains(says), "{what}: {message}");
+        assert_eq!(
+            stored(&app, &case_id).await,
+            before,
+            "{what} changed the case"
+        );
+    }
+    // The server still serves.
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    let counted = app
+        .state
+        .metrics
+        .ws_protocol_errors
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, 11, "every bad connection is counted");
+}
+
+fn bs58_check(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut payload = bytes.to_vec();
+    let check = Sha256::digest(Sha256::digest(&payload));
+    payload.extend_from_slice(&check[..4]);
+    bs58_encode(&payload)
+}
+
+/// Base58 (Bitcoin alphabet), written out so the test does not lean on the server's crate.
+fn bs58_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut digits: Vec<u8> = Vec::new();
+    for &byte in bytes {
+        let mut carry = u32::from(byte);
+        for digit in digits.iter_mut() {
+            carry += u32::from(*digit) << 8;
+            *digit = (carry % 58) as u8;
+            carry /= 58;
+        }
+        while carry > 0 {
+            digits.push((carry % 58) as u8);
+            carry /= 58;
+        }
+    }
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    std::iter::repeat_n('1', zeros)
+        .chain(digits.iter().rev().map(|d| ALPHABET[*d as usize] as char))
+        .collect()
+}
+
+async fn refused_changes_close_the_connection_and_change_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+
+    // A record that breaks the case-file rules, written around sync-core's checks.
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    let before = stored(&app, &case_id).await;
+    {
+        use automerge::transaction::Transactable;
+        use automerge::{ObjType, ROOT, ReadDoc};
+        let doc = replica.file.doc_mut();
+        let (_, contacts) = doc.get(ROOT, "contacts").unwrap().unwrap();
+        let record = doc.put_object(&contacts, "broken", ObjType::Map).unwrap();
+        let body = doc.put_object(&record, "body", ObjType::Map).unwrap();
+        doc.put(&body, "kind", "carrier pigeon").unwrap();
+        doc.commit();
+    }
+    peer.push(&mut replica).await;
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    assert!(message.contains("invalid_document"), "{message}");
+    assert_eq!(stored(&app, &case_id).await, before);
+    // Nothing of it was cached either: a fresh client gets the stored document.
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut fresh = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut fresh).await;
+    assert!(!fresh.contacts().contains(&"broken".to_string()));
+}
+
+async fn a_token_that_expires_closes_the_connection(backend: Backend) {
+    // Tokens live two seconds; the test waits on the close, never on a clock.
+    let app = spawn_app_with(backend, |config| config.access_token_ttl_secs = 2).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+    let before = stored(&app, &case_id).await;
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(stored(&app, &case_id).await, before);
+    // The expired token no longer opens a connection.
+    match tokio_tungstenite::connect_async(format!(
+        "{}?access_token={}",
+        ws_url(&app),
+        officer.access_token
+    ))
+    .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+async fn a_revoked_device_is_disconnected(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    let response = app
+        .client
+        .post(app.url(&format!("/api/v1/devices/{}/revoke", officer.device_id)))
+        .bearer_auth(&officer.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    assert!(message.contains("revoked"), "{message}");
+    match tokio_tungstenite::connect_async(format!(
+        "{}?access_token={}",
+        ws_url(&app),
+        officer.access_token
+    ))
+    .await
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+async fn an_oversized_frame_closes_the_connection(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.max_body_bytes = 64 * 1024).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+    let before = stored(&app, &case_id).await;
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let document = document_id::document_id(&case_id).unwrap();
+    let frame = peer.sync_frame("sync", &document, vec![0x42; 100 * 1024]);
+    send(&mut peer.socket, frame).await;
+    let error = peer.next().await.message();
+    assert_eq!(kind(&error), "error");
+    let message = text(&error, "message");
+    assert!(message.contains("too large"), "{message}");
+    // The server stops reading at the frame's header, so the rest of the frame may reset the
+    // connection before the close frame is read: either way it ends.
+    match peer.next().await {
+        Incoming::Closed(Some((code, _))) => assert_eq!(code, 1009),
+        Incoming::Closed(None) => {}
+        Incoming::Message(m) => panic!("{m:?}"),
+    }
+    assert_eq!(stored(&app, &case_id).await, before);
+}
