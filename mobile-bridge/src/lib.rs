@@ -8,13 +8,15 @@
 //! it.
 //!
 //! Layers: [`phone`] (the exported `Doorstep` object: caseload, case view, writes),
-//! [`sync`] (sign-in, token refresh, the sync rounds, the listener), [`store`] (SQLCipher),
+//! [`sync`] (sign-in, token refresh, the sync rounds, the listener), `evidence` (resumable
+//! uploads of evidence files and their verified receipts), [`store`] (SQLCipher),
 //! [`types`] (the records and enums the host app sees), [`error`] (one flat error enum).
 //!
 //! This is the one crate without `#![forbid(unsafe_code)]`: UniFFI's generated scaffolding
 //! is `extern "C"` code. None of the hand-written code here uses `unsafe`.
 
 pub mod error;
+mod evidence;
 pub mod phone;
 mod store;
 pub mod sync;

@@ -3,7 +3,7 @@
 //! through sync-core's [`CaseFile`] under this phone's author (user + device) and Automerge
 //! actor, and each committed to the encrypted store before the call returns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,8 @@ use serde_json::{Value as Json, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{DoorstepError, Result};
-use crate::store::{self, CaseWrite, Store};
+use crate::evidence::upload_view;
+use crate::store::{self, CaseWrite, Store, StoredUpload};
 use crate::sync::{RetryPolicy, SyncListener};
 use crate::types::*;
 
@@ -40,6 +41,8 @@ pub(crate) mod meta {
     pub const LAST_SUCCESS: &str = "last_sync_success";
     pub const LAST_ATTEMPT: &str = "last_sync_attempt";
     pub const LAST_ERROR: &str = "last_sync_error";
+    /// The server's receipt-signing key (base64), pinned at the first evidence upload.
+    pub const RECEIPT_PUBLIC_KEY: &str = "receipt_public_key";
 }
 
 /// The phone's core over one encrypted local store.
@@ -519,10 +522,13 @@ impl Local {
     }
 
     fn case_view(&mut self, case_id: &str) -> Result<CaseView> {
-        let on_device: BTreeSet<String> = {
-            check_id("case_id", case_id)?;
-            self.store.evidence_hashes(case_id)?.into_iter().collect()
-        };
+        check_id("case_id", case_id)?;
+        let on_device: BTreeMap<String, StoredUpload> = self
+            .store
+            .upload_states(case_id)?
+            .into_iter()
+            .map(|upload| (upload.sha256.clone(), upload))
+            .collect();
         let actor = self.actor.clone();
         let loaded = self.case(case_id)?;
         let pending = pending_changes(&mut loaded.file, &loaded.acked, &actor);
@@ -541,7 +547,8 @@ impl Local {
             visits: typed_records(&view.visits, |info, visit| VisitRecord { info, visit })?,
             voice: typed_records(&view.voice, |info, entry| VoiceRecord { info, entry })?,
             evidence: typed_records(&view.evidence, |info, item: EvidenceItem| EvidenceRecord {
-                file_on_device: on_device.contains(&item.sha256),
+                file_on_device: on_device.contains_key(&item.sha256),
+                upload: upload_view(on_device.get(&item.sha256), item.size_bytes),
                 info,
                 item,
             })?,

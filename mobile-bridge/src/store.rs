@@ -19,7 +19,9 @@
 //!                 server is known to have), pending (unacknowledged changes), summary JSON,
 //!                 last sync error
 //! case_chunks     Automerge changes appended since the snapshot (one row per write)
-//! evidence_files  (case_id, sha256) -> bytes, media type
+//! evidence_files  (case_id, sha256) -> bytes, media type, and its upload: the server's upload
+//!                 id, bytes it acknowledged, the verified receipt (JSON) once accepted, and why
+//!                 the last attempt did not finish
 //! ```
 //! Nothing counts as synced until the server's sync message says it holds the change: the
 //! pending count is computed from the persisted sync state, which only the server's replies
@@ -32,7 +34,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use crate::error::{DoorstepError, Result};
 
 /// Raised when the layout changes; a store with a newer version is refused.
-const STORE_VERSION: i64 = 1;
+const STORE_VERSION: i64 = 2;
 /// Changes appended before the case's snapshot is rewritten (bounded load time).
 pub(crate) const COMPACT_AFTER_CHUNKS: i64 = 64;
 
@@ -44,6 +46,29 @@ pub(crate) struct Store {
 /// A saved case: the document's bytes (snapshot then appended changes) and its persisted sync
 /// state.
 pub(crate) type SavedCase = (Vec<u8>, Option<Vec<u8>>);
+
+/// An evidence file still to be uploaded.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingUpload {
+    pub case_id: String,
+    pub sha256: String,
+    pub media_type: String,
+    pub size: u64,
+    /// The server's upload id from an earlier attempt.
+    pub upload_id: Option<String>,
+    pub uploaded_bytes: u64,
+}
+
+/// An evidence file's upload as stored.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredUpload {
+    pub sha256: String,
+    pub size: u64,
+    pub uploaded_bytes: u64,
+    /// The verified receipt, JSON.
+    pub receipt: Option<String>,
+    pub error: Option<String>,
+}
 
 /// A case's row, as the sync and the caseload read it.
 #[derive(Debug, Clone)]
@@ -119,6 +144,23 @@ impl Store {
                  bytes BLOB NOT NULL,
                  PRIMARY KEY (case_id, sha256));",
         )?;
+        // Version 2 (evidence uploads) adds these to stores of either version.
+        let columns: Vec<String> = tx
+            .prepare("SELECT name FROM pragma_table_info('evidence_files')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for (column, definition) in [
+            ("upload_id", "TEXT"),
+            ("uploaded_bytes", "INTEGER NOT NULL DEFAULT 0"),
+            ("receipt", "TEXT"),
+            ("upload_error", "TEXT"),
+        ] {
+            if !columns.iter().any(|c| c == column) {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE evidence_files ADD COLUMN {column} {definition};"
+                ))?;
+            }
+        }
         let version: Option<i64> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'store_version'",
@@ -128,9 +170,10 @@ impl Store {
             .optional()?
             .and_then(|v| v.parse().ok());
         match version {
-            None => {
+            None | Some(1) => {
                 tx.execute(
-                    "INSERT INTO meta (key, value) VALUES ('store_version', ?1)",
+                    "INSERT INTO meta (key, value) VALUES ('store_version', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                     [STORE_VERSION.to_string()],
                 )?;
             }
@@ -253,14 +296,112 @@ impl Store {
             .optional()?)
     }
 
-    pub(crate) fn evidence_hashes(&self, case_id: &str) -> Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT sha256 FROM evidence_files WHERE case_id = ?1")?;
-        let hashes = stmt
-            .query_map([case_id], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(hashes)
+    /// Evidence files the server has not yet given a receipt for, oldest first.
+    pub(crate) fn pending_uploads(&self) -> Result<Vec<PendingUpload>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT case_id, sha256, media_type, length(bytes), upload_id, uploaded_bytes
+             FROM evidence_files WHERE receipt IS NULL ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(PendingUpload {
+                    case_id: r.get(0)?,
+                    sha256: r.get(1)?,
+                    media_type: r.get(2)?,
+                    size: r.get::<_, i64>(3)?.max(0) as u64,
+                    upload_id: r.get(4)?,
+                    uploaded_bytes: r.get::<_, i64>(5)?.max(0) as u64,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// `len` bytes of an evidence file from `offset`, read without loading the whole file.
+    pub(crate) fn evidence_bytes(
+        &self,
+        case_id: &str,
+        sha256: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        let to_i64 = |v: u64| i64::try_from(v).map_err(DoorstepError::storage);
+        Ok(self.conn.query_row(
+            // substr counts from 1 and, on a BLOB, in bytes.
+            "SELECT substr(bytes, ?3 + 1, ?4) FROM evidence_files
+             WHERE case_id = ?1 AND sha256 = ?2",
+            params![case_id, sha256, to_i64(offset)?, to_i64(len)?],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Where each evidence file of a case stands with the server, by SHA-256.
+    pub(crate) fn upload_states(&self, case_id: &str) -> Result<Vec<StoredUpload>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT sha256, length(bytes), uploaded_bytes, receipt, upload_error
+             FROM evidence_files WHERE case_id = ?1",
+        )?;
+        let rows = stmt
+            .query_map([case_id], |r| {
+                Ok(StoredUpload {
+                    sha256: r.get(0)?,
+                    size: r.get::<_, i64>(1)?.max(0) as u64,
+                    uploaded_bytes: r.get::<_, i64>(2)?.max(0) as u64,
+                    receipt: r.get(3)?,
+                    error: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Records how far an upload got (the server's acknowledged offset) and why it stopped, if
+    /// it did. A file no longer here (its case was dropped meanwhile) is left alone.
+    pub(crate) fn set_upload_progress(
+        &self,
+        case_id: &str,
+        sha256: &str,
+        upload_id: Option<&str>,
+        uploaded_bytes: u64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE evidence_files SET upload_id = ?3, uploaded_bytes = ?4, upload_error = ?5
+             WHERE case_id = ?1 AND sha256 = ?2",
+            params![
+                case_id,
+                sha256,
+                upload_id,
+                i64::try_from(uploaded_bytes).unwrap_or(i64::MAX),
+                error
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records why an upload stopped, keeping how far it got.
+    pub(crate) fn set_upload_note(&self, case_id: &str, sha256: &str, note: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE evidence_files SET upload_error = ?3 WHERE case_id = ?1 AND sha256 = ?2",
+            params![case_id, sha256, note],
+        )?;
+        Ok(())
+    }
+
+    /// Records the verified receipt: the file is with the server and the upload is done.
+    pub(crate) fn set_receipt(
+        &self,
+        case_id: &str,
+        sha256: &str,
+        receipt_json: &str,
+    ) -> Result<()> {
+        self.conn.execute(
+            "UPDATE evidence_files
+             SET receipt = ?3, upload_id = NULL, uploaded_bytes = length(bytes), upload_error = NULL
+             WHERE case_id = ?1 AND sha256 = ?2",
+            params![case_id, sha256, receipt_json],
+        )?;
+        Ok(())
     }
 
     /// Deletes every case, file, token and account detail; keeps the store's version. The
@@ -397,4 +538,53 @@ pub(crate) fn put_evidence_file(
         params![case_id, sha256, media_type, bytes],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by the first release (no upload columns) opens, gains them, and keeps
+    /// its evidence files, which then count as pending uploads.
+    #[test]
+    fn a_version_1_store_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("doorstep.db");
+        let key = [9u8; 32];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA key = \"x'{}'\";
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('store_version', '1');
+                 CREATE TABLE cases (case_id TEXT PRIMARY KEY, snapshot BLOB NOT NULL,
+                     sync_state BLOB, pending INTEGER NOT NULL DEFAULT 0,
+                     conflicts INTEGER NOT NULL DEFAULT 0, summary TEXT, error_code TEXT,
+                     error_message TEXT, updated_at TEXT NOT NULL);
+                 INSERT INTO cases (case_id, snapshot, updated_at) VALUES ('c-1', x'', 'now');
+                 CREATE TABLE evidence_files (
+                     case_id TEXT NOT NULL REFERENCES cases(case_id) ON DELETE CASCADE,
+                     sha256 TEXT NOT NULL, media_type TEXT NOT NULL, bytes BLOB NOT NULL,
+                     PRIMARY KEY (case_id, sha256));
+                 INSERT INTO evidence_files VALUES ('c-1', 'abc', 'image/jpeg', x'00010203');",
+                hex::encode(key)
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&path, &key).unwrap();
+        assert_eq!(store.meta("store_version").unwrap().as_deref(), Some("2"));
+        let pending = store.pending_uploads().unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].size, pending[0].uploaded_bytes), (4, 0));
+        assert_eq!(
+            store.evidence_bytes("c-1", "abc", 1, 2).unwrap(),
+            vec![1, 2]
+        );
+        store.set_receipt("c-1", "abc", "{}").unwrap();
+        assert!(store.pending_uploads().unwrap().is_empty());
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(&path, &key).unwrap();
+        assert!(store.pending_uploads().unwrap().is_empty());
+    }
 }

@@ -25,9 +25,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DoorstepError, Result};
+use crate::evidence::UploadPass;
 use crate::phone::{Doorstep, LoadedCase, Local, case_errors, meta, pending_changes, persist};
 use crate::store;
-use crate::types::{Account, SyncProgress, SyncReport, SyncStatus};
+use crate::types::{Account, SyncPhase, SyncProgress, SyncReport, SyncStatus};
 
 /// Round trips in one sync before it stops and leaves the rest for the next one.
 const MAX_ROUNDS: u32 = 32;
@@ -141,7 +142,7 @@ struct ErrorBody {
 
 /// Why one HTTP exchange failed.
 #[derive(Debug)]
-enum HttpFailure {
+pub(crate) enum HttpFailure {
     /// No answer (connection refused, reset, timed out): worth retrying.
     Transport(String),
     /// An answer with an error status and the server's code.
@@ -153,7 +154,7 @@ enum HttpFailure {
 }
 
 impl HttpFailure {
-    fn retryable(&self) -> bool {
+    pub(crate) fn retryable(&self) -> bool {
         match self {
             HttpFailure::Transport(_) => true,
             HttpFailure::Status { status, .. } => {
@@ -162,7 +163,7 @@ impl HttpFailure {
         }
     }
 
-    fn into_error(self) -> DoorstepError {
+    pub(crate) fn into_error(self) -> DoorstepError {
         match self {
             HttpFailure::Transport(detail) => DoorstepError::Network { detail },
             HttpFailure::Status { code, message, .. } => DoorstepError::Server {
@@ -175,7 +176,7 @@ impl HttpFailure {
 
 /// A sync attempt's failure: retry it, or give up with this error.
 #[derive(Debug)]
-enum Attempt {
+pub(crate) enum Attempt {
     Retry(DoorstepError),
     Fail(DoorstepError),
 }
@@ -183,6 +184,81 @@ enum Attempt {
 impl From<DoorstepError> for Attempt {
     fn from(error: DoorstepError) -> Self {
         Attempt::Fail(error)
+    }
+}
+
+/// An HTTP answer read whole: status, the `Upload-Offset` header if any, and the body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub upload_offset: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    async fn read(request: reqwest::RequestBuilder) -> std::result::Result<Answer, HttpFailure> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| HttpFailure::Transport(e.to_string()))?;
+        let status = response.status().as_u16();
+        let upload_offset = response
+            .headers()
+            .get("upload-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        // Reading the body can fail midway too (the signal drops): that is a transport failure.
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| HttpFailure::Transport(e.to_string()))?
+            .to_vec();
+        Ok(Answer {
+            status,
+            upload_offset,
+            body,
+        })
+    }
+
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The server's error code (`http_<status>` when the body is not the API's error JSON).
+    pub(crate) fn error_code(&self) -> String {
+        self.error().0
+    }
+
+    fn error(&self) -> (String, String) {
+        match serde_json::from_slice::<ErrorBody>(&self.body) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (
+                format!("http_{}", self.status),
+                format!("HTTP {}", self.status),
+            ),
+        }
+    }
+
+    /// This answer as a failure (for an error status).
+    pub(crate) fn failure(&self) -> HttpFailure {
+        let (code, message) = self.error();
+        HttpFailure::Status {
+            status: self.status,
+            code,
+            message,
+        }
+    }
+
+    /// The JSON body of a successful answer.
+    pub(crate) fn json<T: DeserializeOwned>(&self) -> std::result::Result<T, HttpFailure> {
+        if !self.is_success() {
+            return Err(self.failure());
+        }
+        serde_json::from_slice(&self.body).map_err(|e| HttpFailure::Status {
+            status: self.status,
+            code: "unexpected_response".into(),
+            message: format!("the server's reply could not be read: {e}"),
+        })
     }
 }
 
@@ -199,39 +275,9 @@ fn http_client() -> Result<reqwest::Client> {
 async fn post_json<Req: Serialize, Resp: DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,
-    bearer: Option<&str>,
     body: &Req,
 ) -> std::result::Result<Resp, HttpFailure> {
-    let mut request = client.post(url).json(body);
-    if let Some(token) = bearer {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| HttpFailure::Transport(e.to_string()))?;
-    let status = response.status();
-    // Reading the body can fail midway too (the signal drops): that is a transport failure.
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| HttpFailure::Transport(e.to_string()))?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| HttpFailure::Status {
-            status: status.as_u16(),
-            code: "unexpected_response".into(),
-            message: format!("the server's reply could not be read: {e}"),
-        });
-    }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(body) => (body.error.code, body.error.message),
-        Err(_) => (format!("http_{}", status.as_u16()), status.to_string()),
-    };
-    Err(HttpFailure::Status {
-        status: status.as_u16(),
-        code,
-        message,
-    })
+    Answer::read(client.post(url).json(body)).await?.json()
 }
 
 fn normalise_server_url(url: &str) -> Result<String> {
@@ -290,7 +336,7 @@ impl Doorstep {
             actor_id: &actor_hex,
         };
         let url = format!("{server_url}/api/v1/auth/sign-in");
-        let tokens: TokenResponse = match post_json(&client, &url, None, &body).await {
+        let tokens: TokenResponse = match post_json(&client, &url, &body).await {
             Ok(tokens) => tokens,
             Err(HttpFailure::Status { code, .. }) if code == "invalid_credentials" => {
                 return Err(DoorstepError::InvalidCredentials);
@@ -352,6 +398,8 @@ impl Doorstep {
             cases_dropped: Vec::new(),
             pending_changes: 0,
             case_errors: Vec::new(),
+            evidence_uploaded: 0,
+            evidence_pending: 0,
         };
         let mut attempt = 0;
         let outcome = loop {
@@ -367,6 +415,29 @@ impl Doorstep {
                 Err(Attempt::Retry(error) | Attempt::Fail(error)) => break Err(error),
             }
         };
+        // Evidence files go once the case files are through, with their own retries: a file
+        // that does not make it stays pending (with the reason) and does not fail the sync.
+        if outcome.is_ok() {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let mut pass = UploadPass::default();
+                let result = self.upload_evidence(&client, attempt, &mut pass).await;
+                report.evidence_uploaded += pass.uploaded;
+                report.evidence_pending = pass.pending;
+                match result {
+                    Ok(()) => break,
+                    Err(Attempt::Retry(error)) if attempt < policy.max_attempts.max(1) => {
+                        self.record_error(&error);
+                        tokio::time::sleep(policy.delay(attempt)).await;
+                    }
+                    Err(Attempt::Retry(error) | Attempt::Fail(error)) => {
+                        self.record_error(&error);
+                        break;
+                    }
+                }
+            }
+        }
         let result = match outcome {
             Ok(()) => {
                 let done = Utc::now().to_rfc3339();
@@ -420,7 +491,7 @@ fn expiry(expires_in: u64) -> String {
 }
 
 impl Doorstep {
-    fn listener(&self) -> Option<Arc<dyn SyncListener>> {
+    pub(crate) fn listener(&self) -> Option<Arc<dyn SyncListener>> {
         self.listener.lock().ok().and_then(|l| l.clone())
     }
 
@@ -482,6 +553,7 @@ impl Doorstep {
             report.rounds += 1;
             if let Some(listener) = self.listener() {
                 listener.on_progress(SyncProgress {
+                    phase: SyncPhase::Documents,
                     round,
                     attempt,
                     documents_sent: request
@@ -491,38 +563,68 @@ impl Doorstep {
                         .count() as u64,
                     documents_received: received as u64,
                     pending_changes: pending,
+                    evidence_files_left: 0,
+                    evidence_bytes_acknowledged: 0,
+                    evidence_bytes_total: 0,
                 });
             }
         }
         Ok(())
     }
 
-    /// POSTs with the access token, refreshing it first when it is about to expire and once
-    /// more if the server says it has.
+    /// POSTs JSON with the access token and reads a JSON answer.
     async fn authed_post<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         client: &reqwest::Client,
         path: &str,
         body: &Req,
     ) -> std::result::Result<Resp, Attempt> {
+        let answer = self
+            .authed_send(client, |url, token| {
+                client
+                    .post(format!("{url}{path}"))
+                    .bearer_auth(token)
+                    .json(body)
+            })
+            .await?;
+        answer.json().map_err(|failure| self.classify(failure))
+    }
+
+    /// Sends a request built by `build` (from the server's address and an access token),
+    /// refreshing the token first when it is about to expire and once more if the server says
+    /// it has. Any other answer, success or not, is the caller's to read.
+    pub(crate) async fn authed_send(
+        &self,
+        client: &reqwest::Client,
+        build: impl Fn(&str, &str) -> reqwest::RequestBuilder,
+    ) -> std::result::Result<Answer, Attempt> {
         let (server_url, token) = self.access_token(client, false).await?;
-        let url = format!("{server_url}{path}");
-        match post_json(client, &url, Some(&token), body).await {
-            Ok(reply) => Ok(reply),
-            Err(HttpFailure::Status {
-                status: 401, code, ..
-            }) if code == "token_expired" || code == "unauthenticated" => {
-                let (_, token) = self.access_token(client, true).await?;
-                post_json(client, &url, Some(&token), body)
-                    .await
-                    .map_err(|failure| self.classify(failure))
+        let answer = Answer::read(build(&server_url, &token))
+            .await
+            .map_err(|failure| self.classify(failure))?;
+        if answer.status == 401
+            && matches!(
+                answer.error_code().as_str(),
+                "token_expired" | "unauthenticated"
+            )
+        {
+            let (_, token) = self.access_token(client, true).await?;
+            let answer = Answer::read(build(&server_url, &token))
+                .await
+                .map_err(|failure| self.classify(failure))?;
+            if answer.status == 401 {
+                return Err(self.classify(answer.failure()));
             }
-            Err(failure) => Err(self.classify(failure)),
+            return Ok(answer);
         }
+        if answer.status == 401 || answer.error_code() == "device_revoked" {
+            return Err(self.classify(answer.failure()));
+        }
+        Ok(answer)
     }
 
     /// Turns an HTTP failure into what the sync does next; a revoked device is wiped here.
-    fn classify(&self, failure: HttpFailure) -> Attempt {
+    pub(crate) fn classify(&self, failure: HttpFailure) -> Attempt {
         match &failure {
             HttpFailure::Status { code, .. } if code == "device_revoked" => {
                 let wiped = self.with_local(|local| local.wipe());
@@ -580,7 +682,7 @@ impl Doorstep {
         let body = RefreshRequest {
             refresh_token: &refresh,
         };
-        let tokens: TokenResponse = post_json(client, &url, None, &body)
+        let tokens: TokenResponse = post_json(client, &url, &body)
             .await
             .map_err(|failure| self.classify(failure))?;
         let expires_at = expiry(tokens.expires_in);

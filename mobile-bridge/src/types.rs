@@ -361,6 +361,52 @@ pub struct EvidenceRecord {
     pub item: EvidenceItem,
     /// False when the file's bytes are not on this phone (captured on another device).
     pub file_on_device: bool,
+    /// Where this phone's upload of the file stands (`NotOnDevice` when it has no file).
+    pub upload: EvidenceUpload,
+}
+
+/// Where an evidence file captured on this phone stands with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum UploadState {
+    /// The file is not on this phone: another device captured it.
+    NotOnDevice,
+    /// Not yet uploaded; the next sync uploads it (`last_error` says why an earlier try
+    /// stopped: no signal, or a server limit).
+    Pending,
+    /// Part of it is with the server (`uploaded_bytes`); the next sync resumes from there.
+    Uploading,
+    /// The server holds it and its receipt was verified with the server's key.
+    Uploaded,
+}
+
+/// The server's signed chain-of-custody receipt for one file, verified on this phone with
+/// the server's public key before it was recorded.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct EvidenceReceipt {
+    pub receipt_id: String,
+    pub case_id: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub media_type: String,
+    pub uploader_user_id: String,
+    pub uploader_device_id: String,
+    /// RFC 3339, UTC, from the server's clock.
+    pub received_at: String,
+    /// Unix milliseconds, as signed.
+    pub received_at_ms: i64,
+    /// Ed25519 signature, standard base64 (format: doorstep-evidence-receipt-v1).
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct EvidenceUpload {
+    pub state: UploadState,
+    /// Bytes the server has acknowledged.
+    pub uploaded_bytes: u64,
+    pub size_bytes: u64,
+    pub receipt: Option<EvidenceReceipt>,
+    /// Why the last attempt stopped short, if it did.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
@@ -464,14 +510,29 @@ pub struct SyncStatus {
     pub syncing: bool,
 }
 
-/// Progress of a running sync, reported after each round trip.
+/// What a sync is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncPhase {
+    /// Exchanging case files: reported after each round trip.
+    Documents,
+    /// Uploading evidence files, after the case files: reported after each chunk.
+    Evidence,
+}
+
+/// Progress of a running sync.
 #[derive(Debug, Clone, PartialEq, uniffi::Record)]
 pub struct SyncProgress {
+    pub phase: SyncPhase,
     pub round: u32,
     pub attempt: u32,
     pub documents_sent: u64,
     pub documents_received: u64,
     pub pending_changes: u64,
+    /// Evidence files not yet uploaded (including the one in progress).
+    pub evidence_files_left: u64,
+    /// Bytes of those files the server has acknowledged, and their total size.
+    pub evidence_bytes_acknowledged: u64,
+    pub evidence_bytes_total: u64,
 }
 
 /// What a finished sync did.
@@ -483,6 +544,10 @@ pub struct SyncReport {
     pub cases_dropped: Vec<String>,
     pub pending_changes: u64,
     pub case_errors: Vec<CaseSyncError>,
+    /// Evidence files uploaded (receipt verified and recorded) in this sync.
+    pub evidence_uploaded: u64,
+    /// Evidence files still to upload: each one's `upload` says why.
+    pub evidence_pending: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

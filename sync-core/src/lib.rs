@@ -12,6 +12,7 @@ mod case_file;
 mod conflicts;
 mod error;
 pub mod readiness;
+pub mod receipt;
 pub mod records;
 mod sync;
 pub mod testing;

@@ -2651,6 +2651,114 @@ public func FfiConverterTypeEvidenceItem_lower(_ value: EvidenceItem) -> RustBuf
 }
 
 
+/**
+ * The server's signed chain-of-custody receipt for one file, verified on this phone with
+ * the server's public key before it was recorded.
+ */
+public struct EvidenceReceipt: Equatable, Hashable {
+    public var receiptId: String
+    public var caseId: String
+    public var sha256: String
+    public var sizeBytes: UInt64
+    public var mediaType: String
+    public var uploaderUserId: String
+    public var uploaderDeviceId: String
+    /**
+     * RFC 3339, UTC, from the server's clock.
+     */
+    public var receivedAt: String
+    /**
+     * Unix milliseconds, as signed.
+     */
+    public var receivedAtMs: Int64
+    /**
+     * Ed25519 signature, standard base64 (format: doorstep-evidence-receipt-v1).
+     */
+    public var signature: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(receiptId: String, caseId: String, sha256: String, sizeBytes: UInt64, mediaType: String, uploaderUserId: String, uploaderDeviceId: String, 
+        /**
+         * RFC 3339, UTC, from the server's clock.
+         */receivedAt: String, 
+        /**
+         * Unix milliseconds, as signed.
+         */receivedAtMs: Int64, 
+        /**
+         * Ed25519 signature, standard base64 (format: doorstep-evidence-receipt-v1).
+         */signature: String) {
+        self.receiptId = receiptId
+        self.caseId = caseId
+        self.sha256 = sha256
+        self.sizeBytes = sizeBytes
+        self.mediaType = mediaType
+        self.uploaderUserId = uploaderUserId
+        self.uploaderDeviceId = uploaderDeviceId
+        self.receivedAt = receivedAt
+        self.receivedAtMs = receivedAtMs
+        self.signature = signature
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension EvidenceReceipt: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEvidenceReceipt: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EvidenceReceipt {
+        return
+            try EvidenceReceipt(
+                receiptId: FfiConverterString.read(from: &buf), 
+                caseId: FfiConverterString.read(from: &buf), 
+                sha256: FfiConverterString.read(from: &buf), 
+                sizeBytes: FfiConverterUInt64.read(from: &buf), 
+                mediaType: FfiConverterString.read(from: &buf), 
+                uploaderUserId: FfiConverterString.read(from: &buf), 
+                uploaderDeviceId: FfiConverterString.read(from: &buf), 
+                receivedAt: FfiConverterString.read(from: &buf), 
+                receivedAtMs: FfiConverterInt64.read(from: &buf), 
+                signature: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: EvidenceReceipt, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.receiptId, into: &buf)
+        FfiConverterString.write(value.caseId, into: &buf)
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterUInt64.write(value.sizeBytes, into: &buf)
+        FfiConverterString.write(value.mediaType, into: &buf)
+        FfiConverterString.write(value.uploaderUserId, into: &buf)
+        FfiConverterString.write(value.uploaderDeviceId, into: &buf)
+        FfiConverterString.write(value.receivedAt, into: &buf)
+        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterString.write(value.signature, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvidenceReceipt_lift(_ buf: RustBuffer) throws -> EvidenceReceipt {
+    return try FfiConverterTypeEvidenceReceipt.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvidenceReceipt_lower(_ value: EvidenceReceipt) -> RustBuffer {
+    return FfiConverterTypeEvidenceReceipt.lower(value)
+}
+
+
 public struct EvidenceRecord: Equatable, Hashable {
     public var info: RecordInfo
     public var item: EvidenceItem
@@ -2658,16 +2766,24 @@ public struct EvidenceRecord: Equatable, Hashable {
      * False when the file's bytes are not on this phone (captured on another device).
      */
     public var fileOnDevice: Bool
+    /**
+     * Where this phone's upload of the file stands (`NotOnDevice` when it has no file).
+     */
+    public var upload: EvidenceUpload
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
     public init(info: RecordInfo, item: EvidenceItem, 
         /**
          * False when the file's bytes are not on this phone (captured on another device).
-         */fileOnDevice: Bool) {
+         */fileOnDevice: Bool, 
+        /**
+         * Where this phone's upload of the file stands (`NotOnDevice` when it has no file).
+         */upload: EvidenceUpload) {
         self.info = info
         self.item = item
         self.fileOnDevice = fileOnDevice
+        self.upload = upload
     }
 
     
@@ -2688,7 +2804,8 @@ public struct FfiConverterTypeEvidenceRecord: FfiConverterRustBuffer {
             try EvidenceRecord(
                 info: FfiConverterTypeRecordInfo.read(from: &buf), 
                 item: FfiConverterTypeEvidenceItem.read(from: &buf), 
-                fileOnDevice: FfiConverterBool.read(from: &buf)
+                fileOnDevice: FfiConverterBool.read(from: &buf), 
+                upload: FfiConverterTypeEvidenceUpload.read(from: &buf)
         )
     }
 
@@ -2696,6 +2813,7 @@ public struct FfiConverterTypeEvidenceRecord: FfiConverterRustBuffer {
         FfiConverterTypeRecordInfo.write(value.info, into: &buf)
         FfiConverterTypeEvidenceItem.write(value.item, into: &buf)
         FfiConverterBool.write(value.fileOnDevice, into: &buf)
+        FfiConverterTypeEvidenceUpload.write(value.upload, into: &buf)
     }
 }
 
@@ -2712,6 +2830,84 @@ public func FfiConverterTypeEvidenceRecord_lift(_ buf: RustBuffer) throws -> Evi
 #endif
 public func FfiConverterTypeEvidenceRecord_lower(_ value: EvidenceRecord) -> RustBuffer {
     return FfiConverterTypeEvidenceRecord.lower(value)
+}
+
+
+public struct EvidenceUpload: Equatable, Hashable {
+    public var state: UploadState
+    /**
+     * Bytes the server has acknowledged.
+     */
+    public var uploadedBytes: UInt64
+    public var sizeBytes: UInt64
+    public var receipt: EvidenceReceipt?
+    /**
+     * Why the last attempt stopped short, if it did.
+     */
+    public var lastError: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(state: UploadState, 
+        /**
+         * Bytes the server has acknowledged.
+         */uploadedBytes: UInt64, sizeBytes: UInt64, receipt: EvidenceReceipt?, 
+        /**
+         * Why the last attempt stopped short, if it did.
+         */lastError: String?) {
+        self.state = state
+        self.uploadedBytes = uploadedBytes
+        self.sizeBytes = sizeBytes
+        self.receipt = receipt
+        self.lastError = lastError
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension EvidenceUpload: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEvidenceUpload: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EvidenceUpload {
+        return
+            try EvidenceUpload(
+                state: FfiConverterTypeUploadState.read(from: &buf), 
+                uploadedBytes: FfiConverterUInt64.read(from: &buf), 
+                sizeBytes: FfiConverterUInt64.read(from: &buf), 
+                receipt: FfiConverterOptionTypeEvidenceReceipt.read(from: &buf), 
+                lastError: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: EvidenceUpload, into buf: inout [UInt8]) {
+        FfiConverterTypeUploadState.write(value.state, into: &buf)
+        FfiConverterUInt64.write(value.uploadedBytes, into: &buf)
+        FfiConverterUInt64.write(value.sizeBytes, into: &buf)
+        FfiConverterOptionTypeEvidenceReceipt.write(value.receipt, into: &buf)
+        FfiConverterOptionString.write(value.lastError, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvidenceUpload_lift(_ buf: RustBuffer) throws -> EvidenceUpload {
+    return try FfiConverterTypeEvidenceUpload.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEvidenceUpload_lower(_ value: EvidenceUpload) -> RustBuffer {
+    return FfiConverterTypeEvidenceUpload.lower(value)
 }
 
 
@@ -3256,23 +3452,43 @@ public func FfiConverterTypeRecordRef_lower(_ value: RecordRef) -> RustBuffer {
 
 
 /**
- * Progress of a running sync, reported after each round trip.
+ * Progress of a running sync.
  */
 public struct SyncProgress: Equatable, Hashable {
+    public var phase: SyncPhase
     public var round: UInt32
     public var attempt: UInt32
     public var documentsSent: UInt64
     public var documentsReceived: UInt64
     public var pendingChanges: UInt64
+    /**
+     * Evidence files not yet uploaded (including the one in progress).
+     */
+    public var evidenceFilesLeft: UInt64
+    /**
+     * Bytes of those files the server has acknowledged, and their total size.
+     */
+    public var evidenceBytesAcknowledged: UInt64
+    public var evidenceBytesTotal: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(round: UInt32, attempt: UInt32, documentsSent: UInt64, documentsReceived: UInt64, pendingChanges: UInt64) {
+    public init(phase: SyncPhase, round: UInt32, attempt: UInt32, documentsSent: UInt64, documentsReceived: UInt64, pendingChanges: UInt64, 
+        /**
+         * Evidence files not yet uploaded (including the one in progress).
+         */evidenceFilesLeft: UInt64, 
+        /**
+         * Bytes of those files the server has acknowledged, and their total size.
+         */evidenceBytesAcknowledged: UInt64, evidenceBytesTotal: UInt64) {
+        self.phase = phase
         self.round = round
         self.attempt = attempt
         self.documentsSent = documentsSent
         self.documentsReceived = documentsReceived
         self.pendingChanges = pendingChanges
+        self.evidenceFilesLeft = evidenceFilesLeft
+        self.evidenceBytesAcknowledged = evidenceBytesAcknowledged
+        self.evidenceBytesTotal = evidenceBytesTotal
     }
 
     
@@ -3291,20 +3507,28 @@ public struct FfiConverterTypeSyncProgress: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncProgress {
         return
             try SyncProgress(
+                phase: FfiConverterTypeSyncPhase.read(from: &buf), 
                 round: FfiConverterUInt32.read(from: &buf), 
                 attempt: FfiConverterUInt32.read(from: &buf), 
                 documentsSent: FfiConverterUInt64.read(from: &buf), 
                 documentsReceived: FfiConverterUInt64.read(from: &buf), 
-                pendingChanges: FfiConverterUInt64.read(from: &buf)
+                pendingChanges: FfiConverterUInt64.read(from: &buf), 
+                evidenceFilesLeft: FfiConverterUInt64.read(from: &buf), 
+                evidenceBytesAcknowledged: FfiConverterUInt64.read(from: &buf), 
+                evidenceBytesTotal: FfiConverterUInt64.read(from: &buf)
         )
     }
 
     public static func write(_ value: SyncProgress, into buf: inout [UInt8]) {
+        FfiConverterTypeSyncPhase.write(value.phase, into: &buf)
         FfiConverterUInt32.write(value.round, into: &buf)
         FfiConverterUInt32.write(value.attempt, into: &buf)
         FfiConverterUInt64.write(value.documentsSent, into: &buf)
         FfiConverterUInt64.write(value.documentsReceived, into: &buf)
         FfiConverterUInt64.write(value.pendingChanges, into: &buf)
+        FfiConverterUInt64.write(value.evidenceFilesLeft, into: &buf)
+        FfiConverterUInt64.write(value.evidenceBytesAcknowledged, into: &buf)
+        FfiConverterUInt64.write(value.evidenceBytesTotal, into: &buf)
     }
 }
 
@@ -3334,16 +3558,32 @@ public struct SyncReport: Equatable, Hashable {
     public var casesDropped: [String]
     public var pendingChanges: UInt64
     public var caseErrors: [CaseSyncError]
+    /**
+     * Evidence files uploaded (receipt verified and recorded) in this sync.
+     */
+    public var evidenceUploaded: UInt64
+    /**
+     * Evidence files still to upload: each one's `upload` says why.
+     */
+    public var evidencePending: UInt64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
-    public init(rounds: UInt32, attempts: UInt32, casesReceived: UInt64, casesDropped: [String], pendingChanges: UInt64, caseErrors: [CaseSyncError]) {
+    public init(rounds: UInt32, attempts: UInt32, casesReceived: UInt64, casesDropped: [String], pendingChanges: UInt64, caseErrors: [CaseSyncError], 
+        /**
+         * Evidence files uploaded (receipt verified and recorded) in this sync.
+         */evidenceUploaded: UInt64, 
+        /**
+         * Evidence files still to upload: each one's `upload` says why.
+         */evidencePending: UInt64) {
         self.rounds = rounds
         self.attempts = attempts
         self.casesReceived = casesReceived
         self.casesDropped = casesDropped
         self.pendingChanges = pendingChanges
         self.caseErrors = caseErrors
+        self.evidenceUploaded = evidenceUploaded
+        self.evidencePending = evidencePending
     }
 
     
@@ -3367,7 +3607,9 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 casesReceived: FfiConverterUInt64.read(from: &buf), 
                 casesDropped: FfiConverterSequenceString.read(from: &buf), 
                 pendingChanges: FfiConverterUInt64.read(from: &buf), 
-                caseErrors: FfiConverterSequenceTypeCaseSyncError.read(from: &buf)
+                caseErrors: FfiConverterSequenceTypeCaseSyncError.read(from: &buf), 
+                evidenceUploaded: FfiConverterUInt64.read(from: &buf), 
+                evidencePending: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -3378,6 +3620,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterSequenceString.write(value.casesDropped, into: &buf)
         FfiConverterUInt64.write(value.pendingChanges, into: &buf)
         FfiConverterSequenceTypeCaseSyncError.write(value.caseErrors, into: &buf)
+        FfiConverterUInt64.write(value.evidenceUploaded, into: &buf)
+        FfiConverterUInt64.write(value.evidencePending, into: &buf)
     }
 }
 
@@ -4903,6 +5147,81 @@ public func FfiConverterTypeSpeaker_lower(_ value: Speaker) -> RustBuffer {
 
 
 
+/**
+ * What a sync is doing.
+ */
+
+public enum SyncPhase: Equatable, Hashable {
+    
+    /**
+     * Exchanging case files: reported after each round trip.
+     */
+    case documents
+    /**
+     * Uploading evidence files, after the case files: reported after each chunk.
+     */
+    case evidence
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SyncPhase: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSyncPhase: FfiConverterRustBuffer {
+    typealias SwiftType = SyncPhase
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncPhase {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .documents
+        
+        case 2: return .evidence
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SyncPhase, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .documents:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .evidence:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncPhase_lift(_ buf: RustBuffer) throws -> SyncPhase {
+    return try FfiConverterTypeSyncPhase.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncPhase_lower(_ value: SyncPhase) -> RustBuffer {
+    return FfiConverterTypeSyncPhase.lower(value)
+}
+
+
+
 
 public enum TargetOutcome: Equatable, Hashable {
     
@@ -4972,6 +5291,102 @@ public func FfiConverterTypeTargetOutcome_lift(_ buf: RustBuffer) throws -> Targ
 #endif
 public func FfiConverterTypeTargetOutcome_lower(_ value: TargetOutcome) -> RustBuffer {
     return FfiConverterTypeTargetOutcome.lower(value)
+}
+
+
+
+/**
+ * Where an evidence file captured on this phone stands with the server.
+ */
+
+public enum UploadState: Equatable, Hashable {
+    
+    /**
+     * The file is not on this phone: another device captured it.
+     */
+    case notOnDevice
+    /**
+     * Not yet uploaded; the next sync uploads it (`last_error` says why an earlier try
+     * stopped: no signal, or a server limit).
+     */
+    case pending
+    /**
+     * Part of it is with the server (`uploaded_bytes`); the next sync resumes from there.
+     */
+    case uploading
+    /**
+     * The server holds it and its receipt was verified with the server's key.
+     */
+    case uploaded
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension UploadState: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeUploadState: FfiConverterRustBuffer {
+    typealias SwiftType = UploadState
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> UploadState {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .notOnDevice
+        
+        case 2: return .pending
+        
+        case 3: return .uploading
+        
+        case 4: return .uploaded
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: UploadState, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .notOnDevice:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .pending:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .uploading:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .uploaded:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUploadState_lift(_ buf: RustBuffer) throws -> UploadState {
+    return try FfiConverterTypeUploadState.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeUploadState_lower(_ value: UploadState) -> RustBuffer {
+    return FfiConverterTypeUploadState.lower(value)
 }
 
 
@@ -5368,6 +5783,30 @@ fileprivate struct FfiConverterOptionTypeAccount: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeAccount.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeEvidenceReceipt: FfiConverterRustBuffer {
+    typealias SwiftType = EvidenceReceipt?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeEvidenceReceipt.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeEvidenceReceipt.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }

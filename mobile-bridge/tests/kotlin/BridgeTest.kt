@@ -267,6 +267,34 @@ class BridgeTest {
         assertNotNull(recorder.statuses.last().lastSuccess)
     }
 
+    @Test
+    fun `a photo uploads in chunks during sync and its verified receipt is recorded`() {
+        val phone = newPhone()
+        val store = phone.store
+        val bytes = ByteArray(1_500_000).also { SecureRandom().nextBytes(it) } // invented
+        val file = File(tmp, "photo-${phone.hashCode()}.jpg").apply { writeBytes(bytes) }
+        val evidenceId = store.attachEvidence(
+            CASE,
+            EvidenceInput(file.path, EvidenceKind.PHOTO, "image/jpeg", "2026-01-06T10:00:00Z", null, null, "invented photo"),
+        )
+        assertEquals(UploadState.PENDING, store.openCase(CASE).evidence.single { it.info.id == evidenceId }.upload.state)
+        val recorder = Recorder()
+        store.setSyncListener(recorder)
+        val report = runBlocking { store.syncNow() }
+        assertEquals(1uL, report.evidenceUploaded)
+        assertEquals(0uL, report.evidencePending)
+        val upload = store.openCase(CASE).evidence.single { it.info.id == evidenceId }.upload
+        assertEquals(UploadState.UPLOADED, upload.state)
+        val receipt = upload.receipt!!
+        val sha = MessageDigest.getInstance("SHA-256").digest(bytes).joinToString("") { "%02x".format(it) }
+        assertEquals(sha, receipt.sha256)
+        assertEquals(bytes.size.toULong(), receipt.sizeBytes)
+        assertEquals(store.account()!!.deviceId, receipt.uploaderDeviceId)
+        val evidence = recorder.progress.filter { it.phase == SyncPhase.EVIDENCE }
+        assertTrue(evidence.size >= 2, "progress per chunk: $evidence")
+        assertEquals(bytes.size.toULong(), evidence.last().evidenceBytesAcknowledged)
+    }
+
     /** POSTs JSON to the server as a test client (not through the bridge). */
     private fun post(path: String, body: String, token: String? = null): String {
         val builder = java.net.http.HttpRequest.newBuilder(java.net.URI.create(serverUrl + path))
