@@ -27,7 +27,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::blob_store::BlobStore;
 use crate::error::ApiError;
-use crate::storage::{EvidenceChunk, EvidenceUpload, StorageError};
+use crate::storage::{EvidenceChunk, EvidenceUpload, StorageError, User};
 
 /// What phones check before uploading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -365,7 +365,7 @@ pub async fn retry_completion(
 }
 
 /// Image types a browser may show inline. Never SVG (it runs scripts) nor anything else.
-const INLINE_IMAGE_TYPES: [&str; 5] = [
+pub const INLINE_IMAGE_TYPES: [&str; 5] = [
     "image/jpeg",
     "image/png",
     "image/gif",
@@ -378,9 +378,21 @@ pub async fn download(
     caller: Caller,
     Path((case_id, sha256)): Path<(String, String)>,
 ) -> Result<Response, EvidenceError> {
-    let case = case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
+    serve_file(&state, &caller.user, &case_id, &sha256).await
+}
+
+/// A case's evidence file for someone who may read the case (the API's download and the web
+/// view's thumbnails): anything else is the same not-found as a missing file. Images a browser
+/// may show are served inline, everything else as an attachment; never as a page.
+pub async fn serve_file(
+    state: &AppState,
+    user: &User,
+    case_id: &str,
+    sha256: &str,
+) -> Result<Response, EvidenceError> {
+    let case = case_for(state.storage.as_ref(), user, case_id, Need::Read).await?;
     // A malformed hash is answered like a missing file.
-    let sha256 = parse_sha256(&sha256).map_err(|_| ApiError::NotFound)?;
+    let sha256 = parse_sha256(sha256).map_err(|_| ApiError::NotFound)?;
     let receipt = state
         .storage
         .evidence_in_case(&case.id, &sha256)

@@ -95,6 +95,8 @@ pub trait EvidenceStorage: Send + Sync {
         case_id: &str,
         sha256: &str,
     ) -> StorageResult<Option<StoredReceipt>>;
+    /// Every receipt issued for files in a case, oldest first.
+    async fn evidence_receipts(&self, case_id: &str) -> StorageResult<Vec<StoredReceipt>>;
 }
 
 /// Expands to the [`EvidenceStorage`] impl for `$storage` inside its backend module, where
@@ -371,6 +373,21 @@ macro_rules! evidence_sql {
                         .fetch_optional(&self.pool)
                         .await?;
                     row.as_ref().map(receipt_from_row).transpose()
+                }
+
+                async fn evidence_receipts(
+                    &self,
+                    case_id: &str,
+                ) -> StorageResult<Vec<StoredReceipt>> {
+                    let query = format!(
+                        "SELECT {RECEIPT_COLUMNS} FROM evidence_receipts
+                         WHERE case_id = $1 ORDER BY received_at, id"
+                    );
+                    let rows = sqlx::query(&sql(&query))
+                        .bind(case_id)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.iter().map(receipt_from_row).collect()
                 }
             }
         }

@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
             "/cases/{case_id}/conflicts/{conflict_id}/resolve",
             post(pages::resolve_conflict),
         )
+        .route(
+            "/cases/{case_id}/evidence/{sha256}",
+            get(pages::evidence_file),
+        )
         .route("/cases/{case_id}/evidence-pack", get(pack::pack_html))
         .route("/cases/{case_id}/evidence-pack.pdf", get(pack::pack_pdf))
         .layer(axum::middleware::map_response(security_headers))
@@ -89,10 +93,13 @@ async fn stylesheet() -> impl IntoResponse {
 /// URLs), and no caching of pages that hold personal data.
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    // An evidence file brings its own, stricter policy (sandboxed).
+    if !headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+        );
+    }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

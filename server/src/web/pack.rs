@@ -73,11 +73,35 @@ fn item_entry(data: &CaseData, item: &Item) -> Entry {
     }
     out.extend(item.fields.iter().cloned());
     if item.collection == Collection::Evidence {
-        out.push((
-            "receipt".into(),
-            "none: the file has not been uploaded to the server; the hash above identifies it"
-                .into(),
-        ));
+        let receipts = data
+            .evidence(&item.id)
+            .and_then(|e| data.receipts.get(&e.sha256))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if receipts.is_empty() {
+            out.push((
+                "receipt".into(),
+                "none: the file has not been uploaded to the server; the hash above identifies it"
+                    .into(),
+            ));
+        }
+        for r in receipts {
+            out.push((
+                "receipt".into(),
+                format!(
+                    "{}: {} bytes of {} received {} from {} (device {}); Ed25519 signature {} \
+                     (format {})",
+                    r.id,
+                    r.size,
+                    r.media_type,
+                    time_ms(r.received_at),
+                    data.name_of(&r.user_id),
+                    r.device_id,
+                    r.signature,
+                    crate::evidence::receipt::RECEIPT_FORMAT,
+                ),
+            ));
+        }
     }
     for (a, received) in item.amendments.iter().zip(&item.amendments_received) {
         out.push((

@@ -20,7 +20,9 @@ use super::{WebError, render};
 use crate::access::{self, Need};
 use crate::api::cases::{EditError, load, server_edit};
 use crate::app::AppState;
-use crate::storage::{Case, StoredChange};
+use crate::evidence::EvidenceError;
+use crate::evidence::api::serve_file;
+use crate::storage::{Case, StoredChange, StoredReceipt};
 
 /// One child's attendance figures from the imported register marks (sync-core's rules).
 #[derive(Debug)]
@@ -81,6 +83,8 @@ pub struct CaseData {
     pub changes: Vec<StoredChange>,
     /// Display names of the users the file mentions, by user id.
     pub names: BTreeMap<String, String>,
+    /// The server's signed receipts for the case's evidence files, by SHA-256.
+    pub receipts: BTreeMap<String, Vec<StoredReceipt>>,
 }
 
 impl CaseData {
@@ -89,6 +93,20 @@ impl CaseData {
             Some(name) => format!("{name} ({user_id})"),
             None => user_id.to_string(),
         }
+    }
+
+    /// The evidence item recorded as `record_id`.
+    pub fn evidence(&self, record_id: &str) -> Option<&EvidenceItem> {
+        self.view
+            .evidence
+            .iter()
+            .find(|r| r.id == record_id)
+            .map(|r| &r.body)
+    }
+
+    /// The link to an evidence file in the web view.
+    pub fn evidence_url(&self, sha256: &str) -> String {
+        format!("/cases/{}/evidence/{sha256}", self.case.id)
     }
 
     pub fn reference(&self) -> &str {
@@ -324,6 +342,18 @@ pub async fn case_data(
             names.insert(user_id, user.display_name);
         }
     }
+    let mut receipts: BTreeMap<String, Vec<StoredReceipt>> = BTreeMap::new();
+    for receipt in state.storage.evidence_receipts(&case.id).await? {
+        if !names.contains_key(&receipt.user_id)
+            && let Some(user) = state.storage.user(&receipt.user_id).await?
+        {
+            names.insert(receipt.user_id.clone(), user.display_name);
+        }
+        receipts
+            .entry(receipt.sha256.clone())
+            .or_default()
+            .push(receipt);
+    }
     Ok(CaseData {
         case,
         heads,
@@ -335,6 +365,7 @@ pub async fn case_data(
         other_records,
         changes,
         names,
+        receipts,
     })
 }
 
@@ -466,4 +497,19 @@ pub async fn resolve_conflict(
     }
     tracing::info!(case = %case.id, by = %user.id, "conflict resolved in the web view");
     Ok(Redirect::to(&format!("/cases/{}?resolved=1#conflicts", case.id)).into_response())
+}
+
+/// `GET /cases/{case_id}/evidence/{sha256}`: an evidence file (thumbnails and downloads in the
+/// case page), with the API's access rule and safe headers.
+pub async fn evidence_file(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Path((case_id, sha256)): Path<(String, String)>,
+) -> Result<Response, WebError> {
+    serve_file(&state, &signed_in.user, &case_id, &sha256)
+        .await
+        .map_err(|error| match error {
+            EvidenceError::Api(api) => WebError::from(api),
+            other => WebError::Internal(other.to_string()),
+        })
 }

@@ -6,6 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::pages::{CaseData, Item, anchor};
 use super::session::SignedIn;
+use crate::evidence::api::INLINE_IMAGE_TYPES;
 use doorstep_sync_core::ConflictTarget;
 
 pub fn time(at: DateTime<Utc>) -> String {
@@ -213,7 +214,7 @@ fn record_card(data: &CaseData, item: &Item) -> Markup {
             p.when { (time(item.when)) }
             (provenance_line(data, item))
             @if item.collection == doorstep_sync_core::Collection::Evidence {
-                div.thumb { "No file stored on the server yet: metadata and hash only." }
+                (evidence_file(data, item))
             }
             dl {
                 @for (key, value) in &item.fields {
@@ -221,6 +222,42 @@ fn record_card(data: &CaseData, item: &Item) -> Markup {
                 }
             }
             (amendment_trail(data, item))
+        }
+    }
+}
+
+/// An evidence item's file: a thumbnail (images) or a download link, and the server's signed
+/// receipts; or a note that the file has not reached the server.
+fn evidence_file(data: &CaseData, item: &Item) -> Markup {
+    let Some(evidence) = data.evidence(&item.id) else {
+        return html! {};
+    };
+    let Some(receipts) = data.receipts.get(&evidence.sha256) else {
+        return html! {
+            div.thumb { "No file stored on the server yet: metadata and hash only." }
+        };
+    };
+    let url = data.evidence_url(&evidence.sha256);
+    let image = INLINE_IMAGE_TYPES.contains(&evidence.media_type.as_str());
+    html! {
+        div.evidence-file {
+            @if image {
+                a href=(url) {
+                    img.thumb src=(url) loading="lazy" width="160"
+                        alt=(format!("Evidence file {}", short(&evidence.sha256)));
+                }
+            } @else {
+                a.button href=(url) download { "Download the file (" (evidence.media_type) ")" }
+            }
+            ul.receipts {
+                @for r in receipts {
+                    li {
+                        "Receipt " code { (short(&r.id)) } ": received " (time_ms(r.received_at))
+                        " from " (data.name_of(&r.user_id)) " on device " code { (short(&r.device_id)) }
+                        ", " (r.size) " bytes, signed " code { (short(&r.signature)) }
+                    }
+                }
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ both_backends!(
     case_page_shows_the_merged_file,
     resolving_a_conflict_writes_it_under_the_users_name,
     evidence_pack_as_html_and_pdf,
+    uploaded_evidence_shows_a_thumbnail_and_its_signed_receipt,
 );
 
 async fn sign_in_sets_a_safe_session_cookie(backend: Backend) {
@@ -272,4 +273,121 @@ async fn evidence_pack_as_html_and_pdf(backend: Backend) {
         "change hashes are in the PDF"
     );
     assert!(text.trim_end().ends_with("%%EOF"));
+}
+
+/// The demo drawing's recorded hash is the SHA-256 of these (invented) bytes.
+const DEMO_DRAWING_BYTES: &[u8] = b"test";
+const DEMO_DRAWING_SHA256: &str =
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+async fn uploaded_evidence_shows_a_thumbnail_and_its_signed_receipt(backend: Backend) {
+    let app = app_with_casework(backend).await;
+    let officer = Browser::sign_in(&app, "officer").await;
+    let file_path = format!("/cases/case-demo-1/evidence/{DEMO_DRAWING_SHA256}");
+    let before = officer.page("/cases/case-demo-1", StatusCode::OK).await;
+    assert!(before.contains("No file stored on the server yet"));
+    assert!(!before.contains(&file_path));
+    assert_eq!(
+        officer.get(&file_path).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The officer's phone uploads the drawing through the API.
+    let tokens = app
+        .tokens("officer", &doorstep_sync_core::testing::actor(41))
+        .await;
+    let started: serde_json::Value = app
+        .client
+        .post(app.url("/api/v1/cases/case-demo-1/evidence/uploads"))
+        .bearer_auth(&tokens.access_token)
+        .json(&serde_json::json!({
+            "sha256": DEMO_DRAWING_SHA256,
+            "size": DEMO_DRAWING_BYTES.len(),
+            "media_type": "image/jpeg",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload_id = started["upload_id"].as_str().unwrap();
+    let done: serde_json::Value = app
+        .client
+        .put(app.url(&format!(
+            "/api/v1/cases/case-demo-1/evidence/uploads/{upload_id}?offset=0"
+        )))
+        .bearer_auth(&tokens.access_token)
+        .body(DEMO_DRAWING_BYTES)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let receipt = &done["receipt"];
+    let signature = receipt["signature"].as_str().unwrap();
+    let receipt_id = receipt["receipt_id"].as_str().unwrap();
+
+    // The case page shows the image as a thumbnail and the receipt under it.
+    let page = officer.page("/cases/case-demo-1", StatusCode::OK).await;
+    assert!(
+        page.contains(&format!(r#"<img class="thumb" src="{file_path}""#)),
+        "a thumbnail"
+    );
+    assert!(page.contains(&receipt_id[..12]), "the receipt id");
+    assert!(page.contains(&signature[..12]), "the signature");
+    assert!(!page.contains("No file stored on the server yet"));
+
+    // The file itself: inline, as the image type, sandboxed, never a page.
+    let file = officer.get(&file_path).await;
+    assert_eq!(file.status(), StatusCode::OK);
+    assert_eq!(file.headers()["content-type"], "image/jpeg");
+    assert_eq!(file.headers()["x-content-type-options"], "nosniff");
+    let policy = file.headers()["content-security-policy"].to_str().unwrap();
+    assert!(policy.contains("sandbox"), "{policy}");
+    assert!(
+        file.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("inline")
+    );
+    assert_eq!(&file.bytes().await.unwrap()[..], DEMO_DRAWING_BYTES);
+
+    // Someone who may not see the case gets the answer for a file that does not exist.
+    let worker = Browser::sign_in(&app, "worker").await;
+    let forbidden = worker.get(&file_path).await;
+    assert_eq!(forbidden.status(), StatusCode::NOT_FOUND);
+    let missing = officer
+        .get(&format!("/cases/case-demo-1/evidence/{}", "0".repeat(64)))
+        .await;
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        forbidden.text().await.unwrap(),
+        worker
+            .page(
+                &format!("/cases/case-nope/evidence/{DEMO_DRAWING_SHA256}"),
+                StatusCode::NOT_FOUND
+            )
+            .await
+    );
+    // Signed out: sign in first, no file.
+    let anonymous = Browser::new(&app).get(&file_path).await;
+    assert_ne!(anonymous.status(), StatusCode::OK);
+
+    // The pack carries the whole receipt, signature included, in HTML and PDF.
+    let pack = officer
+        .page("/cases/case-demo-1/evidence-pack", StatusCode::OK)
+        .await;
+    assert!(pack.contains(signature), "the full signature in the pack");
+    assert!(pack.contains(receipt_id));
+    let pdf = officer.get("/cases/case-demo-1/evidence-pack.pdf").await;
+    let text: String = pdf
+        .bytes()
+        .await
+        .unwrap()
+        .iter()
+        .map(|&b| b as char)
+        .collect();
+    assert!(text.contains(receipt_id), "the receipt in the PDF");
 }
