@@ -27,11 +27,12 @@ KOTLIN_VERSION=2.4.20
 KOTLIN_HOME=$CACHE/kotlin-compiler-$KOTLIN_VERSION/node_modules/kotlin-compiler
 SWIFT_COMMITTED=$ROOT/mobile-bridge/bindings/swift
 
-step "system packages (libssl-dev for SQLCipher, libjna-java and junit5 for the JVM run)"
+step "system packages (libssl-dev for SQLCipher, libjna-java and junit5 for the JVM run, Node.js)"
 missing=()
 for package in libssl-dev libjna-java junit5; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -52,7 +53,8 @@ echo "$KOTLIN_HOME/bin/kotlinc"
 
 step "the end-to-end suite's automerge-repo JS client (npm ci in tests/end_to_end/js)"
 JS_DIR=$ROOT/tests/end_to_end/js
-command -v node >/dev/null || { echo "Node.js 20 or later is required" >&2; exit 1; }
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+((node_major >= 20)) || { echo "Node.js 20 or later is required" >&2; exit 1; }
 # After a clean install the lock is copied into node_modules: install again only when the
 # committed lock differs from that copy (or node_modules is gone).
 JS_STAMP=$JS_DIR/node_modules/.doorstep-package-lock.json
