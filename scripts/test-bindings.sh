@@ -3,14 +3,16 @@
 # builds the cdylib, generates Kotlin, Swift and Python bindings with the workspace's
 # `uniffi-bindgen`, fails if the committed Swift bindings drifted, then runs pytest over the
 # Python bindings and JUnit 5 over the Kotlin bindings on the JVM, both against a real
-# doorstep-server with invented demo data. Installs what it needs on a fresh Debian machine
+# doorstep-server with invented demo data; the end-to-end suite (tests/end_to_end) also drives
+# a real automerge-repo JS client on Node.js. Installs what it needs on a fresh Debian machine
 # and is safe to run again.
 #
 # Usage: scripts/test-bindings.sh            (from anywhere)
 #        UPDATE_SWIFT_BINDINGS=1 scripts/test-bindings.sh   rewrites the committed Swift copy
 #        DOORSTEP_SERVER_BIN=path scripts/test-bindings.sh  uses that server binary
 #        scripts/test-bindings.sh --install-only            only installs the toolchain (libssl-dev
-#            is needed by any workspace build, since the bridge links SQLCipher)
+#            is needed by any workspace build, since the bridge links SQLCipher) and the JS
+#            client's npm packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -25,11 +27,12 @@ KOTLIN_VERSION=2.4.20
 KOTLIN_HOME=$CACHE/kotlin-compiler-$KOTLIN_VERSION/node_modules/kotlin-compiler
 SWIFT_COMMITTED=$ROOT/mobile-bridge/bindings/swift
 
-step "system packages (libssl-dev for SQLCipher, libjna-java and junit5 for the JVM run)"
+step "system packages (libssl-dev for SQLCipher, libjna-java and junit5 for the JVM run, Node.js)"
 missing=()
 for package in libssl-dev libjna-java junit5; do
     dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
 done
+command -v npm >/dev/null || missing+=(nodejs npm)
 if ((${#missing[@]})); then
     SUDO=""
     [[ $(id -u) -eq 0 ]] || SUDO="sudo"
@@ -47,6 +50,20 @@ if [[ ! -x $KOTLIN_HOME/bin/kotlinc ]]; then
         "kotlin-compiler@$KOTLIN_VERSION"
 fi
 echo "$KOTLIN_HOME/bin/kotlinc"
+
+step "the end-to-end suite's automerge-repo JS client (npm ci in tests/end_to_end/js)"
+JS_DIR=$ROOT/tests/end_to_end/js
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+((node_major >= 20)) || { echo "Node.js 20 or later is required" >&2; exit 1; }
+# After a clean install the lock is copied into node_modules: install again only when the
+# committed lock differs from that copy (or node_modules is gone).
+JS_STAMP=$JS_DIR/node_modules/.doorstep-package-lock.json
+if cmp -s "$JS_DIR/package-lock.json" "$JS_STAMP"; then
+    echo "already installed"
+else
+    (cd "$JS_DIR" && npm ci --no-audit --no-fund)
+    cp "$JS_DIR/package-lock.json" "$JS_STAMP"
+fi
 [[ ${1:-} == --install-only ]] && exit 0
 
 step "build the bridge (cdylib on its own), the generator and the server"

@@ -6,6 +6,7 @@
 //! documents at once) are handled as one batch: one database transaction, one trip to the
 //! blocking pool, one commit.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,22 +43,49 @@ const MAX_PEER_ID_BYTES: usize = 256;
 #[derive(Debug)]
 struct Close {
     code: u16,
+    /// What the client is told.
     message: String,
+    /// What the server's log says: never the client's data. A refused document's message
+    /// quotes the offending value (case-file content, possibly personal data), and other
+    /// messages quote what the client sent, so only fixed text goes to the log.
+    logged: Cow<'static, str>,
 }
 
 impl Close {
-    fn new(code: u16, message: impl Into<String>) -> Close {
+    /// A message written out in the code (`&'static str`) is logged as it is; one built at
+    /// run time may quote the client and is logged only as its close code's meaning.
+    fn new(code: u16, message: impl Into<Cow<'static, str>>) -> Close {
+        let message = message.into();
+        let logged = match &message {
+            Cow::Borrowed(fixed) => Cow::Borrowed(*fixed),
+            Cow::Owned(_) => Cow::Borrowed(code_meaning(code)),
+        };
         Close {
             code,
-            message: message.into(),
+            message: message.into_owned(),
+            logged,
         }
     }
 
-    fn protocol(message: impl Into<String>) -> Close {
+    /// A refused document: the client hears why; the log names the document and the kind of
+    /// refusal only.
+    fn refused(code: u16, document: &str, error: &DocumentError) -> Close {
+        Close {
+            code,
+            message: format!(
+                "document {document}: {} ({})",
+                error.message(),
+                error.code()
+            ),
+            logged: Cow::Owned(format!("document {document} refused ({})", error.code())),
+        }
+    }
+
+    fn protocol(message: impl Into<Cow<'static, str>>) -> Close {
         Close::new(close_code::PROTOCOL, message)
     }
 
-    fn invalid(message: impl Into<String>) -> Close {
+    fn invalid(message: impl Into<Cow<'static, str>>) -> Close {
         Close::new(close_code::INVALID, message)
     }
 
@@ -250,7 +278,7 @@ impl Connection {
             ) {
                 Metrics::add(&self.state.metrics.ws_protocol_errors, 1);
             }
-            tracing::info!(connection = self.id, code = close.code, reason = %close.message, "websocket closing");
+            tracing::info!(connection = self.id, code = close.code, reason = %close.logged, "websocket closing");
         }
         let error = close.as_ref().map(|c| {
             protocol::encode(&Message::Error {
@@ -646,14 +674,7 @@ impl Connection {
                 DocumentError::Unavailable => close_code::ERROR,
                 _ => close_code::POLICY,
             };
-            return Err(Close::new(
-                code,
-                format!(
-                    "document {document}: {} ({})",
-                    error.message(),
-                    error.code()
-                ),
-            ));
+            return Err(Close::refused(code, &document, &error));
         }
         Ok(())
     }
@@ -761,6 +782,20 @@ fn read_frame(frame: Option<Result<WsMessage, axum::Error>>) -> Frame {
                 _ => None,
             })
         }
+    }
+}
+
+/// What a close code means, for the log.
+fn code_meaning(code: u16) -> &'static str {
+    match code {
+        close_code::NORMAL => "normal closure",
+        close_code::PROTOCOL => "protocol error",
+        close_code::UNSUPPORTED => "unsupported data",
+        close_code::INVALID => "invalid data",
+        close_code::POLICY => "policy violation",
+        close_code::SIZE => "message too big",
+        close_code::ERROR => "server error",
+        _ => "closed",
     }
 }
 

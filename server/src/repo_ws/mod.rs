@@ -59,9 +59,11 @@
 //! | an expired token, a revoked device | 1008 |
 //!
 //! A refused document leaves the stored document exactly as it was; the other documents of
-//! the same batch are stored. `leave`, `doc-unavailable` and the remote-heads gossip messages
-//! are accepted and ignored; `ephemeral` messages are relayed to the other connections that
-//! have the document open.
+//! the same batch are stored. The client is told exactly why (a refused value is quoted); the
+//! server's log names only the close code, the document and the kind of refusal, never what
+//! the client sent, since a refused value is case-file content. `leave`, `doc-unavailable`
+//! and the remote-heads gossip messages are accepted and ignored; `ephemeral` messages are
+//! relayed to the other connections that have the document open.
 
 pub(crate) mod connection;
 pub mod document_id;

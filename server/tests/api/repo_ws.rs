@@ -28,6 +28,7 @@ both_backends!(
     actors_stay_bound_to_one_device,
     bad_frames_close_the_connection_and_change_nothing,
     refused_changes_close_the_connection_and_change_nothing,
+    a_refused_value_is_told_to_the_client_and_never_logged,
     a_token_that_expires_closes_the_connection,
     a_revoked_device_is_disconnected,
     an_oversized_frame_closes_the_connection,
@@ -865,6 +866,79 @@ async fn refused_changes_close_the_connection_and_change_nothing(backend: Backen
     let mut fresh = Replica::new(&case_id, &officer.user.id, &officer.device_id);
     fetch(&app, &mut peer, &mut fresh).await;
     assert!(!fresh.contacts().contains(&"broken".to_string()));
+}
+
+/// Everything the server logs under `doorstep_server::repo_ws` in this test binary, from the
+/// first call on (one global subscriber; tests look for values of their own).
+fn captured_log() -> &'static std::sync::Mutex<Vec<u8>> {
+    static LOG: std::sync::OnceLock<std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    struct Capture;
+    impl std::io::Write for Capture {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            captured_log().lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static INIT: std::sync::Once = std::sync::Once::new();
+    let log = LOG.get_or_init(Default::default);
+    INIT.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "doorstep_server::repo_ws=info",
+            ))
+            .with_writer(|| Capture)
+            .with_ansi(false)
+            .try_init()
+            .expect("no other global subscriber in this test binary");
+    });
+    log
+}
+
+async fn a_refused_value_is_told_to_the_client_and_never_logged(backend: Backend) {
+    let log = captured_log();
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&app, &["officer"]).await;
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut peer, &mut replica).await;
+    let before = stored(&app, &case_id).await;
+
+    // A well-formed record whose free-text value sits in a field of the wrong type: serde's
+    // refusal quotes the value, as a practitioner's note typed into the wrong field would be.
+    let secret = format!("invented note {}", uuid::Uuid::new_v4());
+    let id = replica.file.add(&contact(0), testing::at(0)).unwrap();
+    {
+        use automerge::transaction::Transactable;
+        use automerge::{ROOT, ReadDoc};
+        let doc = replica.file.doc_mut();
+        let (_, contacts) = doc.get(ROOT, "contacts").unwrap().unwrap();
+        let (_, record) = doc.get(&contacts, id.as_str()).unwrap().unwrap();
+        let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+        doc.put(&body, "engaged", secret.as_str()).unwrap();
+        doc.commit();
+    }
+    peer.push(&mut replica).await;
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    // The client is told exactly what was wrong.
+    assert!(message.contains("invalid_document"), "{message}");
+    assert!(message.contains(&secret), "{message}");
+    assert_eq!(stored(&app, &case_id).await, before);
+
+    // The log names the document and the kind of refusal, never the value. The close is
+    // logged before the error frame is sent, so it is there by now.
+    let document = document_id::document_id(&case_id).unwrap();
+    let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let closing: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("websocket closing") && line.contains(&document))
+        .collect();
+    assert_eq!(closing.len(), 1, "{closing:?}");
+    assert!(closing[0].contains("invalid_document"), "{}", closing[0]);
+    assert!(!log.contains(&secret), "the refused value was logged");
 }
 
 async fn a_token_that_expires_closes_the_connection(backend: Backend) {
