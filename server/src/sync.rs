@@ -150,6 +150,7 @@ pub async fn sync(
         messages.insert(document.case_id, document.message);
     }
     let rule = ActorRule::Bound(BTreeSet::from([caller.device.actor_id.clone()]));
+    let sender = caller.author();
     // Automerge work is CPU-bound: keep it off the async workers.
     let (writes, mut replies, parsed) = tokio::task::spawn_blocking(move || {
         let mut writes = Vec::new();
@@ -158,7 +159,7 @@ pub async fn sync(
         for (document, cached) in loaded {
             let message = messages.get(&document.case_id).cloned().flatten();
             let requested = messages.contains_key(&document.case_id);
-            let applied = apply_one(document, cached, message.as_deref(), &rule);
+            let applied = apply_one(document, cached, message.as_deref(), &sender, &rule);
             // Unasked documents only send; their state is saved when the phone answers.
             if let Some(write) = applied.write.filter(|_| requested) {
                 writes.push(write);
@@ -299,6 +300,7 @@ pub(crate) fn receive_messages<'m>(
     file: &mut CaseFile,
     peer: &mut PeerState,
     messages: impl IntoIterator<Item = &'m [u8]>,
+    sender: &Author,
     rule: &ActorRule,
 ) -> (Received, Option<DocumentError>) {
     let mut received = Received::default();
@@ -313,10 +315,18 @@ pub(crate) fn receive_messages<'m>(
             // that is bound to, or wrote for, anyone else.
             matches!(rule, ActorRule::BoundOrUnclaimed(_))
         };
-        let applied = match file.receive_sync_message_checked(peer, message, allowed) {
+        let applied = match file.receive_sync_message_checked(peer, message, sender, allowed) {
             Ok(applied) => applied,
             Err(RefusedSync::ForeignActor(actor)) => {
                 return (received, Some(DocumentError::ForeignActor(actor)));
+            }
+            Err(RefusedSync::Misattributed(detail)) => {
+                return (
+                    received,
+                    Some(DocumentError::InvalidDocument(format!(
+                        "misattributed: {detail}"
+                    ))),
+                );
             }
             Err(RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(detail))) => {
                 return (received, Some(DocumentError::CorruptMessage(detail)));
@@ -363,6 +373,7 @@ fn apply_one(
     document: LoadedDocument,
     cached: Option<CaseFile>,
     message: Option<&[u8]>,
+    sender: &Author,
     rule: &ActorRule,
 ) -> Applied {
     let case_id = document.case_id.clone();
@@ -381,7 +392,8 @@ fn apply_one(
         }
     };
     let mut peer = saved_peer_state(&document);
-    let (received, refused) = receive_messages(&case_id, &mut file, &mut peer, message, rule);
+    let (received, refused) =
+        receive_messages(&case_id, &mut file, &mut peer, message, sender, rule);
     if let Some(error) = refused {
         // A refusal leaves the document as stored (the checked receive changes nothing); a
         // document whose state is uncertain is not cached.

@@ -23,15 +23,16 @@
 //! assert_eq!(server.heads(), phone.heads());
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{
     ActorId, ChangeHash,
     sync::{Message, State, SyncDoc},
 };
 
-use crate::case_file::CaseFile;
+use crate::case_file::{Author, CaseFile, RawRecord};
 use crate::error::{CaseFileError, Result};
+use crate::records::Collection;
 
 /// What one side knows of the other's document, kept between sessions.
 #[derive(Debug, Clone, Default)]
@@ -86,12 +87,15 @@ impl CaseFile {
     }
 
     /// Applies a message only if every change it brings was made by an actor that
-    /// `actor_allowed` accepts and the resulting document still validates; otherwise nothing
-    /// changes, not even the peer state. This is what the server runs on a phone's message.
+    /// `actor_allowed` accepts, everything it adds is attributed to `sender` (see
+    /// [`CaseFile::check_attribution`]) and the resulting document still validates; otherwise
+    /// nothing changes, not even the peer state. This is what the server runs on a device's
+    /// message, with the device's user and id as `sender`.
     pub fn receive_sync_message_checked(
         &mut self,
         peer: &mut PeerState,
         message: &[u8],
+        sender: &Author,
         actor_allowed: impl Fn(&ActorId) -> bool,
     ) -> Result<Vec<AppliedChange>, RefusedSync> {
         let message = decode_message(message).map_err(RefusedSync::Invalid)?;
@@ -135,6 +139,9 @@ impl CaseFile {
         }
         if !applied.is_empty() {
             trial.validate().map_err(RefusedSync::Invalid)?;
+            let actors: BTreeSet<&ActorId> = applied.iter().map(|c| &c.actor).collect();
+            self.check_attribution(&trial, sender, &actors)
+                .map_err(RefusedSync::Misattributed)?;
         }
         let actor = self.doc.get_actor().clone();
         self.doc = trial.doc.with_actor(actor);
@@ -143,11 +150,98 @@ impl CaseFile {
     }
 }
 
+impl CaseFile {
+    /// Checks that what `after` adds to this document is attributed to `sender`, the device
+    /// that sent it: a new record's author, a new finalisation, amendment or resolution's
+    /// `by`, and a new or changed entry in `actors` (which must also name one of the `actors`
+    /// that made the changes). An existing record's author may not change. So a record can
+    /// only ever name the person whose device wrote it.
+    pub fn check_attribution(
+        &self,
+        after: &CaseFile,
+        sender: &Author,
+        actors: &BTreeSet<&ActorId>,
+    ) -> Result<(), String> {
+        let named = |what: &str, by: &Author| {
+            if by == sender {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{what} names {}/{}, not the sending device's user and device",
+                    by.user_id, by.device_id
+                ))
+            }
+        };
+        let known_actors = self.actors();
+        for (actor, author) in after.actors() {
+            if known_actors.get(&actor) == Some(&author) {
+                continue;
+            }
+            named(&format!("actor {actor}"), &author)?;
+            if !actors.iter().any(|a| a.to_hex_string() == actor) {
+                return Err(format!(
+                    "actor {actor} is registered by a change it did not make"
+                ));
+            }
+        }
+        for collection in Collection::ALL {
+            let before: BTreeMap<String, RawRecord> = self
+                .raw_records(collection)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            for record in after.raw_records(collection).map_err(|e| e.to_string())? {
+                let what = format!("{collection}/{}", record.id);
+                let old = before.get(&record.id);
+                match old {
+                    Some(old) if old.author != record.author => {
+                        return Err(format!("{what}: its author was changed"));
+                    }
+                    Some(_) => {}
+                    None => named(&what, &record.author)?,
+                }
+                if let Some(finalised) = &record.finalised
+                    && old.and_then(|o| o.finalised.as_ref()) != Some(finalised)
+                {
+                    named(&format!("the finalisation of {what}"), &finalised.by)?;
+                }
+                let old_amendments: BTreeSet<&str> = old
+                    .map(|o| o.amendments.iter().map(|a| a.id.as_str()).collect())
+                    .unwrap_or_default();
+                for amendment in &record.amendments {
+                    if !old_amendments.contains(amendment.id.as_str()) {
+                        named(
+                            &format!("amendment {} of {what}", amendment.id),
+                            &amendment.by,
+                        )?;
+                    }
+                }
+            }
+        }
+        let old_resolutions: BTreeSet<String> = self
+            .resolutions()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        for resolution in after.resolutions().map_err(|e| e.to_string())? {
+            if !old_resolutions.contains(&resolution.id) {
+                named(&format!("resolution {}", resolution.id), &resolution.by)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Why a checked receive refused a message.
 #[derive(Debug, thiserror::Error)]
 pub enum RefusedSync {
     #[error("change made by actor {0}, which is not bound to this device")]
     ForeignActor(String),
+    /// Something the changes add names another person or device as its author.
+    #[error("misattributed: {0}")]
+    Misattributed(String),
     #[error(transparent)]
     Invalid(CaseFileError),
 }

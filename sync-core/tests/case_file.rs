@@ -612,9 +612,12 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
         let Some(m) = impostor.generate_sync_message(&mut impostor_state) else {
             break;
         };
-        match server
-            .receive_sync_message_checked(&mut server_for_impostor, &m, |a| *a == phone_actor)
-        {
+        match server.receive_sync_message_checked(
+            &mut server_for_impostor,
+            &m,
+            &testing::author("user-7", "phone-7"),
+            |a| *a == phone_actor,
+        ) {
             Ok(_) => {}
             Err(e) => {
                 refused = Some(e);
@@ -643,7 +646,12 @@ fn checked_receive_refuses_foreign_actors_and_invalid_documents_and_changes_noth
         let Some(m) = honest.generate_sync_message(&mut phone_state) else {
             break;
         };
-        outcome = server.receive_sync_message_checked(&mut server_state, &m, |a| *a == phone_actor);
+        outcome = server.receive_sync_message_checked(
+            &mut server_state,
+            &m,
+            &testing::author("user-1", "phone-1"),
+            |a| *a == phone_actor,
+        );
         if outcome.is_err() {
             break;
         }
@@ -677,7 +685,12 @@ fn checked_receive_accepts_bound_actors_and_reports_the_changes() {
         if let Some(m) = &to_server {
             applied.extend(
                 server
-                    .receive_sync_message_checked(&mut server_state, m, |a| *a == testing::actor(1))
+                    .receive_sync_message_checked(
+                        &mut server_state,
+                        m,
+                        &testing::author("user-1", "phone-1"),
+                        |a| *a == testing::actor(1),
+                    )
                     .unwrap(),
             );
         }
@@ -738,4 +751,79 @@ fn a_stage_change_moves_the_case_and_records_the_history() {
         Err(CaseFileError::Validation { .. })
     ));
     assert_eq!(file.heads(), heads);
+}
+
+/// Syncs `phone` into `server` through the checked receive as `sender`; the first refusal.
+fn checked_sync(
+    server: &mut CaseFile,
+    phone: &mut CaseFile,
+    sender: &doorstep_sync_core::Author,
+) -> Option<RefusedSync> {
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    for _ in 0..10 {
+        let to_phone = server.generate_sync_message(&mut server_state);
+        if let Some(m) = &to_phone {
+            phone.receive_sync_message(&mut phone_state, m).unwrap();
+        }
+        let to_server = phone.generate_sync_message(&mut phone_state);
+        if let Some(m) = &to_server
+            && let Err(refused) =
+                server.receive_sync_message_checked(&mut server_state, m, sender, |_| true)
+        {
+            return Some(refused);
+        }
+        if to_phone.is_none() && to_server.is_none() {
+            break;
+        }
+    }
+    None
+}
+
+#[test]
+fn checked_receive_refuses_records_that_name_someone_else() {
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    let sender = testing::author("user-1", "phone-1");
+    // A record whose author is another person (a client that writes the meta itself).
+    let mut server = testing::new_case("case-1");
+    let before = server.heads();
+    let mut forger = testing::replica(
+        &mut server,
+        testing::author("user-lead", "server"),
+        testing::actor(1),
+    )
+    .unwrap();
+    forger
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    let refused = checked_sync(&mut server, &mut forger, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Misattributed(detail)) if detail.contains("user-lead")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before, "nothing was applied");
+
+    // The honest phone's records and actor registration pass.
+    let mut honest = phone(&mut server, 1);
+    let visit = honest
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    assert!(checked_sync(&mut server, &mut honest, &sender).is_none());
+    assert_eq!(server.heads(), honest.heads());
+
+    // Rewriting the author of a record that is already there.
+    {
+        let doc = honest.doc_mut();
+        let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+        let (_, record) = doc.get(&visits, visit.as_str()).unwrap().unwrap();
+        let (_, meta) = doc.get(&record, "meta").unwrap().unwrap();
+        doc.put(&meta, "user_id", "user-2").unwrap();
+        doc.commit();
+    }
+    let before = server.heads();
+    let refused = checked_sync(&mut server, &mut honest, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Misattributed(detail)) if detail.contains("author was changed")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
 }

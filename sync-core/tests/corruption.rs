@@ -59,7 +59,8 @@ proptest! {
             let _ = replica.validate();
         }
         let mut server = testing::new_case("case-1");
-        let _ = server.receive_sync_message_checked(&mut PeerState::new(), &message, |_| true);
+        let sender = testing::author("u", "d");
+        let _ = server.receive_sync_message_checked(&mut PeerState::new(), &message, &sender, |_| true);
     }
 
     #[test]

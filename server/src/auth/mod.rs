@@ -25,6 +25,16 @@ pub struct Caller {
     pub device: Device,
 }
 
+impl Caller {
+    /// Who the caller's writes must name as their author: this user on this device.
+    pub fn author(&self) -> doorstep_sync_core::Author {
+        doorstep_sync_core::Author {
+            user_id: self.user.id.clone(),
+            device_id: self.device.id.clone(),
+        }
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 

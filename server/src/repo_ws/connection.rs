@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, close_code};
-use doorstep_sync_core::CaseFile;
+use doorstep_sync_core::{Author, CaseFile};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -576,11 +576,12 @@ impl Connection {
             jobs.push((subscription, document, cached, messages));
         }
         let rule = ActorRule::BoundOrUnclaimed(bound);
+        let sender = self.caller.author();
         // Automerge work is CPU-bound: keep it off the async workers.
         let mut outcomes = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
                 .map(|(subscription, document, cached, messages)| {
-                    receive_one(subscription, &document, cached, &messages, &rule)
+                    receive_one(subscription, &document, cached, &messages, &sender, &rule)
                 })
                 .collect::<Vec<Outcome>>()
         })
@@ -687,6 +688,7 @@ fn receive_one(
     document: &LoadedDocument,
     cached: Option<CaseFile>,
     messages: &[Vec<u8>],
+    sender: &Author,
     rule: &ActorRule,
 ) -> Outcome {
     let case_id = document.case_id.clone();
@@ -710,6 +712,7 @@ fn receive_one(
         &mut file,
         peer,
         messages.iter().map(Vec::as_slice),
+        sender,
         rule,
     );
     let sync_state = (peer.encode(), heads_key(peer.shared_heads()));

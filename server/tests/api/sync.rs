@@ -1,5 +1,6 @@
 //! Sync over HTTP: phones edit offline, sync through the server and converge; need-to-know;
-//! foreign actors and invalid documents refused with the stored document unchanged;
+//! foreign actors, invalid documents and records naming someone else refused with the stored
+//! document unchanged;
 //! idempotent retries; deallocated cases dropped.
 
 use automerge::ReadDoc;
@@ -17,6 +18,7 @@ both_backends!(
     unallocated_and_unknown_cases_get_the_same_not_found,
     a_change_by_another_devices_actor_is_refused,
     an_invalid_document_is_refused,
+    a_record_that_names_someone_else_is_refused,
     retrying_a_sync_is_harmless,
     a_deallocated_case_is_dropped,
     the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
@@ -214,6 +216,38 @@ async fn a_change_by_another_devices_actor_is_refused(backend: Backend) {
         app.storage().changes(case).await.unwrap().len(),
         changes_before
     );
+}
+
+async fn a_record_that_names_someone_else_is_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    let case = "case-demo-2";
+    let before = stored_heads(&app, case).await;
+
+    // The officer's own actor, but the record claims the worker wrote it on the worker's phone.
+    let saved = officer.doc(case).save();
+    let mut forged = CaseFile::load(
+        &saved,
+        testing::author("user-worker", &worker.tokens.device_id),
+        officer.actor.clone(),
+    )
+    .unwrap();
+    forged
+        .add(
+            &testing::visit("user-worker", testing::at(5), 50),
+            testing::at(5),
+        )
+        .unwrap();
+    officer.docs.insert(case.into(), forged);
+
+    let (reply, _) = officer.sync_round(&app).await;
+    let refused = reply.documents.iter().find(|d| d.case_id == case).unwrap();
+    let error = refused.error.clone().unwrap();
+    assert_eq!(error.code, "invalid_document");
+    assert!(error.message.contains("misattributed"), "{}", error.message);
+    assert_eq!(stored_heads(&app, case).await, before);
 }
 
 async fn an_invalid_document_is_refused(backend: Backend) {
