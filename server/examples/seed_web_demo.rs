@@ -1,5 +1,6 @@
 //! Seeds a data folder with the demo accounts and cases, plus invented casework (visits,
-//! voice, evidence, an amendment, register marks and one open conflict) in case-demo-1, for
+//! voice, evidence, an amendment, register marks, one open conflict and a drawing whose file
+//! the test uploads) in case-demo-1, for
 //! the real-browser test of the web view (`scripts/test-browser.sh`). Start the server on the
 //! same folder with `--demo` afterwards.
 //!
@@ -19,5 +20,14 @@ async fn main() -> anyhow::Result<()> {
     let storage = doorstep_server::storage::open(&config.database_url()).await?;
     doorstep_server::demo::first_accounts(storage.as_ref(), &config).await?;
     doorstep_server::web::demo::add_demo_casework(storage.as_ref(), "case-demo-1").await?;
+    // A drawing whose file the browser test uploads through the API, to see its thumbnail.
+    let drawing = include_bytes!("../tests/browser/demo-drawing.png");
+    doorstep_server::web::demo::add_demo_drawing(
+        storage.as_ref(),
+        "case-demo-1",
+        drawing,
+        "image/png",
+    )
+    .await?;
     Ok(())
 }

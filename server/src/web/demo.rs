@@ -182,3 +182,28 @@ pub async fn add_demo_casework(storage: &dyn Storage, case_id: &str) -> Result<(
     })
     .await
 }
+
+/// Adds an evidence record for `file` (an invented drawing, as an image) to a case, captured on
+/// the officer's phone, so that uploading the same bytes shows it in the web view.
+pub async fn add_demo_drawing(
+    storage: &dyn Storage,
+    case_id: &str,
+    file: &[u8],
+    media_type: &str,
+) -> Result<String, DemoError> {
+    use sha2::{Digest, Sha256};
+    let sha256 = hex::encode(Sha256::digest(file));
+    let at = Utc::now() - Duration::days(3);
+    let mut drawing = testing::evidence("user-officer", at);
+    drawing.sha256.clone_from(&sha256);
+    drawing.size_bytes = file.len() as u64;
+    drawing.media_type = media_type.into();
+    drawing.description = "my house, drawn at the kitchen table".into();
+    edit_stored_case(storage, case_id, "user-officer", move |case| {
+        case.set_author(phone("officer"), ActorId::random());
+        case.add(&drawing, at)?;
+        Ok(())
+    })
+    .await?;
+    Ok(sha256)
+}

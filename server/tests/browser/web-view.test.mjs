@@ -2,6 +2,7 @@
 // driven by playwright-core. Run by scripts/test-browser.sh, which starts a seeded server and
 // passes its address in DOORSTEP_URL and the artefact folder in ARTEFACTS.
 import assert from 'node:assert/strict';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -45,6 +46,40 @@ try {
     if (message.type() === 'error') problems.push(`console: ${message.text()}`);
   });
 
+  // The officer's phone uploads the drawing the seeded case file records (as the phone does:
+  // start, one chunk, a signed receipt).
+  const drawing = fs.readFileSync(new URL('./demo-drawing.png', import.meta.url));
+  const sha256 = crypto.createHash('sha256').update(drawing).digest('hex');
+  const signIn = await fetch(`${base}/api/v1/auth/sign-in`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      username: 'officer',
+      password: 'doorstep-demo',
+      device_name: 'browser test phone',
+      actor_id: crypto.randomBytes(16).toString('hex'),
+    }),
+  });
+  assert.equal(signIn.status, 200, 'the officer signs in');
+  const { access_token: token } = await signIn.json();
+  const auth = { authorization: `Bearer ${token}` };
+  const uploads = `${base}/api/v1/cases/case-demo-1/evidence/uploads`;
+  const started = await fetch(uploads, {
+    method: 'POST',
+    headers: { ...auth, 'content-type': 'application/json' },
+    body: JSON.stringify({ sha256, size: drawing.length, media_type: 'image/png' }),
+  });
+  assert.equal(started.status, 201, 'the upload starts');
+  const { upload_id: uploadId } = await started.json();
+  const chunk = await fetch(`${uploads}/${uploadId}?offset=0`, {
+    method: 'PUT',
+    headers: { ...auth, 'content-type': 'application/octet-stream' },
+    body: drawing,
+  });
+  assert.equal(chunk.status, 200, 'the chunk completes the upload');
+  const { receipt } = await chunk.json();
+  assert.equal(receipt.sha256, sha256);
+
   // Sign in.
   await page.goto(`${base}/sign-in`);
   await page.fill('#username', 'lead');
@@ -59,6 +94,25 @@ try {
   ]);
   assert.match(await page.textContent('h1'), /Case ATT-DEMO-0001/);
   assert.match(await page.textContent('#readiness'), /days left/);
+  // The drawing shows as a thumbnail that the browser loaded (CSP and access allow it), with
+  // its receipt.
+  const thumb = page.locator(`img.thumb[src$="${sha256}"]`);
+  await thumb.scrollIntoViewIfNeeded();
+  await page.waitForFunction(
+    (hash) => {
+      const img = document.querySelector(`img.thumb[src$="${hash}"]`);
+      return img && img.complete && img.naturalWidth > 0;
+    },
+    sha256,
+  );
+  assert.equal(await thumb.evaluate((img) => img.naturalWidth), 120, 'the image decoded');
+  assert.ok(
+    (await page.textContent('.evidence-file ul.receipts')).includes(receipt.receipt_id.slice(0, 12)),
+    'the receipt is shown',
+  );
+  await page
+    .locator('article.record', { has: thumb })
+    .screenshot({ path: path.join(artefacts, 'evidence-item.png') });
   await page.screenshot({ path: path.join(artefacts, 'case-page.png'), fullPage: true });
 
   // Resolve the open conflict.
