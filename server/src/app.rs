@@ -23,6 +23,8 @@ pub struct AppState {
     /// A real argon2 hash checked when a username is unknown, so that sign-in takes as long
     /// for unknown users as for known ones (usernames cannot be probed by timing).
     pub dummy_password_hash: Arc<String>,
+    /// Recent failed sign-ins per username (this instance's).
+    pub sign_in_throttle: Arc<crate::auth::sign_in::SignInThrottle>,
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
@@ -121,6 +123,7 @@ impl App {
             storage,
             keys,
             dummy_password_hash: Arc::new(dummy_password_hash),
+            sign_in_throttle: Arc::default(),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),

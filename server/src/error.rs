@@ -33,6 +33,9 @@ pub enum ApiError {
     TokenExpired,
     #[error("unknown username or wrong password")]
     InvalidCredentials,
+    /// Too many failed sign-ins for the username lately (answered with `Retry-After`).
+    #[error("too many failed sign-ins for this username: try again in {retry_after_secs} s")]
+    TooManySignIns { retry_after_secs: u64 },
     #[error("the refresh token is unknown, revoked or expired: sign in again")]
     InvalidRefreshToken,
     #[error("this refresh token was already used: every token of this sign-in is now revoked")]
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::ActorInUse | ApiError::StaleConflict => StatusCode::CONFLICT,
             ApiError::WebSocketUpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::TooManySignIns { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -99,6 +103,7 @@ impl ApiError {
             ApiError::Unauthenticated => "unauthenticated",
             ApiError::TokenExpired => "token_expired",
             ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::TooManySignIns { .. } => "too_many_sign_ins",
             ApiError::InvalidRefreshToken => "invalid_refresh_token",
             ApiError::RefreshTokenReused => "refresh_token_reused",
             ApiError::DeviceRevoked => "device_revoked",
@@ -145,7 +150,28 @@ impl IntoResponse for ApiError {
                 message: self.public_message(),
             },
         };
-        (self.status_code(), Json(body)).into_response()
+        let mut response = (self.status_code(), Json(body)).into_response();
+        if let ApiError::TooManySignIns { retry_after_secs } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
+            );
+        }
+        response
+    }
+}
+
+impl From<crate::auth::sign_in::SignInRefused> for ApiError {
+    fn from(refused: crate::auth::sign_in::SignInRefused) -> Self {
+        use crate::auth::sign_in::SignInRefused;
+        match refused {
+            SignInRefused::InvalidCredentials => ApiError::InvalidCredentials,
+            SignInRefused::Throttled { retry_after_secs } => {
+                ApiError::TooManySignIns { retry_after_secs }
+            }
+            SignInRefused::Storage(e) => e.into(),
+            SignInRefused::Internal(detail) => ApiError::Internal(detail),
+        }
     }
 }
 

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, now_ms};
 use crate::app::AppState;
-use crate::auth::{self, Caller, password};
+use crate::auth::sign_in::check_credentials;
+use crate::auth::{self, Caller};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::storage::{Device, Role, Rotation, StorageError, User};
@@ -85,24 +86,7 @@ pub async fn sign_in(
             "device_name must be 1 to 100 characters".into(),
         ));
     }
-    let user = state
-        .storage
-        .user_by_username(request.username.trim())
-        .await?;
-    let phc = user
-        .as_ref()
-        .map(|u| u.password_hash.clone())
-        .unwrap_or_else(|| state.dummy_password_hash.as_str().to_string());
-    let matches = password::verify(request.password, phc)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let user = match user {
-        Some(user) if matches => user,
-        _ => {
-            Metrics::add(&state.metrics.sign_in_failures, 1);
-            return Err(ApiError::InvalidCredentials);
-        }
-    };
+    let user = check_credentials(&state, &request.username, request.password).await?;
     if user.disabled_at.is_some() {
         return Err(ApiError::AccountDisabled);
     }

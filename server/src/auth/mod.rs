@@ -3,6 +3,7 @@
 
 pub mod jwt;
 pub mod password;
+pub mod sign_in;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::{WebError, render};
 use crate::app::AppState;
-use crate::auth::password;
+use crate::auth::sign_in::{SignInRefused, check_credentials};
 use crate::storage::{User, WebSession};
 
 pub const SESSION_COOKIE: &str = "doorstep_session";
@@ -204,24 +204,33 @@ pub async fn sign_in(
     if expected.is_empty() || !same_secret(&expected, &form.csrf) {
         return Err(WebError::CsrfRejected);
     }
-    let user = state.storage.user_by_username(form.username.trim()).await?;
-    // Unknown users cost a real verification too, so usernames cannot be probed by timing.
-    let phc = user.as_ref().map_or_else(
-        || state.dummy_password_hash.as_str().to_string(),
-        |u| u.password_hash.clone(),
-    );
-    let matches = password::verify(form.password, phc)
-        .await
-        .map_err(|e| WebError::Internal(e.to_string()))?;
-    let user = match user {
-        Some(user) if matches && user.disabled_at.is_none() => user,
-        _ => {
-            return Ok(sign_in_form(
-                &headers,
-                Some("Unknown username or wrong password."),
+    let refused = |message: &str, status| Ok(sign_in_form(&headers, Some(message), status));
+    let user = match check_credentials(&state, &form.username, form.password).await {
+        Ok(user) if user.disabled_at.is_none() => user,
+        Ok(_) | Err(SignInRefused::InvalidCredentials) => {
+            return refused(
+                "Unknown username or wrong password.",
                 axum::http::StatusCode::UNAUTHORIZED,
-            ));
+            );
         }
+        Err(SignInRefused::Throttled { retry_after_secs }) => {
+            let minutes = retry_after_secs.div_ceil(60);
+            let mut response = sign_in_form(
+                &headers,
+                Some(&format!(
+                    "Too many failed sign-ins for this username. Try again in {minutes} minute{}.",
+                    if minutes == 1 { "" } else { "s" }
+                )),
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+            );
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
+            );
+            return Ok(response);
+        }
+        Err(SignInRefused::Storage(e)) => return Err(e.into()),
+        Err(SignInRefused::Internal(detail)) => return Err(WebError::Internal(detail)),
     };
     let token = random_token();
     let now = now_ms();

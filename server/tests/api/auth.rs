@@ -354,3 +354,83 @@ async fn forged_tokens_are_refused() {
         StatusCode::OK
     );
 }
+
+/// Repeated wrong passwords for one username: after the allowed failures even the right
+/// password gets 429 with Retry-After (no more guessing), other usernames sign in as usual,
+/// and the web form shares the same count.
+#[tokio::test]
+async fn repeated_failed_sign_ins_are_throttled_per_username() {
+    use doorstep_server::auth::sign_in::SignInThrottle;
+    let app = spawn_app(Backend::Sqlite).await;
+    let sign_in = |username: &'static str, password: &'static str| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/api/v1/auth/sign-in"))
+                .json(&json!({
+                    "username": username,
+                    "password": password,
+                    "device_name": "phone",
+                    "actor_id": testing::actor(3).to_hex_string(),
+                }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..SignInThrottle::MAX_FAILURES {
+        let response = sign_in("officer", "guess").await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    let throttled = sign_in("Officer", "doorstep-demo").await;
+    let retry_after: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=SignInThrottle::WINDOW.as_secs()).contains(&retry_after));
+    assert_eq!(
+        error_of(throttled).await,
+        (StatusCode::TOO_MANY_REQUESTS, "too_many_sign_ins".into())
+    );
+    assert_eq!(
+        sign_in("worker", "doorstep-demo").await.status(),
+        StatusCode::OK,
+        "another username is not throttled"
+    );
+    // The web view's sign-in form answers the same way.
+    let browser = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = browser
+        .get(app.url("/sign-in"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let marker = r#"name="csrf" value=""#;
+    let start = form.find(marker).unwrap() + marker.len();
+    let csrf = &form[start..start + form[start..].find('"').unwrap()];
+    let page = browser
+        .post(app.url("/sign-in"))
+        .form(&[
+            ("username", "officer"),
+            ("password", "doorstep-demo"),
+            ("csrf", csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(page.headers().contains_key("retry-after"));
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("Too many failed sign-ins")
+    );
+}
