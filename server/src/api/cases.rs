@@ -1,6 +1,8 @@
 //! The staff API for cases: the caseload, one merged case file, creating cases, allocating
 //! them. Access is checked by [`crate::access`] on every call.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +17,9 @@ use crate::access::{self, Need};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::cases::{self, CaseError};
+use crate::doc_cache::DocumentCache;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::storage::{Case, NewChange, StorageError, User, heads_key};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,22 +96,81 @@ pub struct CreatedCase {
 }
 
 /// Loads the stored case file (read-only: the server's actor here never writes).
-pub(crate) async fn load(
-    state: &AppState,
-    case: &Case,
-) -> Result<(CaseFile, String, i64), ApiError> {
+pub(crate) async fn load(state: &AppState, case: &Case) -> Result<ReadCase, ApiError> {
     let stored = state
         .storage
         .document(&case.id)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("case {} has no document", case.id)))?;
-    let author = Author {
-        user_id: "server".into(),
-        device_id: cases::SERVER_DEVICE.into(),
+    let documents = Arc::clone(&state.documents);
+    let file = match documents.take(&case.id, &stored.heads) {
+        Some(file) => {
+            Metrics::add(&state.metrics.document_cache_hits, 1);
+            file
+        }
+        None => {
+            Metrics::add(&state.metrics.document_cache_misses, 1);
+            let author = Author {
+                user_id: "server".into(),
+                device_id: cases::SERVER_DEVICE.into(),
+            };
+            let snapshot = stored.snapshot;
+            let case_id = case.id.clone();
+            // Parsing is CPU-bound (large case files take milliseconds): off the async workers.
+            tokio::task::spawn_blocking(move || {
+                CaseFile::load(&snapshot, author, ActorId::random())
+                    .map_err(|e| ApiError::Internal(format!("case {case_id} does not load: {e}")))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("load task failed: {e}")))??
+        }
     };
-    let file = CaseFile::load(&stored.snapshot, author, ActorId::random())
-        .map_err(|e| ApiError::Internal(format!("case {} does not load: {e}", case.id)))?;
-    Ok((file, stored.heads, stored.updated_at))
+    Ok(ReadCase {
+        file: Some(file),
+        case_id: case.id.clone(),
+        heads: stored.heads,
+        updated_at: stored.updated_at,
+        documents,
+    })
+}
+
+/// A stored case file read for one request. Dropping it returns it to the document cache at
+/// the heads it was read at, so the next reader (a page, a caseload, a sync) skips the parse.
+pub(crate) struct ReadCase {
+    file: Option<CaseFile>,
+    case_id: String,
+    pub heads: String,
+    pub updated_at: i64,
+    documents: Arc<DocumentCache>,
+}
+
+impl std::ops::Deref for ReadCase {
+    type Target = CaseFile;
+    fn deref(&self) -> &CaseFile {
+        self.file
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl std::ops::DerefMut for ReadCase {
+    fn deref_mut(&mut self) -> &mut CaseFile {
+        self.file
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for ReadCase {
+    fn drop(&mut self) {
+        if let Some(mut file) = self.file.take()
+            // Only a document still exactly as stored may serve the next reader.
+            && heads_key(&file.heads()) == self.heads
+        {
+            self.documents
+                .put(std::mem::take(&mut self.case_id), self.heads.clone(), file);
+        }
+    }
 }
 
 /// `GET /api/v1/cases`: every case the caller may see.
@@ -119,7 +182,8 @@ pub async fn caseload(
     let mine = state.storage.allocated_case_ids(&caller.user.id).await?;
     let mut cases = Vec::with_capacity(visible.len());
     for case in visible {
-        let (file, _, updated_at) = load(&state, &case).await?;
+        let file = load(&state, &case).await?;
+        let updated_at = file.updated_at;
         let details = file
             .details()
             .map_err(|e| ApiError::Internal(format!("case {}: {e}", case.id)))?;
@@ -149,10 +213,11 @@ pub async fn read_case(
     Path(case_id): Path<String>,
 ) -> Result<Json<CaseResponse>, ApiError> {
     let case = access::case_for(state.storage.as_ref(), &caller.user, &case_id, Need::Read).await?;
-    let (file, heads, _) = load(&state, &case).await?;
+    let file = load(&state, &case).await?;
     let view = file
         .view()
         .map_err(|e| ApiError::Internal(format!("case {}: {e}", case.id)))?;
+    let heads = file.heads.clone();
     tracing::info!(case = %case.id, user = %caller.user.id, "case read");
     Ok(Json(CaseResponse {
         case_id: case.id,
@@ -406,8 +471,8 @@ pub async fn import_register_marks(
             message: e.kind.to_string(),
         })
         .collect();
-    let (file, _, _) = load(&state, &case).await?;
-    let children = file
+    let children = load(&state, &case)
+        .await?
         .record_ids(doorstep_sync_core::Collection::Children)
         .map_err(|e| ApiError::Internal(format!("case {}: {e}", case.id)))?;
     let by_pupil: Vec<(String, Vec<attendance::Mark>)> = import

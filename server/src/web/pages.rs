@@ -247,7 +247,8 @@ pub async fn case_data(
     case: Case,
     last_viewed: Option<i64>,
 ) -> Result<CaseData, WebError> {
-    let (mut file, heads, _) = load(state, &case).await?;
+    let mut file = load(state, &case).await?;
+    let heads = file.heads.clone();
     let changes = state.storage.changes(&case.id).await?;
     let internal = |e: CaseFileError| WebError::Internal(format!("case {}: {e}", case.id));
     let view = file.view().map_err(internal)?;

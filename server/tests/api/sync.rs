@@ -22,6 +22,7 @@ both_backends!(
     retrying_a_sync_is_harmless,
     a_deallocated_case_is_dropped,
     the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
+    staff_reads_use_the_document_cache_and_see_every_new_change,
 );
 
 async fn stored_heads(app: &TestApp, case_id: &str) -> String {
@@ -446,5 +447,50 @@ async fn the_document_cache_serves_repeat_syncs_but_never_a_stale_document(backe
     assert_eq!(
         heads_key(&officer.doc(case).heads()),
         stored_heads(&app, case).await
+    );
+}
+
+async fn staff_reads_use_the_document_cache_and_see_every_new_change(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case = "case-demo-1";
+    let lead = app.tokens("lead", &testing::actor(9)).await;
+    let read = || async {
+        let view: serde_json::Value = app
+            .client
+            .get(app.url(&format!("/api/v1/cases/{case}")))
+            .bearer_auth(&lead.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        view
+    };
+    read().await;
+    let hits_before = counter(&app, "doorstep_document_cache_hits_total").await;
+    let first = read().await;
+    assert!(
+        counter(&app, "doorstep_document_cache_hits_total").await > hits_before,
+        "a repeat read is served from the cache"
+    );
+
+    // A phone's visit arrives: the next read shows it (the cached parse is not reused stale).
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    officer
+        .doc(case)
+        .add(
+            &testing::visit("user-officer", testing::at(5), 100),
+            testing::at(5),
+        )
+        .unwrap();
+    officer.sync_until_quiet(&app).await;
+    let second = read().await;
+    assert_ne!(first["heads"], second["heads"]);
+    assert_eq!(second["heads"], stored_heads(&app, case).await.as_str());
+    assert_eq!(
+        second["file"]["visits"].as_array().unwrap().len(),
+        first["file"]["visits"].as_array().unwrap().len() + 1
     );
 }
