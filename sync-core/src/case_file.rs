@@ -35,7 +35,9 @@ use serde_json::{Map, Value as Json};
 use crate::attendance::{AttendanceCode, Mark, Session};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
 use crate::records::{CaseDetails, Collection, RecordBody, Validate};
-use crate::value::{ensure_map, map_at, put_changed_fields, put_json, read_map, str_at};
+use crate::value::{
+    ensure_map, first_text_object, map_at, put_changed_fields, put_json, read_map, str_at,
+};
 
 /// The schema version this build writes. Raise it when the layout or a record's fields change.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -738,6 +740,14 @@ impl CaseFile {
                     );
                 }
             }
+        }
+        if let Some(path) = first_text_object(&self.doc, &ROOT, "") {
+            errors.push(
+                path.trim_start_matches('.').to_string(),
+                Problem::Invalid {
+                    detail: "text must be a plain string, not an Automerge Text object".into(),
+                },
+            );
         }
         let attendance = self.root_map("attendance")?;
         for (key, value) in read_map(&self.doc, &attendance) {

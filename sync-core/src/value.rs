@@ -124,6 +124,42 @@ pub(crate) fn json_of(doc: &AutoCommit, value: Value<'_>, id: &ObjId) -> Json {
     }
 }
 
+/// The path of the first Automerge `Text` object under `obj`, if any. Case files hold text as
+/// plain strings (Text costs 15-30x more to load and hold; DESIGN.md), so a client that writes
+/// Text (automerge-repo's default for JS strings) is refused rather than left to slow every
+/// replica down.
+pub(crate) fn first_text_object(doc: &AutoCommit, obj: &ObjId, path: &str) -> Option<String> {
+    let children: Vec<(String, Value<'_>, ObjId)> = match doc.object_type(obj) {
+        Ok(ObjType::Map | ObjType::Table) => doc
+            .map_range(obj, ..)
+            .map(|item| {
+                let id = item.id();
+                (format!("{path}.{}", item.key), item.value.into(), id)
+            })
+            .collect(),
+        Ok(ObjType::List) => doc
+            .list_range(obj, ..)
+            .map(|item| {
+                let id = item.id();
+                (format!("{path}[{}]", item.index), item.value.into(), id)
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (child_path, value, id) in children {
+        match value {
+            Value::Object(ObjType::Text) => return Some(child_path),
+            Value::Object(_) => {
+                if let Some(found) = first_text_object(doc, &id, &child_path) {
+                    return Some(found);
+                }
+            }
+            Value::Scalar(_) => {}
+        }
+    }
+    None
+}
+
 fn json_of_scalar(scalar: &ScalarValue) -> Json {
     match scalar {
         ScalarValue::Str(s) => Json::String(s.to_string()),

@@ -827,3 +827,41 @@ fn checked_receive_refuses_records_that_name_someone_else() {
     );
     assert_eq!(server.heads(), before);
 }
+
+#[test]
+fn text_objects_are_refused_where_case_files_hold_plain_strings() {
+    use automerge::{ROOT, ReadDoc, transaction::Transactable};
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let visit = worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    assert!(worker.validate().is_ok());
+    // What automerge-repo's JS client writes for a JS string by default: collaborative Text.
+    {
+        let doc = worker.doc_mut();
+        let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+        let (_, record) = doc.get(&visits, visit.as_str()).unwrap().unwrap();
+        let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+        let text = doc
+            .put_object(&body, "discussed", automerge::ObjType::Text)
+            .unwrap();
+        doc.splice_text(&text, 0, 0, "Talked about mornings.")
+            .unwrap();
+        doc.commit();
+    }
+    let error = worker.validate().unwrap_err().to_string();
+    assert!(error.contains("discussed"), "{error}");
+    assert!(error.contains("plain string"), "{error}");
+    let before = server.heads();
+    let refused = checked_sync(
+        &mut server,
+        &mut worker,
+        &testing::author("user-1", "phone-1"),
+    );
+    assert!(
+        matches!(refused, Some(RefusedSync::Invalid(_))),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+}
