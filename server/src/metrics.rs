@@ -21,6 +21,7 @@ pub struct Metrics {
     pub sync_documents: AtomicU64,
     pub sync_changes_applied: AtomicU64,
     pub sync_documents_refused: AtomicU64,
+    pub sync_retries: AtomicU64,
     pub sign_ins: AtomicU64,
     pub sign_in_failures: AtomicU64,
     pub document_cache_hits: AtomicU64,
@@ -98,6 +99,11 @@ impl Metrics {
                 "doorstep_sync_documents_refused_total",
                 "Documents refused (not found, foreign actor, invalid).",
                 &self.sync_documents_refused,
+            ),
+            (
+                "doorstep_sync_retries_total",
+                "Sync attempts run again because a document changed after it was read.",
+                &self.sync_retries,
             ),
             (
                 "doorstep_sign_ins_total",

@@ -19,7 +19,9 @@ use crate::doc_cache::DocumentCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::repo_ws::RepoHub;
-use crate::storage::{DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, heads_key};
+use crate::storage::{
+    DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, StorageError, heads_key,
+};
 
 /// One document in a sync request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +88,29 @@ pub struct SyncReply {
     pub drop: Vec<String>,
 }
 
+/// Attempts of a sync before the last one, which holds the write lock throughout.
+const OPTIMISTIC_ATTEMPTS: u32 = 2;
+
+/// Why one attempt of a sync did not complete.
+enum AttemptError {
+    /// A document it changes was written by someone else after it was read: try again.
+    DocumentChanged,
+    Failed(ApiError),
+}
+
+impl<E: Into<ApiError>> From<E> for AttemptError {
+    fn from(error: E) -> Self {
+        AttemptError::Failed(error.into())
+    }
+}
+
 /// Runs one sync request for `caller`. Returns only after the transaction has committed.
+///
+/// Optimistic first: the documents are read, and the Automerge work (parse, checked receive,
+/// validation, save) done, outside any write lock, so that syncs of many phones use every core
+/// and the database's write lock is held only for the writes themselves. The writes then
+/// commit only if none of the changed documents moved meanwhile; if one did, the sync runs
+/// again. The last attempt reads and writes under the lock, so a sync always completes.
 pub async fn sync(
     storage: &dyn Storage,
     metrics: &Metrics,
@@ -96,8 +120,55 @@ pub async fn sync(
     incoming: Vec<IncomingDocument>,
     received_at: i64,
 ) -> Result<SyncReply, ApiError> {
+    for attempt in 1.. {
+        let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
+        match sync_attempt(
+            storage,
+            metrics,
+            documents,
+            hub,
+            caller,
+            incoming.clone(),
+            received_at,
+            optimistic,
+        )
+        .await
+        {
+            Ok(reply) => return Ok(reply),
+            Err(AttemptError::DocumentChanged) if optimistic => {
+                Metrics::add(&metrics.sync_retries, 1);
+            }
+            Err(AttemptError::DocumentChanged) => {
+                return Err(ApiError::Internal(
+                    "a document changed under the write lock".into(),
+                ));
+            }
+            Err(AttemptError::Failed(error)) => return Err(error),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the sync's inputs, passed through from `sync`"
+)]
+async fn sync_attempt(
+    storage: &dyn Storage,
+    metrics: &Metrics,
+    documents: &Arc<DocumentCache>,
+    hub: &Arc<RepoHub>,
+    caller: &Caller,
+    incoming: Vec<IncomingDocument>,
+    received_at: i64,
+    optimistic: bool,
+) -> Result<SyncReply, AttemptError> {
     let device_id = caller.device.id.clone();
-    let mut tx = storage.begin_sync().await?;
+    let mut tx = if optimistic {
+        storage.begin_sync_read().await?
+    } else {
+        storage.begin_sync().await?
+    };
     let allocated = tx.allocated_documents(&caller.user.id, &device_id).await?;
     let allocated_ids: BTreeSet<&str> = allocated.iter().map(|a| a.case_id.as_str()).collect();
     let requested: BTreeSet<&str> = incoming.iter().map(|d| d.case_id.as_str()).collect();
@@ -179,7 +250,17 @@ pub async fn sync(
         user_id: caller.user.id.clone(),
         received_at,
     };
-    tx.write_documents(&provenance, &writes).await?;
+    let mut tx = if optimistic {
+        // The reads are done: end the read transaction and take the write lock only now.
+        tx.commit().await?;
+        storage.begin_sync().await?
+    } else {
+        tx
+    };
+    match tx.write_documents(&provenance, &writes).await {
+        Err(StorageError::DocumentChanged(_)) => return Err(AttemptError::DocumentChanged),
+        other => other?,
+    }
     tx.forget_sync_states(&device_id, &forgotten).await?;
     tx.commit().await?;
     // Committed: the parsed documents now match the database and may serve the next request,
@@ -431,6 +512,7 @@ fn apply_one(
     };
     let write = DocumentWrite {
         case_id: case_id.clone(),
+        loaded_heads: document.heads.clone(),
         snapshot,
         changes,
         sync_state: (peer.encode(), heads_key(peer.shared_heads())),

@@ -736,6 +736,7 @@ fn receive_one(
     Outcome {
         write: Some(DocumentWrite {
             case_id: case_id.clone(),
+            loaded_heads: document.heads.clone(),
             snapshot,
             changes: received.changes,
             sync_state,

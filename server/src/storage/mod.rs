@@ -31,6 +31,9 @@ pub enum StorageError {
     Conflict(String),
     #[error("not found")]
     NotFound,
+    /// A document was written by someone else since it was read (optimistic sync retries).
+    #[error("case {0} changed since it was read")]
+    DocumentChanged(String),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
@@ -261,6 +264,9 @@ pub struct LoadedDocument {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DocumentWrite {
     pub case_id: String,
+    /// The heads the document had when it was read: a new snapshot is written only over
+    /// those, else the write fails with [`StorageError::DocumentChanged`].
+    pub loaded_heads: String,
     /// The new snapshot and heads, when changes were applied.
     pub snapshot: Option<(Vec<u8>, String)>,
     pub changes: Vec<NewChange>,
@@ -405,6 +411,11 @@ pub trait Storage: Send + Sync + fmt::Debug + EvidenceStorage {
 
     /// Starts the transaction of one sync request.
     async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>>;
+    /// A sync transaction that only reads: it takes no write lock and no row locks, so the
+    /// Automerge work that follows does not hold up other writers. Writes go through a
+    /// [`Storage::begin_sync`] transaction afterwards, which refuses to overwrite a document
+    /// that changed meanwhile.
+    async fn begin_sync_read(&self) -> StorageResult<Box<dyn SyncTransaction>>;
 }
 
 /// Opens (creating if needed, for SQLite) and migrates the database at `url`.

@@ -570,13 +570,25 @@ macro_rules! sql_storage {
             }
 
             async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>> {
-                Ok(Box::new($txn { tx: self.begin_write().await? }))
+                Ok(Box::new($txn {
+                    tx: self.begin_write().await?,
+                    locking: true,
+                }))
+            }
+
+            async fn begin_sync_read(&self) -> StorageResult<Box<dyn SyncTransaction>> {
+                Ok(Box::new($txn {
+                    tx: self.pool.begin().await?,
+                    locking: false,
+                }))
             }
         }
 
         /// One sync request's transaction.
         pub struct $txn {
             tx: sqlx::Transaction<'static, $db>,
+            /// Whether documents are loaded with row locks (a write transaction).
+            locking: bool,
         }
 
         impl std::fmt::Debug for $txn {
@@ -637,14 +649,22 @@ macro_rules! sql_storage {
                 sorted.sort();
                 sorted.dedup();
                 let mut loaded = Vec::with_capacity(sorted.len());
-                for case_id in sorted {
-                    let row = sqlx::query(&$sql(concat!(
+                let query = if self.locking {
+                    concat!(
                         "SELECT d.snapshot, d.heads, s.state
                          FROM documents d
                          LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                          WHERE d.case_id = $1",
                         $lock
-                    )))
+                    )
+                } else {
+                    "SELECT d.snapshot, d.heads, s.state
+                     FROM documents d
+                     LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
+                     WHERE d.case_id = $1"
+                };
+                for case_id in sorted {
+                    let row = sqlx::query(&$sql(query))
                     .bind(case_id)
                     .bind(device_id)
                     .fetch_optional(&mut *self.tx)
@@ -669,16 +689,20 @@ macro_rules! sql_storage {
             ) -> StorageResult<()> {
                 for write in writes {
                     if let Some((snapshot, heads)) = &write.snapshot {
-                        sqlx::query(&$sql(
+                        let updated = sqlx::query(&$sql(
                             "UPDATE documents SET snapshot = $2, heads = $3, updated_at = $4
-                             WHERE case_id = $1",
+                             WHERE case_id = $1 AND heads = $5",
                         ))
                         .bind(&write.case_id)
                         .bind(snapshot)
                         .bind(heads)
                         .bind(provenance.received_at)
+                        .bind(&write.loaded_heads)
                         .execute(&mut *self.tx)
                         .await?;
+                        if updated.rows_affected() == 0 {
+                            return Err(StorageError::DocumentChanged(write.case_id.clone()));
+                        }
                     }
                     for change in &write.changes {
                         insert_change(

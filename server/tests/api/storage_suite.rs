@@ -358,8 +358,10 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         user_id: "u1".into(),
         received_at: 7_000,
     };
+    let created_heads = storage.document("c1").await.unwrap().unwrap().heads;
     let write = DocumentWrite {
         case_id: "c1".into(),
+        loaded_heads: created_heads.clone(),
         snapshot: Some((vec![1, 2, 3], "h-new".into())),
         changes: vec![NewChange {
             hash: "abc".into(),
@@ -393,13 +395,49 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         .unwrap();
     tx.commit().await.unwrap();
 
-    // The same write again (a retry) with a later time: the change keeps its first provenance.
+    // A write over heads that are no longer stored (someone wrote meanwhile) is refused and
+    // writes nothing, not even its changes.
+    let mut tx = storage.begin_sync().await.unwrap();
+    let stale = DocumentWrite {
+        snapshot: Some((vec![7], "h-stale".into())),
+        changes: vec![NewChange {
+            hash: "def".into(),
+            actor_id: "aa01".into(),
+            bytes: vec![8],
+        }],
+        ..write.clone()
+    };
+    assert!(matches!(
+        tx.write_documents(&provenance, std::slice::from_ref(&stale))
+            .await,
+        Err(StorageError::DocumentChanged(case)) if case == "c1"
+    ));
+    drop(tx);
+    assert_eq!(
+        storage.document("c1").await.unwrap().unwrap().heads,
+        "h-new"
+    );
+    assert!(
+        !storage
+            .changes("c1")
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.hash == "def")
+    );
+
+    // The same write again (a retry, read at the new heads) with a later time: the change
+    // keeps its first provenance.
     let mut tx = storage.begin_sync().await.unwrap();
     let later = Provenance {
         received_at: 8_000,
         ..provenance.clone()
     };
-    tx.write_documents(&later, std::slice::from_ref(&write))
+    let retry = DocumentWrite {
+        loaded_heads: "h-new".into(),
+        ..write.clone()
+    };
+    tx.write_documents(&later, std::slice::from_ref(&retry))
         .await
         .unwrap();
     tx.commit().await.unwrap();
