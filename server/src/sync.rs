@@ -213,6 +213,14 @@ async fn sync_attempt(
             (document, cached)
         })
         .collect();
+    // Optimistic: the reads are done; end the read transaction (and give its connection
+    // back) before the Automerge work, and take the write lock only for the writes.
+    let locked = if optimistic {
+        tx.commit().await?;
+        None
+    } else {
+        Some(tx)
+    };
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());
@@ -250,12 +258,9 @@ async fn sync_attempt(
         user_id: caller.user.id.clone(),
         received_at,
     };
-    let mut tx = if optimistic {
-        // The reads are done: end the read transaction and take the write lock only now.
-        tx.commit().await?;
-        storage.begin_sync().await?
-    } else {
-        tx
+    let mut tx = match locked {
+        Some(tx) => tx,
+        None => storage.begin_sync().await?,
     };
     match tx.write_documents(&provenance, &writes).await {
         Err(StorageError::DocumentChanged(_)) => return Err(AttemptError::DocumentChanged),
