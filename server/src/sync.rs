@@ -444,6 +444,36 @@ pub(crate) fn receive_messages<'m>(
     (received, None)
 }
 
+/// Appended changes after which the stored bytes are compacted into one full save, so that
+/// loading stays fast.
+pub const COMPACT_AFTER_CHANGES: i64 = 64;
+
+/// The bytes to store for a document that received `changes` (none: nothing to store), and the
+/// count of changes appended since its last full save. Usually the stored bytes with the new
+/// raw changes appended (Automerge loads the concatenation), which costs no save of the whole
+/// document; every [`COMPACT_AFTER_CHANGES`] changes, a full save instead.
+pub(crate) fn stored_bytes(
+    document: &LoadedDocument,
+    file: &mut CaseFile,
+    changes: &[NewChange],
+) -> (Option<(Vec<u8>, String)>, i64) {
+    if changes.is_empty() {
+        return (None, document.appended_changes);
+    }
+    let heads = heads_key(&file.heads());
+    let appended = document.appended_changes + changes.len() as i64;
+    if appended >= COMPACT_AFTER_CHANGES {
+        return (Some((file.save(), heads)), 0);
+    }
+    let size = document.snapshot.len() + changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    bytes.extend_from_slice(&document.snapshot);
+    for change in changes {
+        bytes.extend_from_slice(&change.bytes);
+    }
+    (Some((bytes, heads)), appended)
+}
+
 /// What applying one message to one document led to.
 struct Applied {
     /// What to write; None when nothing may change.
@@ -510,14 +540,11 @@ fn apply_one(
     }
     let reply = file.generate_sync_message(&mut peer);
     let changes = received.changes;
-    let snapshot = if changes.is_empty() {
-        None
-    } else {
-        Some((file.save(), heads_key(&file.heads())))
-    };
+    let (snapshot, appended_changes) = stored_bytes(&document, &mut file, &changes);
     let write = DocumentWrite {
         case_id: case_id.clone(),
         loaded_heads: document.heads.clone(),
+        appended_changes,
         snapshot,
         changes,
         sync_state: (peer.encode(), heads_key(peer.shared_heads())),

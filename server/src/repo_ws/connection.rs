@@ -728,15 +728,12 @@ fn receive_one(
             refused,
         };
     }
-    let snapshot = if received.changes.is_empty() {
-        None
-    } else {
-        Some((file.save(), heads_key(&file.heads())))
-    };
+    let (snapshot, appended_changes) = sync::stored_bytes(document, &mut file, &received.changes);
     Outcome {
         write: Some(DocumentWrite {
             case_id: case_id.clone(),
             loaded_heads: document.heads.clone(),
+            appended_changes,
             snapshot,
             changes: received.changes,
             sync_state,

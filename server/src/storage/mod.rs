@@ -258,6 +258,8 @@ pub struct LoadedDocument {
     pub heads: String,
     /// This device's saved sync state for the document.
     pub sync_state: Option<Vec<u8>>,
+    /// Raw changes appended to `snapshot` since its last full save.
+    pub appended_changes: i64,
 }
 
 /// What a sync writes for one document.
@@ -267,8 +269,11 @@ pub struct DocumentWrite {
     /// The heads the document had when it was read: a new snapshot is written only over
     /// those, else the write fails with [`StorageError::DocumentChanged`].
     pub loaded_heads: String,
-    /// The new snapshot and heads, when changes were applied.
+    /// The new stored bytes and heads, when changes were applied: the old bytes with the new
+    /// changes appended, or a full save (see [`crate::sync::stored_bytes`]).
     pub snapshot: Option<(Vec<u8>, String)>,
+    /// Raw changes appended since the last full save, in the new bytes.
+    pub appended_changes: i64,
     pub changes: Vec<NewChange>,
     /// The device's new sync state and the heads it is known to have.
     pub sync_state: (Vec<u8>, String),

@@ -651,14 +651,14 @@ macro_rules! sql_storage {
                 let mut loaded = Vec::with_capacity(sorted.len());
                 let query = if self.locking {
                     concat!(
-                        "SELECT d.snapshot, d.heads, s.state
+                        "SELECT d.snapshot, d.heads, d.appended_changes, s.state
                          FROM documents d
                          LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                          WHERE d.case_id = $1",
                         $lock
                     )
                 } else {
-                    "SELECT d.snapshot, d.heads, s.state
+                    "SELECT d.snapshot, d.heads, d.appended_changes, s.state
                      FROM documents d
                      LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                      WHERE d.case_id = $1"
@@ -677,6 +677,7 @@ macro_rules! sql_storage {
                         snapshot: row.try_get("snapshot")?,
                         heads: row.try_get("heads")?,
                         sync_state: row.try_get("state")?,
+                        appended_changes: row.try_get("appended_changes")?,
                     });
                 }
                 Ok(loaded)
@@ -690,7 +691,8 @@ macro_rules! sql_storage {
                 for write in writes {
                     if let Some((snapshot, heads)) = &write.snapshot {
                         let updated = sqlx::query(&$sql(
-                            "UPDATE documents SET snapshot = $2, heads = $3, updated_at = $4
+                            "UPDATE documents
+                             SET snapshot = $2, heads = $3, updated_at = $4, appended_changes = $6
                              WHERE case_id = $1 AND heads = $5",
                         ))
                         .bind(&write.case_id)
@@ -698,6 +700,7 @@ macro_rules! sql_storage {
                         .bind(heads)
                         .bind(provenance.received_at)
                         .bind(&write.loaded_heads)
+                        .bind(write.appended_changes)
                         .execute(&mut *self.tx)
                         .await?;
                         if updated.rows_affected() == 0 {
@@ -744,7 +747,8 @@ macro_rules! sql_storage {
                 at: i64,
             ) -> StorageResult<()> {
                 sqlx::query(&$sql(
-                    "UPDATE documents SET snapshot = $2, heads = $3, updated_at = $4
+                    "UPDATE documents
+                     SET snapshot = $2, heads = $3, updated_at = $4, appended_changes = 0
                      WHERE case_id = $1",
                 ))
                 .bind(case_id)

@@ -362,6 +362,7 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
     let write = DocumentWrite {
         case_id: "c1".into(),
         loaded_heads: created_heads.clone(),
+        appended_changes: 0,
         snapshot: Some((vec![1, 2, 3], "h-new".into())),
         changes: vec![NewChange {
             hash: "abc".into(),

@@ -23,6 +23,7 @@ both_backends!(
     a_deallocated_case_is_dropped,
     the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
     staff_reads_use_the_document_cache_and_see_every_new_change,
+    new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
 );
 
 async fn stored_heads(app: &TestApp, case_id: &str) -> String {
@@ -493,4 +494,68 @@ async fn staff_reads_use_the_document_cache_and_see_every_new_change(backend: Ba
         second["file"]["visits"].as_array().unwrap().len(),
         first["file"]["visits"].as_array().unwrap().len() + 1
     );
+}
+
+async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often(
+    backend: Backend,
+) {
+    use doorstep_server::sync::COMPACT_AFTER_CHANGES;
+    let app = spawn_app(backend).await;
+    let case = "case-demo-1";
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let stored = || async {
+        let mut tx = app.storage().begin_sync_read().await.unwrap();
+        tx.load_documents("nobody", &[case.to_string()])
+            .await
+            .unwrap()
+            .remove(0)
+    };
+    let full = stored().await;
+    assert_eq!(full.appended_changes, 0);
+
+    // One visit: the stored bytes are the old bytes with the new change after them.
+    let at = testing::at(5);
+    officer
+        .doc(case)
+        .add(&testing::visit("user-officer", at, 100), at)
+        .unwrap();
+    officer.sync_until_quiet(&app).await;
+    let appended = stored().await;
+    assert_eq!(appended.appended_changes, 1);
+    assert!(appended.snapshot.starts_with(&full.snapshot));
+    let loaded = CaseFile::load(
+        &appended.snapshot,
+        testing::author("t", "t"),
+        testing::actor(70),
+    )
+    .unwrap();
+    assert_eq!(loaded.list::<HomeVisit>().unwrap().len(), 1);
+
+    // Enough visits to pass the threshold: compacted into one full save, still the same file.
+    for n in 0..COMPACT_AFTER_CHANGES {
+        let at = testing::at(10 + n);
+        officer
+            .doc(case)
+            .add(&testing::visit("user-officer", at, 50), at)
+            .unwrap();
+        if n % 16 == 15 {
+            officer.sync_until_quiet(&app).await;
+        }
+    }
+    officer.sync_until_quiet(&app).await;
+    let compacted = stored().await;
+    assert_eq!(compacted.appended_changes, 0, "compacted");
+    let mut loaded = CaseFile::load(
+        &compacted.snapshot,
+        testing::author("t", "t"),
+        testing::actor(71),
+    )
+    .unwrap();
+    assert_eq!(
+        loaded.list::<HomeVisit>().unwrap().len(),
+        1 + COMPACT_AFTER_CHANGES as usize
+    );
+    assert_eq!(heads_key(&loaded.heads()), compacted.heads);
+    assert_eq!(heads_key(&officer.doc(case).heads()), compacted.heads);
 }
