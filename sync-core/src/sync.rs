@@ -58,6 +58,21 @@ impl PeerState {
     pub fn shared_heads(&self) -> &[ChangeHash] {
         &self.0.shared_heads
     }
+
+    /// The heads of the document this side last generated a message from.
+    pub fn last_sent_heads(&self) -> &[ChangeHash] {
+        &self.0.last_sent_heads
+    }
+}
+
+impl CaseFile {
+    /// Whether this document holds every one of `heads` (it is the same version as the one
+    /// they came from, or a later one).
+    pub fn contains_heads(&mut self, heads: &[ChangeHash]) -> bool {
+        heads
+            .iter()
+            .all(|hash| self.doc.get_change_meta_by_hash(hash).is_some())
+    }
 }
 
 /// A change that a checked receive applied: its hash and the actor that made it.

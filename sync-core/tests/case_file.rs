@@ -865,3 +865,18 @@ fn text_objects_are_refused_where_case_files_hold_plain_strings() {
     );
     assert_eq!(server.heads(), before);
 }
+
+#[test]
+fn a_later_version_contains_the_heads_of_an_earlier_one_and_not_the_reverse() {
+    let mut server = testing::new_case("case-1");
+    let mut older = phone(&mut server, 1);
+    let older_heads = older.heads();
+    let mut newer = phone(&mut server, 2);
+    newer
+        .add(&testing::visit("user-2", at(1), 10), at(1))
+        .unwrap();
+    let newer_heads = newer.heads();
+    assert!(newer.contains_heads(&older_heads));
+    assert!(!older.contains_heads(&newer_heads));
+    assert!(older.contains_heads(&[]));
+}

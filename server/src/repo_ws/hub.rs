@@ -7,7 +7,8 @@
 //! the document again to learn what changed, and a message never carries a change that is not
 //! yet committed. Every generation for one connection and document happens under the lock of
 //! its sync state, in the order the messages are queued, so the state always matches what was
-//! sent.
+//! sent; and never from a version older than the last one it was generated from, since pushes
+//! of successive versions may run out of order.
 //!
 //! This reaches the connections of this process only. Several instances on one database would
 //! also need a notifier between them (PostgreSQL `LISTEN`/`NOTIFY` on the case id, say, after
@@ -238,6 +239,14 @@ impl RepoHub {
             // Not yet read with the document: its first exchange will send what is current.
             return;
         };
+        // Committed versions of a document form one line (each write checks the heads it
+        // read), but their pushes run concurrently and may arrive here out of order. A sync
+        // state must only ever see its document move forward: a version older than the one
+        // this connection was last sent from is skipped (the newer one has been, or will be,
+        // pushed).
+        if !file.contains_heads(peer.last_sent_heads()) {
+            return;
+        }
         if let Some(data) = file.generate_sync_message(peer) {
             let frame = protocol::encode(&Message::Sync(SyncFields {
                 sender_id: &self.peer_id,
