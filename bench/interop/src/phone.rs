@@ -58,6 +58,18 @@ impl Phone {
             .or_insert_with(|| CaseFile::empty(author, actor))
     }
 
+    /// Documents whose sync state does not show the server holding all of this phone's changes.
+    pub fn unacknowledged(&mut self) -> usize {
+        let mut count = 0;
+        for (case_id, doc) in &mut self.docs {
+            let shared = self.states.get(case_id).map(|s| s.shared_heads()).unwrap_or(&[]);
+            if !doc.heads().iter().all(|h| shared.contains(h)) {
+                count += 1;
+            }
+        }
+        count
+    }
+
     /// A reconnect keeps what each side is known to have, and drops the rest (as a phone that
     /// stored its sync states would).
     pub fn reconnect(&mut self) {
@@ -129,6 +141,8 @@ pub struct Counters {
 pub struct Progress {
     pub remaining: AtomicUsize,
     pub done: watch::Sender<bool>,
+    /// The first session that failed, which ends the phase.
+    pub failed: std::sync::Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -137,7 +151,16 @@ impl Progress {
         Arc::new(Progress {
             remaining: AtomicUsize::new(phones),
             done,
+            failed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// A session failed: the phase ends at once.
+    pub fn fail(&self, error: &anyhow::Error) {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.get_or_insert_with(|| format!("{error:#}"));
+        }
+        let _ = self.done.send(true);
     }
 
     fn reached(&self) {
@@ -222,22 +245,36 @@ pub async fn ws_session(
     settled: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<Phone> {
     let mut done = progress.done.subscribe();
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     let send = |frame: Vec<u8>| {
         counters.bytes_up.fetch_add(frame.len() as u64, Ordering::Relaxed);
         counters.messages_up.fetch_add(1, Ordering::Relaxed);
         WsMessage::Binary(frame.into())
     };
-    ws.send(send(protocol::join(&peer_id))).await?;
-    let server_id = loop {
-        let frame = ws.next().await.ok_or_else(|| anyhow::anyhow!("closed before peer"))??;
-        if let WsMessage::Binary(data) = frame {
-            counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
-            counters.messages_down.fetch_add(1, Ordering::Relaxed);
-            match protocol::decode(&data)? {
-                Incoming::Peer { sender_id } => break sender_id,
-                other => anyhow::bail!("{}: expected peer, got {other:?}", phone.name),
+    // A server that has just started may accept connections before its protocol handler is
+    // ready (the npm server): retry the handshake a few times.
+    let mut attempt = 0;
+    let (mut ws, server_id) = loop {
+        attempt += 1;
+        let handshake = async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+            ws.send(send(protocol::join(&peer_id))).await?;
+            loop {
+                let frame = ws.next().await.ok_or_else(|| anyhow::anyhow!("closed before peer"))??;
+                if let WsMessage::Binary(data) = frame {
+                    counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters.messages_down.fetch_add(1, Ordering::Relaxed);
+                    match protocol::decode(&data)? {
+                        Incoming::Peer { sender_id } => break anyhow::Ok((ws, sender_id)),
+                        other => anyhow::bail!("expected peer, got {other:?}"),
+                    }
+                }
             }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+            Ok(Ok(connected)) => break connected,
+            Ok(Err(e)) if attempt >= 5 => return Err(e.context(format!("{}: handshake", phone.name))),
+            Err(_) if attempt >= 5 => anyhow::bail!("{}: no peer message in 5 s", phone.name),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     };
     let by_document: BTreeMap<String, String> = phone
@@ -311,6 +348,9 @@ pub async fn ws_session(
             Incoming::Error { message } => anyhow::bail!("{}: server error {message}", phone.name),
             Incoming::Peer { .. } | Incoming::Other => {}
         }
+    }
+    if !reached && let Some(what) = goal.missing(&mut phone) {
+        eprintln!("{} ended short of its goal: {what}", phone.name);
     }
     let _ = ws.close(None).await;
     Ok(phone)

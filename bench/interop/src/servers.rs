@@ -120,7 +120,8 @@ fn free_port() -> anyhow::Result<u16> {
 pub fn npm(npm_dir: &Path, launcher: &Path) -> anyhow::Result<ServerProcess> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let entry: PathBuf = npm_dir.join("node_modules/@automerge/automerge-repo-sync-server/src/index.js");
+    let entry: PathBuf = std::path::absolute(npm_dir)?
+        .join("node_modules/@automerge/automerge-repo-sync-server/src/index.js");
     anyhow::ensure!(entry.exists(), "{} is missing: run scripts/bench-interop.sh", entry.display());
     let mut command = Command::new("node");
     command

@@ -86,6 +86,9 @@ struct Figures {
     messages_up: u64,
     messages_down: u64,
     server_cpu: f64,
+    /// (phone, document) pairs where, at convergence, the phone's sync state does not yet show
+    /// that the server holds all its changes (the server's last word to it was older).
+    unacknowledged: usize,
 }
 
 impl Figures {
@@ -229,13 +232,20 @@ impl Bench {
                         (c.clone(), others)
                     })
                     .collect(),
-                upload: true,
+                upload: false,
             })
             .collect();
         let (_phones, converge) = self.phase(target, &server, phones, goals, 0).await?;
         println!(
-            "  converged: {:.2} s, {} up / {} down bytes, {} / {} messages, server CPU {:.2} s",
-            converge.seconds, converge.bytes_up, converge.bytes_down, converge.messages_up, converge.messages_down, converge.server_cpu
+            "  converged: {:.2} s, {} up / {} down bytes, {} / {} messages, server CPU {:.2} s; \
+             {} phone documents without the server's last acknowledgement",
+            converge.seconds,
+            converge.bytes_up,
+            converge.bytes_down,
+            converge.messages_up,
+            converge.messages_down,
+            converge.server_cpu,
+            converge.unacknowledged
         );
         outcome.converge = converge;
 
@@ -249,7 +259,7 @@ impl Bench {
         let goals: Vec<Goal> = (0..big.len())
             .map(|i| Goal {
                 hold: if i == 0 { BTreeMap::new() } else { BTreeMap::from([(big_case.clone(), heads.clone())]) },
-                upload: i == 0,
+                upload: false,
             })
             .collect();
         let (mut big, f) = self.phase(target, &server, big, goals, 0).await?;
@@ -263,7 +273,7 @@ impl Bench {
         let goals: Vec<Goal> = (0..big.len())
             .map(|i| Goal {
                 hold: if i == 0 { BTreeMap::new() } else { BTreeMap::from([(big_case.clone(), hashes.clone())]) },
-                upload: i == 0,
+                upload: false,
             })
             .collect();
         let (_big, single) = self.phase(target, &server, big, goals, 1).await?;
@@ -325,16 +335,24 @@ impl Bench {
             handles[i] = Some(self.spawn(target, server, phone, goal, &counters, &progress, None));
         }
         let mut done = progress.done.subscribe();
-        tokio::time::timeout(Duration::from_secs(self.args.timeout_secs), done.wait_for(|d| *d))
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{}: no convergence in {} s ({} phones left)",
-                    target.key(),
-                    self.args.timeout_secs,
-                    progress.remaining.load(Ordering::SeqCst)
-                )
-            })??;
+        let waited =
+            tokio::time::timeout(Duration::from_secs(self.args.timeout_secs), done.wait_for(|d| *d)).await;
+        if waited.is_err() {
+            // Let the sessions say what they lack, then give up.
+            let _ = progress.done.send(true);
+            for handle in handles.into_iter().flatten() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+            }
+            anyhow::bail!(
+                "{}: no convergence in {} s ({} phones left)",
+                target.key(),
+                self.args.timeout_secs,
+                progress.remaining.load(Ordering::SeqCst)
+            );
+        }
+        if let Some(failed) = progress.failed.lock().ok().and_then(|f| f.clone()) {
+            anyhow::bail!("{}: {failed}", target.key());
+        }
         let figures = Figures {
             seconds: started.elapsed().as_secs_f64(),
             bytes_up: counters.bytes_up.load(Ordering::SeqCst) - up,
@@ -342,10 +360,14 @@ impl Bench {
             messages_up: counters.messages_up.load(Ordering::SeqCst) - m_up,
             messages_down: counters.messages_down.load(Ordering::SeqCst) - m_down,
             server_cpu: server.cpu_seconds(self.ticks) - cpu_before,
+            unacknowledged: 0,
         };
+        let mut figures = figures;
         let mut phones = Vec::new();
         for handle in handles.into_iter().flatten() {
-            phones.push(handle.await??);
+            let mut phone = handle.await??;
+            figures.unacknowledged += phone.unacknowledged();
+            phones.push(phone);
         }
         Ok((phones, figures))
     }
@@ -362,7 +384,8 @@ impl Bench {
         settled: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> tokio::task::JoinHandle<anyhow::Result<Phone>> {
         let (counters, progress) = (counters.clone(), progress.clone());
-        match target {
+        let watcher = progress.clone();
+        let session = match target {
             Target::DoorstepHttp => {
                 if let Some(settled) = settled {
                     let _ = settled.send(());
@@ -380,7 +403,14 @@ impl Bench {
                 phone.reconnect();
                 tokio::spawn(phone::ws_session(url, peer_id, phone, goal, counters, progress, settled))
             }
-        }
+        };
+        tokio::spawn(async move {
+            let result = session.await?;
+            if let Err(e) = &result {
+                watcher.fail(e);
+            }
+            result
+        })
     }
 
     /// Doorstep: demo school and staff, one user per phone (seeded into the database before the
@@ -605,14 +635,14 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
     ));
     md.push_str(
-        "| server | converge s | bytes up | bytes down | bytes / target | messages up/down | server CPU s (converge) | 1 visit ms | 1 visit bytes / target | peak MiB | CPU s all |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| server | converge s | bytes up | bytes down | bytes / target | messages up/down | unacked docs | server CPU s (converge) | 1 visit ms | 1 visit bytes / target | peak MiB | CPU s all |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     for (target, o) in outcomes {
         let target_bytes = 1.25 * o.new_bytes as f64 * recipients as f64;
         let single_target = 1.25 * o.single_new_bytes as f64 * recipients as f64;
         md.push_str(&format!(
-            "| {} | {:.2} | {} | {} | {:.2} | {} / {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {:.2} | {} | {} | {:.2} | {} / {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |\n",
             target.label(),
             o.converge.seconds,
             o.converge.bytes_up,
@@ -620,6 +650,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             o.converge.bytes() as f64 / target_bytes,
             o.converge.messages_up,
             o.converge.messages_down,
+            o.converge.unacknowledged,
             o.converge.server_cpu,
             o.single.seconds * 1000.0,
             o.single.bytes() as f64 / single_target,
@@ -635,6 +666,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             "converge_messages_up": o.converge.messages_up,
             "converge_messages_down": o.converge.messages_down,
             "converge_server_cpu_seconds": o.converge.server_cpu,
+            "converge_unacknowledged_documents": o.converge.unacknowledged,
             "new_changes": o.new_changes,
             "new_change_bytes": o.new_bytes,
             "byte_target": target_bytes,
@@ -650,7 +682,9 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         md.push_str(&format!(
             "\nNew changes: {} ({} bytes of automerge change chunks). Byte target: 1.25 x {} bytes x {} \
              recipients (the server and the {} other phones of each case) = {:.0} bytes; scenario 2: \
-             1.25 x {} x {} = {:.0} bytes. HTTP phones poll every {} ms when idle.\n",
+             1.25 x {} x {} = {:.0} bytes. HTTP phones poll every {} ms when idle. \"unacked docs\": (phone, document) pairs \
+             whose sync state, at convergence, does not show the server holding the phone's changes \
+             (the server's last message to that phone was about an older version).\n",
             o.new_changes,
             o.new_bytes,
             o.new_bytes,
