@@ -46,7 +46,11 @@ pub struct Args {
     #[arg(long, default_value_t = 500)]
     note_chars: usize,
     /// Which servers, comma-separated: doorstep-http, doorstep-ws, npm, samod.
-    #[arg(long, default_value = "doorstep-http,doorstep-ws,npm,samod", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "doorstep-http,doorstep-ws,npm,samod",
+        value_delimiter = ','
+    )]
     servers: Vec<String>,
     /// The release `doorstep-server` binary.
     #[arg(long)]

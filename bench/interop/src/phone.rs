@@ -20,6 +20,12 @@ use crate::protocol::{self, Incoming};
 /// How long an HTTP phone waits before polling again after a quiet exchange.
 pub const HTTP_POLL_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How long a phone waits before retrying after an error (an HTTP 5xx, a closed connection).
+pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Errors (all phones of a phase together) after which a phase gives up.
+pub const MAX_ERRORS: u64 = 500;
+
 pub struct Phone {
     pub name: String,
     pub user_id: String,
@@ -35,7 +41,13 @@ pub struct Phone {
 }
 
 impl Phone {
-    pub fn new(name: String, user_id: String, device_id: String, actor: ActorId, cases: Vec<String>) -> Phone {
+    pub fn new(
+        name: String,
+        user_id: String,
+        device_id: String,
+        actor: ActorId,
+        cases: Vec<String>,
+    ) -> Phone {
         Phone {
             author: Author {
                 user_id: user_id.clone(),
@@ -62,7 +74,11 @@ impl Phone {
     pub fn unacknowledged(&mut self) -> usize {
         let mut count = 0;
         for (case_id, doc) in &mut self.docs {
-            let shared = self.states.get(case_id).map(|s| s.shared_heads()).unwrap_or(&[]);
+            let shared = self
+                .states
+                .get(case_id)
+                .map(|s| s.shared_heads())
+                .unwrap_or(&[]);
             if !doc.heads().iter().all(|h| shared.contains(h)) {
                 count += 1;
             }
@@ -117,7 +133,11 @@ impl Goal {
         }
         if self.upload {
             for (case_id, doc) in &mut phone.docs {
-                let shared = phone.states.get(case_id).map(|s| s.shared_heads()).unwrap_or(&[]);
+                let shared = phone
+                    .states
+                    .get(case_id)
+                    .map(|s| s.shared_heads())
+                    .unwrap_or(&[]);
                 if !doc.heads().iter().all(|h| shared.contains(h)) {
                     return Some(format!("server not known to hold {case_id}"));
                 }
@@ -135,6 +155,8 @@ pub struct Counters {
     /// HTTP requests, or WebSocket frames sent.
     pub messages_up: AtomicU64,
     pub messages_down: AtomicU64,
+    /// Failed requests and dropped connections, each followed by a retry.
+    pub errors: AtomicU64,
 }
 
 /// The phones of a phase that have not reached their goal; `done` turns true when none is left.
@@ -179,7 +201,10 @@ pub async fn http_session(
     counters: Arc<Counters>,
     progress: Arc<Progress>,
 ) -> anyhow::Result<Phone> {
-    let token = phone.token.clone().ok_or_else(|| anyhow::anyhow!("no token"))?;
+    let token = phone
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no token"))?;
     let url = format!("{base}/api/v1/sync");
     loop {
         let mut busy = false;
@@ -196,7 +221,9 @@ pub async fn http_session(
             });
         }
         let body = serde_json::to_vec(&SyncRequest { documents })?;
-        counters.bytes_up.fetch_add(body.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes_up
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         counters.messages_up.fetch_add(1, Ordering::Relaxed);
         let response = client
             .post(&url)
@@ -205,9 +232,28 @@ pub async fn http_session(
             .body(body)
             .send()
             .await?;
-        anyhow::ensure!(response.status().is_success(), "sync by {}: {}", phone.name, response.status());
+        if !response.status().is_success() {
+            // As a phone would: the request changed nothing it can rely on, so forget what was
+            // in flight, wait a little and try again.
+            let errors = counters.errors.fetch_add(1, Ordering::Relaxed) + 1;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                eprintln!("{}: sync answered {status}: {body}", phone.name);
+            }
+            anyhow::ensure!(
+                errors < MAX_ERRORS,
+                "sync by {}: {status} ({errors} errors in all)",
+                phone.name
+            );
+            phone.reconnect();
+            tokio::time::sleep(RETRY_AFTER).await;
+            continue;
+        }
         let bytes = response.bytes().await?;
-        counters.bytes_down.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes_down
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         counters.messages_down.fetch_add(1, Ordering::Relaxed);
         let reply: SyncResponse = serde_json::from_slice(&bytes)?;
         for document in reply.documents {
@@ -244,9 +290,60 @@ pub async fn ws_session(
     progress: Arc<Progress>,
     settled: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> anyhow::Result<Phone> {
+    let mut settled = settled;
+    let mut reached = false;
+    let mut connection = 0;
+    loop {
+        let peer = format!("{peer_id}-{connection}");
+        match ws_connection(
+            &url,
+            &peer,
+            &mut phone,
+            &mut goal,
+            &counters,
+            &progress,
+            &mut settled,
+            &mut reached,
+        )
+        .await
+        {
+            Ok(()) => return Ok(phone),
+            Err(e) => {
+                // As an automerge-repo client would: reconnect and carry on.
+                let errors = counters.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                    eprintln!("{}: connection lost: {e:#}", phone.name);
+                }
+                if errors >= MAX_ERRORS {
+                    return Err(e.context(format!("{errors} errors in all")));
+                }
+                phone.reconnect();
+                connection += 1;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection of a phone's session"
+)]
+async fn ws_connection(
+    url: &str,
+    peer_id: &str,
+    phone: &mut Phone,
+    goal: &mut Goal,
+    counters: &Counters,
+    progress: &Progress,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    reached: &mut bool,
+) -> anyhow::Result<()> {
     let mut done = progress.done.subscribe();
     let send = |frame: Vec<u8>| {
-        counters.bytes_up.fetch_add(frame.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes_up
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
         counters.messages_up.fetch_add(1, Ordering::Relaxed);
         WsMessage::Binary(frame.into())
     };
@@ -256,12 +353,17 @@ pub async fn ws_session(
     let (mut ws, server_id) = loop {
         attempt += 1;
         let handshake = async {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
-            ws.send(send(protocol::join(&peer_id))).await?;
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+            ws.send(send(protocol::join(peer_id))).await?;
             loop {
-                let frame = ws.next().await.ok_or_else(|| anyhow::anyhow!("closed before peer"))??;
+                let frame = ws
+                    .next()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("closed before peer"))??;
                 if let WsMessage::Binary(data) = frame {
-                    counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters
+                        .bytes_down
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     counters.messages_down.fetch_add(1, Ordering::Relaxed);
                     match protocol::decode(&data)? {
                         Incoming::Peer { sender_id } => break anyhow::Ok((ws, sender_id)),
@@ -272,7 +374,9 @@ pub async fn ws_session(
         };
         match tokio::time::timeout(Duration::from_secs(5), handshake).await {
             Ok(Ok(connected)) => break connected,
-            Ok(Err(e)) if attempt >= 5 => return Err(e.context(format!("{}: handshake", phone.name))),
+            Ok(Err(e)) if attempt >= 5 => {
+                return Err(e.context(format!("{}: handshake", phone.name)));
+            }
             Err(_) if attempt >= 5 => anyhow::bail!("{}: no peer message in 5 s", phone.name),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -287,19 +391,27 @@ pub async fn ws_session(
     for case_id in &cases {
         let mut state = phone.states.remove(case_id).unwrap_or_default();
         let doc = phone.doc(case_id);
-        let kind = if doc.heads().is_empty() { "request" } else { "sync" };
+        let kind = if doc.heads().is_empty() {
+            "request"
+        } else {
+            "sync"
+        };
         let message = doc.generate_sync_message(&mut state);
         phone.states.insert(case_id.clone(), state);
         if let Some(message) = message {
-            let frame = protocol::sync(kind, &peer_id, &server_id, &protocol::document_id(case_id), &message);
+            let frame = protocol::sync(
+                kind,
+                &peer_id,
+                &server_id,
+                &protocol::document_id(case_id),
+                &message,
+            );
             ws.feed(send(frame)).await?;
         }
     }
     ws.flush().await?;
-    let mut settled = settled;
-    let mut reached = false;
-    if goal.reached(&mut phone) {
-        reached = true;
+    if !*reached && goal.reached(phone) {
+        *reached = true;
         progress.reached();
     }
     loop {
@@ -312,10 +424,14 @@ pub async fn ws_session(
         };
         let data = match frame? {
             WsMessage::Binary(data) => data,
-            WsMessage::Close(close) => anyhow::bail!("{}: closed by the server: {close:?}", phone.name),
+            WsMessage::Close(close) => {
+                anyhow::bail!("{}: closed by the server: {close:?}", phone.name)
+            }
             _ => continue,
         };
-        counters.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+        counters
+            .bytes_down
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         counters.messages_down.fetch_add(1, Ordering::Relaxed);
         match protocol::decode(&data)? {
             Incoming::Sync { document_id, data } => {
@@ -328,8 +444,14 @@ pub async fn ws_session(
                 let reply = doc.generate_sync_message(&mut state);
                 phone.states.insert(case_id.clone(), state);
                 if let Some(reply) = reply {
-                    ws.send(send(protocol::sync("sync", &peer_id, &server_id, &document_id, &reply)))
-                        .await?;
+                    ws.send(send(protocol::sync(
+                        "sync",
+                        peer_id,
+                        &server_id,
+                        &document_id,
+                        &reply,
+                    )))
+                    .await?;
                 }
                 unanswered.remove(&document_id);
                 if unanswered.is_empty()
@@ -337,8 +459,8 @@ pub async fn ws_session(
                 {
                     let _ = settled.send(());
                 }
-                if !reached && goal.reached(&mut phone) {
-                    reached = true;
+                if !*reached && goal.reached(phone) {
+                    *reached = true;
                     progress.reached();
                 }
             }
@@ -349,9 +471,9 @@ pub async fn ws_session(
             Incoming::Peer { .. } | Incoming::Other => {}
         }
     }
-    if !reached && let Some(what) = goal.missing(&mut phone) {
+    if !*reached && let Some(what) = goal.missing(phone) {
         eprintln!("{} ended short of its goal: {what}", phone.name);
     }
     let _ = ws.close(None).await;
-    Ok(phone)
+    Ok(())
 }

@@ -21,14 +21,25 @@ pub fn join(sender_id: &str) -> Vec<u8> {
         .and_then(|e| e.str("type")?.str("join"))
         .and_then(|e| e.str("senderId")?.str(sender_id))
         .and_then(|e| e.str("supportedProtocolVersions")?.array(1)?.str("1"))
-        .and_then(|e| e.str("peerMetadata")?.map(1)?.str("isEphemeral")?.bool(true))
+        .and_then(|e| {
+            e.str("peerMetadata")?
+                .map(1)?
+                .str("isEphemeral")?
+                .bool(true)
+        })
         .map(|_| ())
         .unwrap_or_else(|e| unreachable!("writing to a Vec: {e}"));
     e.into_writer()
 }
 
 /// `request` (the sender lacks the document) or `sync`.
-pub fn sync(kind: &str, sender_id: &str, target_id: &str, document_id: &str, data: &[u8]) -> Vec<u8> {
+pub fn sync(
+    kind: &str,
+    sender_id: &str,
+    target_id: &str,
+    document_id: &str,
+    data: &[u8],
+) -> Vec<u8> {
     let mut e = Encoder::new(Vec::with_capacity(data.len() + 128));
     e.map(5)
         .and_then(|e| e.str("type")?.str(kind))

@@ -67,12 +67,18 @@ impl ServerProcess {
 
     /// User + system CPU seconds so far.
     pub fn cpu_seconds(&self, ticks_per_second: f64) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the command name (which is in parentheses and may hold spaces).
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
         (ticks(11) + ticks(12)) / ticks_per_second
     }
 }
@@ -95,7 +101,11 @@ pub fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-pub fn doorstep(binary: &Path, database_url: &str, dir: tempfile::TempDir) -> anyhow::Result<ServerProcess> {
+pub fn doorstep(
+    binary: &Path,
+    database_url: &str,
+    dir: tempfile::TempDir,
+) -> anyhow::Result<ServerProcess> {
     let mut command = Command::new(binary);
     command
         .args(["--listen", "127.0.0.1:0", "--demo", "--data-dir"])
@@ -122,7 +132,11 @@ pub fn npm(npm_dir: &Path, launcher: &Path) -> anyhow::Result<ServerProcess> {
     let port = free_port()?;
     let entry: PathBuf = std::path::absolute(npm_dir)?
         .join("node_modules/@automerge/automerge-repo-sync-server/src/index.js");
-    anyhow::ensure!(entry.exists(), "{} is missing: run scripts/bench-interop.sh", entry.display());
+    anyhow::ensure!(
+        entry.exists(),
+        "{} is missing: run scripts/bench-interop.sh",
+        entry.display()
+    );
     let mut command = Command::new("node");
     command
         .arg(launcher)

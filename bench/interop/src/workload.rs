@@ -89,6 +89,8 @@ struct Figures {
     /// (phone, document) pairs where, at convergence, the phone's sync state does not yet show
     /// that the server holds all its changes (the server's last word to it was older).
     unacknowledged: usize,
+    /// Failed requests and dropped connections (each retried).
+    errors: u64,
 }
 
 impl Figures {
@@ -187,14 +189,24 @@ impl Bench {
                 self.setup_automerge_repo(target, server).await?
             }
         };
-        println!("  {} server {} (pid {}) seeded in {:.1} s", server.name, server.base, server.pid(), started.elapsed().as_secs_f64());
+        println!(
+            "  {} server {} (pid {}) seeded in {:.1} s",
+            server.name,
+            server.base,
+            server.pid(),
+            started.elapsed().as_secs_f64()
+        );
 
         // Every replica fetches its cases (not timed).
         let mut all: Vec<Phone> = phones.into_iter().chain(big).collect();
         let goals: Vec<Goal> = all
             .iter()
             .map(|p| Goal {
-                hold: p.cases.iter().map(|c| (c.clone(), initial[c].clone())).collect(),
+                hold: p
+                    .cases
+                    .iter()
+                    .map(|c| (c.clone(), initial[c].clone()))
+                    .collect(),
                 upload: false,
             })
             .collect();
@@ -238,13 +250,14 @@ impl Bench {
         let (_phones, converge) = self.phase(target, &server, phones, goals, 0).await?;
         println!(
             "  converged: {:.2} s, {} up / {} down bytes, {} / {} messages, server CPU {:.2} s; \
-             {} phone documents without the server's last acknowledgement",
+             {} errors retried; {} phone documents without the server's last acknowledgement",
             converge.seconds,
             converge.bytes_up,
             converge.bytes_down,
             converge.messages_up,
             converge.messages_down,
             converge.server_cpu,
+            converge.errors,
             converge.unacknowledged
         );
         outcome.converge = converge;
@@ -258,12 +271,19 @@ impl Bench {
         big.iter_mut().for_each(Phone::reconnect);
         let goals: Vec<Goal> = (0..big.len())
             .map(|i| Goal {
-                hold: if i == 0 { BTreeMap::new() } else { BTreeMap::from([(big_case.clone(), heads.clone())]) },
+                hold: if i == 0 {
+                    BTreeMap::new()
+                } else {
+                    BTreeMap::from([(big_case.clone(), heads.clone())])
+                },
                 upload: false,
             })
             .collect();
         let (mut big, f) = self.phase(target, &server, big, goals, 0).await?;
-        println!("  scenario 2 case filled with {} visits: {:.2} s", args.big_visits, f.seconds);
+        println!(
+            "  scenario 2 case filled with {} visits: {:.2} s",
+            args.big_visits, f.seconds
+        );
         // ... then records one more visit and syncs it to the other subscribers, who are
         // connected (WebSocket) or polling (HTTP, every {HTTP_POLL_INTERVAL:?}).
         let doc = big[0].docs.get_mut(&big_case).expect("fetched");
@@ -272,7 +292,11 @@ impl Bench {
         big.iter_mut().for_each(Phone::reconnect);
         let goals: Vec<Goal> = (0..big.len())
             .map(|i| Goal {
-                hold: if i == 0 { BTreeMap::new() } else { BTreeMap::from([(big_case.clone(), hashes.clone())]) },
+                hold: if i == 0 {
+                    BTreeMap::new()
+                } else {
+                    BTreeMap::from([(big_case.clone(), hashes.clone())])
+                },
                 upload: false,
             })
             .collect();
@@ -287,7 +311,10 @@ impl Bench {
         outcome.single = single;
         outcome.peak_mib = server.peak_memory_mib();
         outcome.total_cpu = server.cpu_seconds(self.ticks);
-        println!("  server peak memory {:.1} MiB, CPU {:.1} s in all", outcome.peak_mib, outcome.total_cpu);
+        println!(
+            "  server peak memory {:.1} MiB, CPU {:.1} s in all",
+            outcome.peak_mib, outcome.total_cpu
+        );
         Ok(outcome)
     }
 
@@ -315,7 +342,15 @@ impl Bench {
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
             waits.push(rx);
-            handles.push(Some(self.spawn(target, server, phone, goal, &counters, &progress, Some(tx))));
+            handles.push(Some(self.spawn(
+                target,
+                server,
+                phone,
+                goal,
+                &counters,
+                &progress,
+                Some(tx),
+            )));
         }
         if late > 0 {
             for rx in waits {
@@ -335,8 +370,11 @@ impl Bench {
             handles[i] = Some(self.spawn(target, server, phone, goal, &counters, &progress, None));
         }
         let mut done = progress.done.subscribe();
-        let waited =
-            tokio::time::timeout(Duration::from_secs(self.args.timeout_secs), done.wait_for(|d| *d)).await;
+        let waited = tokio::time::timeout(
+            Duration::from_secs(self.args.timeout_secs),
+            done.wait_for(|d| *d),
+        )
+        .await;
         if waited.is_err() {
             // Let the sessions say what they lack, then give up.
             let _ = progress.done.send(true);
@@ -361,6 +399,7 @@ impl Bench {
             messages_down: counters.messages_down.load(Ordering::SeqCst) - m_down,
             server_cpu: server.cpu_seconds(self.ticks) - cpu_before,
             unacknowledged: 0,
+            errors: counters.errors.load(Ordering::SeqCst),
         };
         let mut figures = figures;
         let mut phones = Vec::new();
@@ -390,18 +429,30 @@ impl Bench {
                 if let Some(settled) = settled {
                     let _ = settled.send(());
                 }
-                tokio::spawn(phone::http_session(self.client.clone(), server.base.clone(), phone, goal, counters, progress))
+                tokio::spawn(phone::http_session(
+                    self.client.clone(),
+                    server.base.clone(),
+                    phone,
+                    goal,
+                    counters,
+                    progress,
+                ))
             }
             _ => {
                 let url = if target == Target::DoorstepWs {
                     let ws = server.base.replacen("http://", "ws://", 1);
-                    format!("{ws}/api/v1/repo/ws?access_token={}", phone.token.clone().unwrap_or_default())
+                    format!(
+                        "{ws}/api/v1/repo/ws?access_token={}",
+                        phone.token.clone().unwrap_or_default()
+                    )
                 } else {
                     server.base.clone()
                 };
                 let peer_id = self.peer_id(&phone);
                 phone.reconnect();
-                tokio::spawn(phone::ws_session(url, peer_id, phone, goal, counters, progress, settled))
+                tokio::spawn(phone::ws_session(
+                    url, peer_id, phone, goal, counters, progress, settled,
+                ))
             }
         };
         tokio::spawn(async move {
@@ -441,7 +492,9 @@ impl Bench {
         }
         let server = servers::doorstep(&args.doorstep_bin, &url, dir)?;
         let base = server.base.clone();
-        let lead = self.sign_in(&base, "lead", doorstep_server::demo::DEMO_PASSWORD, 9999).await?;
+        let lead = self
+            .sign_in(&base, "lead", doorstep_server::demo::DEMO_PASSWORD, 9999)
+            .await?;
         let mut case_ids = Vec::new();
         for c in 0..=args.cases {
             let mut details = serde_json::to_value(testing::case_details())?;
@@ -462,7 +515,10 @@ impl Bench {
         for phone in phones.iter().chain(big.iter()) {
             for case_id in &phone.cases {
                 self.client
-                    .put(format!("{base}/api/v1/cases/{case_id}/allocations/{}", phone.user_id))
+                    .put(format!(
+                        "{base}/api/v1/cases/{case_id}/allocations/{}",
+                        phone.user_id
+                    ))
                     .bearer_auth(&lead.access_token)
                     .send()
                     .await?
@@ -488,7 +544,9 @@ impl Bench {
             initial.insert(case_id.clone(), heads);
         }
         for (n, phone) in phones.iter_mut().chain(big.iter_mut()).enumerate() {
-            let tokens = self.sign_in(&base, &phone.name, BENCH_PASSWORD, n as u32 + 1).await?;
+            let tokens = self
+                .sign_in(&base, &phone.name, BENCH_PASSWORD, n as u32 + 1)
+                .await?;
             phone.author.device_id = tokens.device_id.clone();
             phone.actor = testing::actor(n as u32 + 1);
             phone.token = Some(tokens.access_token);
@@ -502,7 +560,11 @@ impl Bench {
     }
 
     /// npm and samod: one client uploads the same initial case files before timing starts.
-    async fn setup_automerge_repo(&self, target: Target, server: ServerProcess) -> anyhow::Result<Setup> {
+    async fn setup_automerge_repo(
+        &self,
+        target: Target,
+        server: ServerProcess,
+    ) -> anyhow::Result<Setup> {
         let args = &self.args;
         let case_ids: Vec<String> = (0..=args.cases)
             .map(|_| format!("case-{}", uuid::Uuid::new_v4()))
@@ -520,14 +582,33 @@ impl Bench {
                 reference: format!("ATT-BENCH-{c:04}"),
                 ..testing::case_details()
             };
-            let mut file = CaseFile::create(case_id, &details, seeder.author.clone(), seeder.actor.clone(), chrono::Utc::now())?;
+            let mut file = CaseFile::create(
+                case_id,
+                &details,
+                seeder.author.clone(),
+                seeder.actor.clone(),
+                chrono::Utc::now(),
+            )?;
             initial.insert(case_id.clone(), file.heads());
             seeder.docs.insert(case_id.clone(), file);
         }
         let (_, f) = self
-            .phase(target, &server, vec![seeder], vec![Goal { hold: BTreeMap::new(), upload: true }], 0)
+            .phase(
+                target,
+                &server,
+                vec![seeder],
+                vec![Goal {
+                    hold: BTreeMap::new(),
+                    upload: true,
+                }],
+                0,
+            )
             .await?;
-        println!("  {} case files uploaded by a seeding client in {:.2} s", case_ids.len(), f.seconds);
+        println!(
+            "  {} case files uploaded by a seeding client in {:.2} s",
+            case_ids.len(),
+            f.seconds
+        );
         let (phones, big) = self.phones(&case_ids);
         Ok(Setup {
             server,
@@ -572,7 +653,13 @@ impl Bench {
         (phones, big)
     }
 
-    async fn sign_in(&self, base: &str, username: &str, password: &str, n: u32) -> anyhow::Result<TokenResponse> {
+    async fn sign_in(
+        &self,
+        base: &str,
+        username: &str,
+        password: &str,
+        n: u32,
+    ) -> anyhow::Result<TokenResponse> {
         Ok(self
             .client
             .post(format!("{base}/api/v1/auth/sign-in"))
@@ -632,17 +719,19 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         args.visits,
         args.big_visits,
         args.per_case,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
     ));
     md.push_str(
-        "| server | converge s | bytes up | bytes down | bytes / target | messages up/down | unacked docs | server CPU s (converge) | 1 visit ms | 1 visit bytes / target | peak MiB | CPU s all |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| server | converge s | bytes up | bytes down | bytes / target | messages up/down | errors retried | unacked docs | server CPU s (converge) | 1 visit ms | 1 visit bytes / target | peak MiB | CPU s all |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut rows = Vec::new();
     for (target, o) in outcomes {
         let target_bytes = 1.25 * o.new_bytes as f64 * recipients as f64;
         let single_target = 1.25 * o.single_new_bytes as f64 * recipients as f64;
         md.push_str(&format!(
-            "| {} | {:.2} | {} | {} | {:.2} | {} / {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {:.2} | {} | {} | {:.2} | {} / {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} |\n",
             target.label(),
             o.converge.seconds,
             o.converge.bytes_up,
@@ -650,6 +739,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             o.converge.bytes() as f64 / target_bytes,
             o.converge.messages_up,
             o.converge.messages_down,
+            o.converge.errors,
             o.converge.unacknowledged,
             o.converge.server_cpu,
             o.single.seconds * 1000.0,
@@ -667,6 +757,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             "converge_messages_down": o.converge.messages_down,
             "converge_server_cpu_seconds": o.converge.server_cpu,
             "converge_unacknowledged_documents": o.converge.unacknowledged,
+            "converge_errors_retried": o.converge.errors,
             "new_changes": o.new_changes,
             "new_change_bytes": o.new_bytes,
             "byte_target": target_bytes,
@@ -725,14 +816,22 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         md.push_str(&format!(
             "- {}: bytes {} ({:.2}x the target){}\n",
             target.label(),
-            if (o.converge.bytes() as f64) <= target_bytes { "met" } else { "MISSED" },
+            if (o.converge.bytes() as f64) <= target_bytes {
+                "met"
+            } else {
+                "MISSED"
+            },
             o.converge.bytes() as f64 / target_bytes,
             if target.is_doorstep() {
                 format!(
                     "; peak memory {:.1} MiB ({:.1} MB): {}",
                     o.peak_mib,
                     o.peak_mib * 1.048576,
-                    if o.peak_mib * 1.048576 < 100.0 { "met" } else { "MISSED" }
+                    if o.peak_mib * 1.048576 < 100.0 {
+                        "met"
+                    } else {
+                        "MISSED"
+                    }
                 )
             } else {
                 String::new()
@@ -749,7 +848,13 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         "servers": rows,
         "ratios": ratios,
     });
-    std::fs::write(args.out.with_extension("json"), serde_json::to_string_pretty(&document)?)?;
-    println!("written to {} and .json", args.out.with_extension("md").display());
+    std::fs::write(
+        args.out.with_extension("json"),
+        serde_json::to_string_pretty(&document)?,
+    )?;
+    println!(
+        "written to {} and .json",
+        args.out.with_extension("md").display()
+    );
     Ok(())
 }

@@ -33,9 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     let local = listener.local_addr()?;
     let acceptor = repo.make_acceptor(format!("ws://{local}/").parse()?)?;
-    let app = Router::new()
-        .route("/", get(upgrade))
-        .with_state(acceptor);
+    let app = Router::new().route("/", get(upgrade)).with_state(acceptor);
     println!("listening on {local}");
     axum::serve(listener, app).await?;
     Ok(())
