@@ -67,20 +67,28 @@ impl ServerProcess {
 
     /// User + system CPU seconds so far.
     pub fn cpu_seconds(&self, ticks_per_second: f64) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which is in parentheses and may hold spaces).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(f64::NAN)
-        };
-        (ticks(11) + ticks(12)) / ticks_per_second
+        cpu_seconds(&format!("/proc/{}/stat", self.pid()), ticks_per_second)
     }
+}
+
+/// The load generator's own user + system CPU seconds so far.
+pub fn own_cpu_seconds(ticks_per_second: f64) -> f64 {
+    cpu_seconds("/proc/self/stat", ticks_per_second)
+}
+
+fn cpu_seconds(path: &str, ticks_per_second: f64) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (ticks(11) + ticks(12)) / ticks_per_second
 }
 
 impl Drop for ServerProcess {

@@ -91,6 +91,8 @@ struct Figures {
     unacknowledged: usize,
     /// Failed requests and dropped connections (each retried).
     errors: u64,
+    /// CPU seconds of the load generator itself (all phones) in the phase.
+    client_cpu: f64,
 }
 
 impl Figures {
@@ -156,12 +158,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         a.per_case
     );
     let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
     for target in targets {
         println!("\n== {} ==", target.label());
-        let outcome = bench.run_target(target).await?;
-        outcomes.push((target, outcome));
+        // A server that fails is reported, and the others still run.
+        match bench.run_target(target).await {
+            Ok(outcome) => outcomes.push((target, outcome)),
+            Err(e) => {
+                println!("  FAILED: {e:#}");
+                failures.push(format!("{}: {e:#}", target.label()));
+            }
+        }
     }
-    report(&bench.args, &outcomes)
+    report(&bench.args, &outcomes, &failures)
 }
 
 impl Bench {
@@ -250,13 +259,15 @@ impl Bench {
         let (_phones, converge) = self.phase(target, &server, phones, goals, 0).await?;
         println!(
             "  converged: {:.2} s, {} up / {} down bytes, {} / {} messages, server CPU {:.2} s; \
-             {} errors retried; {} phone documents without the server's last acknowledgement",
+             load generator CPU {:.2} s; {} errors retried; {} phone documents without the \
+             server's last acknowledgement",
             converge.seconds,
             converge.bytes_up,
             converge.bytes_down,
             converge.messages_up,
             converge.messages_down,
             converge.server_cpu,
+            converge.client_cpu,
             converge.errors,
             converge.unacknowledged
         );
@@ -361,6 +372,7 @@ impl Bench {
             }
         }
         let cpu_before = server.cpu_seconds(self.ticks);
+        let client_cpu_before = servers::own_cpu_seconds(self.ticks);
         let up = counters.bytes_up.load(Ordering::SeqCst);
         let down = counters.bytes_down.load(Ordering::SeqCst);
         let m_up = counters.messages_up.load(Ordering::SeqCst);
@@ -400,6 +412,7 @@ impl Bench {
             server_cpu: server.cpu_seconds(self.ticks) - cpu_before,
             unacknowledged: 0,
             errors: counters.errors.load(Ordering::SeqCst),
+            client_cpu: servers::own_cpu_seconds(self.ticks) - client_cpu_before,
         };
         let mut figures = figures;
         let mut phones = Vec::new();
@@ -704,7 +717,7 @@ fn record_visits(
     Ok((changes.iter().map(|c| c.hash()).collect(), bytes))
 }
 
-fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
+fn report(args: &Args, outcomes: &[(Target, Outcome)], failures: &[String]) -> anyhow::Result<()> {
     let recipients = args.per_case as u64; // the server, and the other subscribers of the case
     let mut md = String::new();
     md.push_str(&format!(
@@ -758,6 +771,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             "converge_server_cpu_seconds": o.converge.server_cpu,
             "converge_unacknowledged_documents": o.converge.unacknowledged,
             "converge_errors_retried": o.converge.errors,
+            "converge_load_generator_cpu_seconds": o.converge.client_cpu,
             "new_changes": o.new_changes,
             "new_change_bytes": o.new_bytes,
             "byte_target": target_bytes,
@@ -838,6 +852,9 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
             }
         ));
     }
+    for failure in failures {
+        md.push_str(&format!("\nFAILED (not in the table): {failure}\n"));
+    }
     println!("\n{md}");
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
@@ -847,6 +864,7 @@ fn report(args: &Args, outcomes: &[(Target, Outcome)]) -> anyhow::Result<()> {
         "args": format!("{args:?}"),
         "servers": rows,
         "ratios": ratios,
+        "failures": failures,
     });
     std::fs::write(
         args.out.with_extension("json"),
