@@ -401,7 +401,7 @@ async fn ws_connection(
         if let Some(message) = message {
             let frame = protocol::sync(
                 kind,
-                &peer_id,
+                peer_id,
                 &server_id,
                 &protocol::document_id(case_id),
                 &message,
