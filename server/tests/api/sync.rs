@@ -399,7 +399,11 @@ async fn the_document_cache_serves_repeat_syncs_but_never_a_stale_document(backe
         hits(&app).await > hits_before,
         "the edited document was served from the cache"
     );
-    assert_eq!(misses(&app).await, misses_before, "nothing was parsed again");
+    assert_eq!(
+        misses(&app).await,
+        misses_before,
+        "nothing was parsed again"
+    );
     assert_eq!(
         officer.doc(case).marks(&child).unwrap().len(),
         1,
