@@ -48,7 +48,7 @@ pub struct Args {
     /// Which servers, comma-separated: doorstep-http, doorstep-ws, npm, samod.
     #[arg(
         long,
-        default_value = "doorstep-http,doorstep-ws,npm,samod",
+        default_value = "npm,samod,doorstep-http,doorstep-ws",
         value_delimiter = ','
     )]
     servers: Vec<String>,

@@ -390,9 +390,12 @@ impl Bench {
         if waited.is_err() {
             // Let the sessions say what they lack, then give up.
             let _ = progress.done.send(true);
-            for handle in handles.into_iter().flatten() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-            }
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                for handle in handles.into_iter().flatten() {
+                    let _ = handle.await;
+                }
+            })
+            .await;
             anyhow::bail!(
                 "{}: no convergence in {} s ({} phones left)",
                 target.key(),
