@@ -1,0 +1,479 @@
+//! A simulated phone: sync-core replicas of its cases, and the two ways it syncs (Doorstep's
+//! HTTP batch sync, and the automerge-repo WebSocket protocol, for every WebSocket server).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use doorstep_server::api::{SyncDocumentIn, SyncRequest, SyncResponse};
+use doorstep_sync_core::Author;
+use doorstep_sync_core::{ActorId, CaseFile, ChangeHash, PeerState};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::protocol::{self, Incoming};
+
+/// How long an HTTP phone waits before polling again after a quiet exchange.
+pub const HTTP_POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How long a phone waits before retrying after an error (an HTTP 5xx, a closed connection).
+pub const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// Errors (all phones of a phase together) after which a phase gives up.
+pub const MAX_ERRORS: u64 = 500;
+
+pub struct Phone {
+    pub name: String,
+    pub user_id: String,
+    pub author: Author,
+    pub actor: ActorId,
+    /// Doorstep's access token (None for the other servers).
+    pub token: Option<String>,
+    /// By case id (`case-<uuid>`).
+    pub docs: BTreeMap<String, CaseFile>,
+    pub states: BTreeMap<String, PeerState>,
+    /// The cases this phone syncs (over WebSocket it asks for exactly these).
+    pub cases: Vec<String>,
+}
+
+impl Phone {
+    pub fn new(
+        name: String,
+        user_id: String,
+        device_id: String,
+        actor: ActorId,
+        cases: Vec<String>,
+    ) -> Phone {
+        Phone {
+            author: Author {
+                user_id: user_id.clone(),
+                device_id,
+            },
+            name,
+            user_id,
+            actor,
+            token: None,
+            docs: BTreeMap::new(),
+            states: BTreeMap::new(),
+            cases,
+        }
+    }
+
+    fn doc(&mut self, case_id: &str) -> &mut CaseFile {
+        let (author, actor) = (self.author.clone(), self.actor.clone());
+        self.docs
+            .entry(case_id.to_string())
+            .or_insert_with(|| CaseFile::empty(author, actor))
+    }
+
+    /// Documents whose sync state does not show the server holding all of this phone's changes.
+    pub fn unacknowledged(&mut self) -> usize {
+        let mut count = 0;
+        for (case_id, doc) in &mut self.docs {
+            let shared = self
+                .states
+                .get(case_id)
+                .map(|s| s.shared_heads())
+                .unwrap_or(&[]);
+            if !doc.heads().iter().all(|h| shared.contains(h)) {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// A reconnect keeps what each side is known to have, and drops the rest (as a phone that
+    /// stored its sync states would).
+    pub fn reconnect(&mut self) {
+        for state in self.states.values_mut() {
+            *state = PeerState::decode(&state.encode()).unwrap_or_default();
+        }
+    }
+}
+
+/// What a phone must reach in a phase.
+#[derive(Debug, Default, Clone)]
+pub struct Goal {
+    /// Changes it must hold, by case.
+    pub hold: BTreeMap<String, Vec<ChangeHash>>,
+    /// The server must be known to hold every change of the phone's documents.
+    pub upload: bool,
+}
+
+impl Goal {
+    /// True when reached; forgets the hashes already held.
+    fn reached(&mut self, phone: &mut Phone) -> bool {
+        match self.missing(phone) {
+            None => true,
+            Some(what) => {
+                if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                    eprintln!("{}: {what}", phone.name);
+                }
+                false
+            }
+        }
+    }
+
+    /// What the phone still lacks, if anything.
+    fn missing(&mut self, phone: &mut Phone) -> Option<String> {
+        for (case_id, hashes) in &mut self.hold {
+            let Some(doc) = phone.docs.get_mut(case_id) else {
+                return Some(format!("no document {case_id}"));
+            };
+            while let Some(hash) = hashes.last() {
+                if doc.doc_mut().get_change_by_hash(hash).is_none() {
+                    return Some(format!("{} changes of {case_id}", hashes.len()));
+                }
+                hashes.pop();
+            }
+        }
+        if self.upload {
+            for (case_id, doc) in &mut phone.docs {
+                let shared = phone
+                    .states
+                    .get(case_id)
+                    .map(|s| s.shared_heads())
+                    .unwrap_or(&[]);
+                if !doc.heads().iter().all(|h| shared.contains(h)) {
+                    return Some(format!("server not known to hold {case_id}"));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Traffic seen by the load generator, for all phones of a phase.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_up: AtomicU64,
+    pub bytes_down: AtomicU64,
+    /// HTTP requests, or WebSocket frames sent.
+    pub messages_up: AtomicU64,
+    pub messages_down: AtomicU64,
+    /// Failed requests and dropped connections, each followed by a retry.
+    pub errors: AtomicU64,
+}
+
+/// The phones of a phase that have not reached their goal; `done` turns true when none is left.
+pub struct Progress {
+    pub remaining: AtomicUsize,
+    pub done: watch::Sender<bool>,
+    /// The first session that failed, which ends the phase.
+    pub failed: std::sync::Mutex<Option<String>>,
+}
+
+impl Progress {
+    pub fn new(phones: usize) -> Arc<Progress> {
+        let (done, _) = watch::channel(phones == 0);
+        Arc::new(Progress {
+            remaining: AtomicUsize::new(phones),
+            done,
+            failed: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// A session failed: the phase ends at once.
+    pub fn fail(&self, error: &anyhow::Error) {
+        if let Ok(mut failed) = self.failed.lock() {
+            failed.get_or_insert_with(|| format!("{error:#}"));
+        }
+        let _ = self.done.send(true);
+    }
+
+    fn reached(&self) {
+        if self.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let _ = self.done.send(true);
+        }
+    }
+}
+
+/// Syncs over HTTP until the goal is reached: one request carries every document.
+pub async fn http_session(
+    client: reqwest::Client,
+    base: String,
+    mut phone: Phone,
+    mut goal: Goal,
+    counters: Arc<Counters>,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Phone> {
+    let token = phone
+        .token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("no token"))?;
+    let url = format!("{base}/api/v1/sync");
+    loop {
+        let mut busy = false;
+        let mut documents = Vec::new();
+        let case_ids: Vec<String> = phone.docs.keys().cloned().collect();
+        for case_id in case_ids {
+            let mut state = phone.states.remove(&case_id).unwrap_or_default();
+            let message = phone.doc(&case_id).generate_sync_message(&mut state);
+            phone.states.insert(case_id.clone(), state);
+            busy |= message.is_some();
+            documents.push(SyncDocumentIn {
+                case_id,
+                message: message.map(|m| STANDARD.encode(m)),
+            });
+        }
+        let body = serde_json::to_vec(&SyncRequest { documents })?;
+        counters
+            .bytes_up
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        counters.messages_up.fetch_add(1, Ordering::Relaxed);
+        let response = client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            // As a phone would: the request changed nothing it can rely on, so forget what was
+            // in flight, wait a little and try again.
+            let errors = counters.errors.fetch_add(1, Ordering::Relaxed) + 1;
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                eprintln!("{}: sync answered {status}: {body}", phone.name);
+            }
+            anyhow::ensure!(
+                errors < MAX_ERRORS,
+                "sync by {}: {status} ({errors} errors in all)",
+                phone.name
+            );
+            phone.reconnect();
+            tokio::time::sleep(RETRY_AFTER).await;
+            continue;
+        }
+        let bytes = response.bytes().await?;
+        counters
+            .bytes_down
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        counters.messages_down.fetch_add(1, Ordering::Relaxed);
+        let reply: SyncResponse = serde_json::from_slice(&bytes)?;
+        for document in reply.documents {
+            let Some(message) = document.message else {
+                continue;
+            };
+            busy = true;
+            let mut state = phone.states.remove(&document.case_id).unwrap_or_default();
+            phone
+                .doc(&document.case_id)
+                .receive_sync_message(&mut state, &STANDARD.decode(message)?)?;
+            phone.states.insert(document.case_id, state);
+        }
+        if goal.reached(&mut phone) && !busy {
+            progress.reached();
+            return Ok(phone);
+        }
+        if !busy {
+            tokio::time::sleep(HTTP_POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// A WebSocket session: join, then a `request` (document not held yet) or `sync` for every
+/// case of the phone, then answer every message until every phone of the phase has reached its
+/// goal. `settled` is told once a first answer has come for every document.
+#[allow(clippy::too_many_arguments, reason = "one phone's whole session")]
+pub async fn ws_session(
+    url: String,
+    peer_id: String,
+    mut phone: Phone,
+    mut goal: Goal,
+    counters: Arc<Counters>,
+    progress: Arc<Progress>,
+    settled: Option<tokio::sync::oneshot::Sender<()>>,
+) -> anyhow::Result<Phone> {
+    let mut settled = settled;
+    let mut reached = false;
+    let mut connection = 0;
+    loop {
+        let peer = format!("{peer_id}-{connection}");
+        match ws_connection(
+            &url,
+            &peer,
+            &mut phone,
+            &mut goal,
+            &counters,
+            &progress,
+            &mut settled,
+            &mut reached,
+        )
+        .await
+        {
+            Ok(()) => return Ok(phone),
+            Err(e) => {
+                // As an automerge-repo client would: reconnect and carry on.
+                let errors = counters.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                    eprintln!("{}: connection lost: {e:#}", phone.name);
+                }
+                if errors >= MAX_ERRORS {
+                    return Err(e.context(format!("{errors} errors in all")));
+                }
+                phone.reconnect();
+                connection += 1;
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one connection of a phone's session"
+)]
+async fn ws_connection(
+    url: &str,
+    peer_id: &str,
+    phone: &mut Phone,
+    goal: &mut Goal,
+    counters: &Counters,
+    progress: &Progress,
+    settled: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    reached: &mut bool,
+) -> anyhow::Result<()> {
+    let mut done = progress.done.subscribe();
+    let send = |frame: Vec<u8>| {
+        counters
+            .bytes_up
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        counters.messages_up.fetch_add(1, Ordering::Relaxed);
+        WsMessage::Binary(frame.into())
+    };
+    // A server that has just started may accept connections before its protocol handler is
+    // ready (the npm server): retry the handshake a few times.
+    let mut attempt = 0;
+    let (mut ws, server_id) = loop {
+        attempt += 1;
+        let handshake = async {
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+            ws.send(send(protocol::join(peer_id))).await?;
+            loop {
+                let frame = ws
+                    .next()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("closed before peer"))??;
+                if let WsMessage::Binary(data) = frame {
+                    counters
+                        .bytes_down
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters.messages_down.fetch_add(1, Ordering::Relaxed);
+                    match protocol::decode(&data)? {
+                        Incoming::Peer { sender_id } => break anyhow::Ok((ws, sender_id)),
+                        other => anyhow::bail!("expected peer, got {other:?}"),
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), handshake).await {
+            Ok(Ok(connected)) => break connected,
+            Ok(Err(e)) if attempt >= 5 => {
+                return Err(e.context(format!("{}: handshake", phone.name)));
+            }
+            Err(_) if attempt >= 5 => anyhow::bail!("{}: no peer message in 5 s", phone.name),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    let by_document: BTreeMap<String, String> = phone
+        .cases
+        .iter()
+        .map(|case_id| (protocol::document_id(case_id), case_id.clone()))
+        .collect();
+    let mut unanswered: std::collections::BTreeSet<String> = by_document.keys().cloned().collect();
+    let cases = phone.cases.clone();
+    for case_id in &cases {
+        let mut state = phone.states.remove(case_id).unwrap_or_default();
+        let doc = phone.doc(case_id);
+        let kind = if doc.heads().is_empty() {
+            "request"
+        } else {
+            "sync"
+        };
+        let message = doc.generate_sync_message(&mut state);
+        phone.states.insert(case_id.clone(), state);
+        if let Some(message) = message {
+            let frame = protocol::sync(
+                kind,
+                peer_id,
+                &server_id,
+                &protocol::document_id(case_id),
+                &message,
+            );
+            ws.feed(send(frame)).await?;
+        }
+    }
+    ws.flush().await?;
+    if !*reached && goal.reached(phone) {
+        *reached = true;
+        progress.reached();
+    }
+    loop {
+        let frame = tokio::select! {
+            frame = ws.next() => frame,
+            _ = done.wait_for(|d| *d) => break,
+        };
+        let Some(frame) = frame else {
+            anyhow::bail!("{}: the server closed the connection", phone.name)
+        };
+        let data = match frame? {
+            WsMessage::Binary(data) => data,
+            WsMessage::Close(close) => {
+                anyhow::bail!("{}: closed by the server: {close:?}", phone.name)
+            }
+            _ => continue,
+        };
+        counters
+            .bytes_down
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        counters.messages_down.fetch_add(1, Ordering::Relaxed);
+        match protocol::decode(&data)? {
+            Incoming::Sync { document_id, data } => {
+                let Some(case_id) = by_document.get(&document_id) else {
+                    continue;
+                };
+                let mut state = phone.states.remove(case_id).unwrap_or_default();
+                let doc = phone.doc(case_id);
+                doc.receive_sync_message(&mut state, &data)?;
+                let reply = doc.generate_sync_message(&mut state);
+                phone.states.insert(case_id.clone(), state);
+                if let Some(reply) = reply {
+                    ws.send(send(protocol::sync(
+                        "sync",
+                        peer_id,
+                        &server_id,
+                        &document_id,
+                        &reply,
+                    )))
+                    .await?;
+                }
+                unanswered.remove(&document_id);
+                if unanswered.is_empty()
+                    && let Some(settled) = settled.take()
+                {
+                    let _ = settled.send(());
+                }
+                if !*reached && goal.reached(phone) {
+                    *reached = true;
+                    progress.reached();
+                }
+            }
+            Incoming::DocUnavailable { document_id } => {
+                anyhow::bail!("{}: document {document_id} unavailable", phone.name)
+            }
+            Incoming::Error { message } => anyhow::bail!("{}: server error {message}", phone.name),
+            Incoming::Peer { .. } | Incoming::Other => {}
+        }
+    }
+    if !*reached && let Some(what) = goal.missing(phone) {
+        eprintln!("{} ended short of its goal: {what}", phone.name);
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}
