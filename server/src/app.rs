@@ -25,6 +25,8 @@ pub struct AppState {
     pub dummy_password_hash: Arc<String>,
     /// Recent failed sign-ins per username (this instance's).
     pub sign_in_throttle: Arc<crate::auth::sign_in::SignInThrottle>,
+    /// Syncs (HTTP and WebSocket) reading and computing at once: one per core.
+    pub sync_compute: Arc<tokio::sync::Semaphore>,
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
@@ -124,6 +126,9 @@ impl App {
             keys,
             dummy_password_hash: Arc::new(dummy_password_hash),
             sign_in_throttle: Arc::default(),
+            sync_compute: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),

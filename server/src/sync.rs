@@ -14,13 +14,12 @@ use std::sync::Arc;
 
 use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, RefusedSync};
 
+use crate::app::AppState;
 use crate::auth::Caller;
-use crate::doc_cache::DocumentCache;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::repo_ws::RepoHub;
 use crate::storage::{
-    DocumentWrite, LoadedDocument, NewChange, Provenance, Storage, StorageError, heads_key,
+    DocumentWrite, LoadedDocument, NewChange, Provenance, StorageError, heads_key,
 };
 
 /// One document in a sync request.
@@ -112,28 +111,15 @@ impl<E: Into<ApiError>> From<E> for AttemptError {
 /// commit only if none of the changed documents moved meanwhile; if one did, the sync runs
 /// again. The last attempt reads and writes under the lock, so a sync always completes.
 pub async fn sync(
-    storage: &dyn Storage,
-    metrics: &Metrics,
-    documents: &Arc<DocumentCache>,
-    hub: &Arc<RepoHub>,
+    state: &AppState,
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
 ) -> Result<SyncReply, ApiError> {
+    let metrics = &state.metrics;
     for attempt in 1.. {
         let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
-        match sync_attempt(
-            storage,
-            metrics,
-            documents,
-            hub,
-            caller,
-            incoming.clone(),
-            received_at,
-            optimistic,
-        )
-        .await
-        {
+        match sync_attempt(state, caller, incoming.clone(), received_at, optimistic).await {
             Ok(reply) => return Ok(reply),
             Err(AttemptError::DocumentChanged) if optimistic => {
                 Metrics::add(&metrics.sync_retries, 1);
@@ -149,20 +135,22 @@ pub async fn sync(
     unreachable!("the last attempt returns")
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the sync's inputs, passed through from `sync`"
-)]
 async fn sync_attempt(
-    storage: &dyn Storage,
-    metrics: &Metrics,
-    documents: &Arc<DocumentCache>,
-    hub: &Arc<RepoHub>,
+    state: &AppState,
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
     optimistic: bool,
 ) -> Result<SyncReply, AttemptError> {
+    let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
+    let (documents, hub) = (&state.documents, &state.repo);
+    // Parsed case files take megabytes each: only as many syncs read and compute at once as
+    // there are cores, so memory stays bounded however many phones reconnect together.
+    let permit = state
+        .sync_compute
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("the sync limiter is closed".into()))?;
     let device_id = caller.device.id.clone();
     let mut tx = if optimistic {
         storage.begin_sync_read().await?
@@ -258,6 +246,7 @@ async fn sync_attempt(
         user_id: caller.user.id.clone(),
         received_at,
     };
+    std::mem::drop(permit);
     let mut tx = match locked {
         Some(tx) => tx,
         None => storage.begin_sync().await?,

@@ -165,6 +165,15 @@ pub fn from_json_named<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// See [`CaseFile::record_stamp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RecordStamp {
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub finalised: Option<String>,
+    pub amendments: BTreeSet<String>,
+}
+
 /// One case file: an Automerge document and the author whose changes this handle makes.
 #[derive(Debug)]
 pub struct CaseFile {
@@ -793,6 +802,21 @@ impl CaseFile {
     ) -> Result<ObjId> {
         map_at(&self.doc, record, "body")
             .ok_or_else(|| CaseFileError::NotACaseFile(format!("{collection}/{id} has no body")))
+    }
+
+    /// What identifies who touched a record, read cheaply (no body): the author in its meta,
+    /// its finalisation as stored, and its amendment ids. None for a record without meta.
+    pub(crate) fn record_stamp(&self, record: &ObjId) -> Option<RecordStamp> {
+        let meta = map_at(&self.doc, record, "meta")?;
+        let amendments = map_at(&self.doc, record, "amendments")
+            .map(|obj| self.doc.keys(&obj).collect())
+            .unwrap_or_default();
+        Some(RecordStamp {
+            user_id: str_at(&self.doc, &meta, "user_id"),
+            device_id: str_at(&self.doc, &meta, "device_id"),
+            finalised: str_at(&self.doc, record, "finalised"),
+            amendments,
+        })
     }
 
     pub(crate) fn stored_finalisation(&self, record: &ObjId) -> Option<StoredFinalisation> {

@@ -23,14 +23,14 @@
 //! assert_eq!(server.heads(), phone.heads());
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use automerge::{
     ActorId, ChangeHash,
     sync::{Message, State, SyncDoc},
 };
 
-use crate::case_file::{Author, CaseFile, RawRecord};
+use crate::case_file::{Author, CaseFile};
 use crate::error::{CaseFileError, Result};
 use crate::records::Collection;
 
@@ -200,36 +200,57 @@ impl CaseFile {
             }
         }
         for collection in Collection::ALL {
-            let before: BTreeMap<String, RawRecord> = self
-                .raw_records(collection)
+            let before: BTreeSet<String> = self
+                .record_ids(collection)
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .map(|r| (r.id.clone(), r))
                 .collect();
-            for record in after.raw_records(collection).map_err(|e| e.to_string())? {
-                let what = format!("{collection}/{}", record.id);
-                let old = before.get(&record.id);
-                match old {
-                    Some(old) if old.author != record.author => {
+            for id in after.record_ids(collection).map_err(|e| e.to_string())? {
+                let what = format!("{collection}/{id}");
+                let new_obj = after
+                    .record_obj(collection, &id)
+                    .map_err(|e| e.to_string())?;
+                let Some(new) = after.record_stamp(&new_obj) else {
+                    continue; // no meta: the validation refuses it
+                };
+                let old = if before.contains(&id) {
+                    let old_obj = self
+                        .record_obj(collection, &id)
+                        .map_err(|e| e.to_string())?;
+                    self.record_stamp(&old_obj)
+                } else {
+                    None
+                };
+                if old.as_ref() == Some(&new) {
+                    continue; // untouched as far as attribution goes (the common case)
+                }
+                let author = Author {
+                    user_id: new.user_id.clone().unwrap_or_default(),
+                    device_id: new.device_id.clone().unwrap_or_default(),
+                };
+                match &old {
+                    Some(old)
+                        if (&old.user_id, &old.device_id) != (&new.user_id, &new.device_id) =>
+                    {
                         return Err(format!("{what}: its author was changed"));
                     }
                     Some(_) => {}
-                    None => named(&what, &record.author)?,
+                    None => named(&what, &author)?,
                 }
-                if let Some(finalised) = &record.finalised
-                    && old.and_then(|o| o.finalised.as_ref()) != Some(finalised)
+                if new.finalised != old.as_ref().and_then(|o| o.finalised.clone())
+                    && let Some(finalised) = after.stored_finalisation(&new_obj)
                 {
                     named(&format!("the finalisation of {what}"), &finalised.by)?;
                 }
-                let old_amendments: BTreeSet<&str> = old
-                    .map(|o| o.amendments.iter().map(|a| a.id.as_str()).collect())
-                    .unwrap_or_default();
-                for amendment in &record.amendments {
-                    if !old_amendments.contains(amendment.id.as_str()) {
-                        named(
-                            &format!("amendment {} of {what}", amendment.id),
-                            &amendment.by,
-                        )?;
+                let old_amendments = old.map(|o| o.amendments).unwrap_or_default();
+                if new.amendments != old_amendments {
+                    for amendment in after.amendments(&new_obj) {
+                        if !old_amendments.contains(&amendment.id) {
+                            named(
+                                &format!("amendment {} of {what}", amendment.id),
+                                &amendment.by,
+                            )?;
+                        }
                     }
                 }
             }

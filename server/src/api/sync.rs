@@ -82,16 +82,7 @@ pub async fn sync(
     JsonBody(request): JsonBody<SyncRequest>,
 ) -> Result<Json<SyncResponse>, ApiError> {
     let incoming = check_request(request)?;
-    let reply = sync::sync(
-        state.storage.as_ref(),
-        &state.metrics,
-        &state.documents,
-        &state.repo,
-        &caller,
-        incoming,
-        now_ms(),
-    )
-    .await?;
+    let reply = sync::sync(&state, &caller, incoming, now_ms()).await?;
     Ok(Json(SyncResponse {
         documents: reply
             .documents

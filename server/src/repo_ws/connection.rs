@@ -550,6 +550,10 @@ impl Connection {
         }
 
         let device_id = self.caller.device.id.clone();
+        // Bounded like the HTTP sync (one per core), and taken before the write lock so that
+        // no sync ever holds the lock while it waits for its turn to compute.
+        let compute = Arc::clone(&self.state.sync_compute);
+        let _permit = compute.acquire().await.map_err(|_| Close::server())?;
         let mut tx = storage.begin_sync().await?;
         let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
         let case_ids: Vec<String> = open.iter().map(|(s, _)| s.case_id.clone()).collect();

@@ -123,9 +123,13 @@ async fn next(socket: &mut Socket) -> Incoming {
     }
 }
 
-/// Expects an `error` message then a close with `code`; returns the error's text.
+/// Expects an `error` message then a close with `code`; returns the error's text. A `sync`
+/// still in flight from the exchange before (an acknowledgement) may come first.
 async fn expect_error_and_close(socket: &mut Socket, code: u16) -> String {
-    let error = next(socket).await.message();
+    let mut error = next(socket).await.message();
+    while kind(&error) == "sync" {
+        error = next(socket).await.message();
+    }
     assert_eq!(kind(&error), "error", "{error:?}");
     let message = text(&error, "message");
     match next(socket).await {
