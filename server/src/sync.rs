@@ -180,11 +180,23 @@ async fn sync_attempt(
         .filter(|a| a.peer_heads.as_deref() != Some(a.heads.as_str()))
         .map(|a| a.case_id.clone())
         .collect();
-    let mut to_load: Vec<String> = incoming
+    // A document the phone has nothing to say about and is known to hold as stored needs no
+    // work at all (the reply would be empty): an idle phone's poll parses nothing.
+    let idle: BTreeSet<&str> = allocated
+        .iter()
+        .filter(|a| a.peer_heads.as_deref() == Some(a.heads.as_str()))
+        .map(|a| a.case_id.as_str())
+        .collect();
+    let (mut to_load, settled): (Vec<String>, Vec<String>) = incoming
         .iter()
         .filter(|d| allocated_ids.contains(d.case_id.as_str()))
         .map(|d| d.case_id.clone())
-        .collect();
+        .partition(|case_id| {
+            let silent = incoming
+                .iter()
+                .any(|d| d.case_id == *case_id && d.message.is_none());
+            !(silent && idle.contains(case_id.as_str()))
+        });
     to_load.extend(unasked);
     let loaded: Vec<(LoadedDocument, Option<CaseFile>)> = tx
         .load_documents(&device_id, &to_load)
@@ -240,6 +252,16 @@ async fn sync_attempt(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("sync task failed: {e}")))?;
+    for case_id in settled {
+        replies.insert(
+            case_id.clone(),
+            DocumentReply {
+                case_id,
+                message: None,
+                error: None,
+            },
+        );
+    }
 
     let provenance = Provenance {
         device_id: device_id.clone(),

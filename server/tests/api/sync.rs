@@ -24,6 +24,7 @@ both_backends!(
     the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
     staff_reads_use_the_document_cache_and_see_every_new_change,
     new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
+    an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives,
 );
 
 async fn stored_heads(app: &TestApp, case_id: &str) -> String {
@@ -558,4 +559,40 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
     );
     assert_eq!(heads_key(&loaded.heads()), compacted.heads);
     assert_eq!(heads_key(&officer.doc(case).heads()), compacted.heads);
+}
+
+async fn an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+    let parsed = || async {
+        counter(&app, "doorstep_document_cache_hits_total").await
+            + counter(&app, "doorstep_document_cache_misses_total").await
+    };
+
+    // In sync and with nothing to say: the poll touches no document.
+    let before = parsed().await;
+    let (request, sent_any) = officer.next_request();
+    assert!(!sent_any);
+    let (reply, received_any) = officer.send(&app, &request).await;
+    assert!(!received_any);
+    assert!(reply.documents.iter().all(|d| d.error.is_none()));
+    assert_eq!(reply.documents.len(), request.documents.len());
+    assert_eq!(parsed().await, before, "an idle poll parsed no document");
+
+    // The worker records a visit in the shared case: the officer's next poll gets it.
+    let case = "case-demo-2";
+    let at = testing::at(9);
+    worker
+        .doc(case)
+        .add(&testing::visit("user-worker", at, 80), at)
+        .unwrap();
+    worker.sync_until_quiet(&app).await;
+    officer.sync_until_quiet(&app).await;
+    assert_eq!(
+        heads_key(&officer.doc(case).heads()),
+        stored_heads(&app, case).await
+    );
 }
