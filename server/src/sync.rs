@@ -187,16 +187,12 @@ async fn sync_attempt(
         .filter(|a| a.peer_heads.as_deref() == Some(a.heads.as_str()))
         .map(|a| a.case_id.as_str())
         .collect();
-    let (mut to_load, settled): (Vec<String>, Vec<String>) = incoming
+    let (to_load, settled): (Vec<&IncomingDocument>, Vec<&IncomingDocument>) = incoming
         .iter()
         .filter(|d| allocated_ids.contains(d.case_id.as_str()))
-        .map(|d| d.case_id.clone())
-        .partition(|case_id| {
-            let silent = incoming
-                .iter()
-                .any(|d| d.case_id == *case_id && d.message.is_none());
-            !(silent && idle.contains(case_id.as_str()))
-        });
+        .partition(|d| d.message.is_some() || !idle.contains(d.case_id.as_str()));
+    let mut to_load: Vec<String> = to_load.into_iter().map(|d| d.case_id.clone()).collect();
+    let settled: Vec<String> = settled.into_iter().map(|d| d.case_id.clone()).collect();
     to_load.extend(unasked);
     let loaded: Vec<(LoadedDocument, Option<CaseFile>)> = tx
         .load_documents(&device_id, &to_load)

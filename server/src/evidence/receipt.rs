@@ -118,23 +118,12 @@ mod tests {
         assert!(!verify(), "openssl accepted an altered receipt");
     }
 
+    /// The signer's side; the format and verification are tested in sync-core.
     #[test]
-    fn a_signed_receipt_verifies_and_an_altered_one_does_not() {
+    fn what_the_signer_signs_verifies_with_its_public_key() {
         let signer = ReceiptSigner::new(SigningKey::from_bytes(&[7u8; 32]));
         let mut signed = receipt();
         signer.sign(&mut signed).unwrap();
         assert_eq!(verify_receipt(&signed, &signer.public_key()), Ok(()));
-        let mut altered = signed.clone();
-        altered.size = 43;
-        assert_eq!(
-            verify_receipt(&altered, &signer.public_key()),
-            Err(ReceiptError::BadSignature)
-        );
-        let mut broken = signed;
-        broken.case_id = "case\nsize=1".into();
-        assert_eq!(
-            verify_receipt(&broken, &signer.public_key()),
-            Err(ReceiptError::LineBreak)
-        );
     }
 }

@@ -328,6 +328,21 @@ fn cbor(e: minicbor::decode::Error) -> ProtocolError {
     ProtocolError::NotCbor(e.to_string())
 }
 
+/// Whether an array or map of `len` items (None: indefinite, ended by a break) has another
+/// item after the `index` read so far; counts it, and consumes the break at the end.
+fn has_next(d: &mut Decoder<'_>, len: Option<u64>, index: &mut u64) -> Result<bool, ProtocolError> {
+    match len {
+        Some(n) if *index == n => return Ok(false),
+        None if d.datatype().map_err(cbor)? == Type::Break => {
+            d.skip().map_err(cbor)?;
+            return Ok(false);
+        }
+        _ => {}
+    }
+    *index += 1;
+    Ok(true)
+}
+
 /// The top-level map: field names and the values this server may read.
 fn read_fields<'a>(d: &mut Decoder<'a>) -> Result<Vec<(&'a str, Value<'a>)>, ProtocolError> {
     let datatype = d.datatype().map_err(cbor)?;
@@ -336,17 +351,8 @@ fn read_fields<'a>(d: &mut Decoder<'a>) -> Result<Vec<(&'a str, Value<'a>)>, Pro
     }
     let mut fields: Vec<(&'a str, Value<'a>)> = Vec::new();
     let len = d.map().map_err(cbor)?;
-    let mut index = 0u64;
-    loop {
-        match len {
-            Some(n) if index == n => break,
-            None if d.datatype().map_err(cbor)? == Type::Break => {
-                d.skip().map_err(cbor)?;
-                break;
-            }
-            _ => {}
-        }
-        index += 1;
+    let mut index = 0;
+    while has_next(d, len, &mut index)? {
         if d.datatype().map_err(cbor)? != Type::String {
             // Not a name this server could know: skip the key and its value.
             skip(d, 1)?;
@@ -395,17 +401,8 @@ fn read_value<'a>(d: &mut Decoder<'a>, key: &str) -> Result<Value<'a>, ProtocolE
 fn read_strings<'a>(d: &mut Decoder<'a>) -> Result<Vec<&'a str>, ProtocolError> {
     let len = d.array().map_err(cbor)?;
     let mut out = Vec::new();
-    let mut index = 0u64;
-    loop {
-        match len {
-            Some(n) if index == n => break,
-            None if d.datatype().map_err(cbor)? == Type::Break => {
-                d.skip().map_err(cbor)?;
-                break;
-            }
-            _ => {}
-        }
-        index += 1;
+    let mut index = 0;
+    while has_next(d, len, &mut index)? {
         if d.datatype().map_err(cbor)? == Type::String {
             out.push(d.str().map_err(cbor)?);
         } else {
@@ -418,17 +415,8 @@ fn read_strings<'a>(d: &mut Decoder<'a>) -> Result<Vec<&'a str>, ProtocolError> 
 fn read_metadata(d: &mut Decoder<'_>) -> Result<PeerMetadata, ProtocolError> {
     let len = d.map().map_err(cbor)?;
     let mut metadata = PeerMetadata::default();
-    let mut index = 0u64;
-    loop {
-        match len {
-            Some(n) if index == n => break,
-            None if d.datatype().map_err(cbor)? == Type::Break => {
-                d.skip().map_err(cbor)?;
-                break;
-            }
-            _ => {}
-        }
-        index += 1;
+    let mut index = 0;
+    while has_next(d, len, &mut index)? {
         let key = if d.datatype().map_err(cbor)? == Type::String {
             Some(d.str().map_err(cbor)?)
         } else {
