@@ -123,13 +123,39 @@ async fn next(socket: &mut Socket) -> Incoming {
     }
 }
 
-/// Expects an `error` message then a close with `code`; returns the error's text. A `sync`
-/// still in flight from the exchange before (an acknowledgement) may come first.
+/// Expects an `error` message then a close with `code`; returns the error's text.
 async fn expect_error_and_close(socket: &mut Socket, code: u16) -> String {
-    let mut error = next(socket).await.message();
-    while kind(&error) == "sync" {
-        error = next(socket).await.message();
+    let error = next(socket).await.message();
+    expect_close_after(socket, error, code).await
+}
+
+/// Sends the replica's changes and answers the server as a repo would until it refuses them:
+/// an acknowledgement of the exchange before may still be in flight (the replica then holds
+/// its change back until it has answered it). Returns the error's text.
+async fn push_until_refused(peer: &mut Peer, replica: &mut Replica, code: u16) -> String {
+    peer.push(replica).await;
+    loop {
+        let message = peer.next().await.message();
+        if kind(&message) != "sync" {
+            return expect_close_after(&mut peer.socket, message, code).await;
+        }
+        let Some(Value::Bytes(data)) = message.get("data") else {
+            panic!("no data in {message:?}");
+        };
+        replica
+            .file
+            .receive_sync_message(&mut replica.state, data)
+            .unwrap();
+        peer.push(replica).await;
     }
+}
+
+/// Checks that `error` is an `error` message followed by a close with `code`.
+async fn expect_close_after(
+    socket: &mut Socket,
+    error: BTreeMap<String, Value>,
+    code: u16,
+) -> String {
     assert_eq!(kind(&error), "error", "{error:?}");
     let message = text(&error, "message");
     match next(socket).await {
@@ -655,8 +681,7 @@ async fn actors_stay_bound_to_one_device(backend: Backend) {
         let mut forger = Replica::with_actor(&case_id, user, device, actor.clone());
         fetch(&app, &mut peer, &mut forger).await;
         forger.file.add(&contact(3), testing::at(3)).unwrap();
-        peer.push(&mut forger).await;
-        let message = expect_error_and_close(&mut peer.socket, 1008).await;
+        let message = push_until_refused(&mut peer, &mut forger, 1008).await;
         assert!(message.contains("foreign_actor"), "{message}");
         assert!(message.contains(&actor.to_hex_string()), "{message}");
         assert_eq!(stored(&app, &case_id).await, before, "nothing stored");
@@ -861,8 +886,7 @@ async fn refused_changes_close_the_connection_and_change_nothing(backend: Backen
         doc.put(&body, "kind", "carrier pigeon").unwrap();
         doc.commit();
     }
-    peer.push(&mut replica).await;
-    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    let message = push_until_refused(&mut peer, &mut replica, 1008).await;
     assert!(message.contains("invalid_document"), "{message}");
     assert_eq!(stored(&app, &case_id).await, before);
     // Nothing of it was cached either: a fresh client gets the stored document.
@@ -925,8 +949,7 @@ async fn a_refused_value_is_told_to_the_client_and_never_logged(backend: Backend
         doc.put(&body, "engaged", secret.as_str()).unwrap();
         doc.commit();
     }
-    peer.push(&mut replica).await;
-    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    let message = push_until_refused(&mut peer, &mut replica, 1008).await;
     // The client is told exactly what was wrong.
     assert!(message.contains("invalid_document"), "{message}");
     assert!(message.contains(&secret), "{message}");
