@@ -35,8 +35,10 @@ use serde_json::{Map, Value as Json};
 use crate::attendance::{AttendanceCode, Mark, Session};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
 use crate::records::{CaseDetails, Collection, RecordBody, Validate};
+use crate::scope::Scope;
 use crate::value::{
-    ensure_map, first_text_object, map_at, put_changed_fields, put_json, read_map, str_at,
+    ensure_map, map_at, map_at_version, put_changed_fields, put_json, read_key, read_map, str_at,
+    str_at_version, text_object_at,
 };
 
 /// The schema version this build writes. Raise it when the layout or a record's fields change.
@@ -720,62 +722,90 @@ impl CaseFile {
     }
 
     // -----------------------------------------------------------------------------------------
-    // Whole-document validation.
+    // Validation.
 
-    /// Checks every record against its type and rules; what the server runs before it accepts
-    /// a synced document. Returns every problem found.
+    /// Checks every record against its type and rules. Returns every problem found.
     pub fn validate(&self) -> Result<()> {
+        self.validate_scope(&Scope::whole(self, None)?)
+    }
+
+    /// Checks the layout, and the parts of the document in `scope`: what the server runs on a
+    /// synced message (with the parts its changes touched; the rest was valid before).
+    pub(crate) fn validate_scope(&self, scope: &Scope) -> Result<()> {
         self.check_layout()?;
         let mut errors = ValidationErrors::default();
-        if let Err(e) = self.details() {
-            errors.push(
-                "case",
-                Problem::Invalid {
-                    detail: e.to_string(),
-                },
-            );
+        let mut invalid = |at: String, detail: String| errors.push(at, Problem::Invalid { detail });
+        if scope.case
+            && let Err(e) = self.details()
+        {
+            invalid("case".into(), e.to_string());
         }
-        for collection in Collection::ALL {
-            for id in self.record_ids(collection)? {
-                let outcome = self
-                    .raw_record(collection, &id)
-                    .and_then(|raw| validate_raw_body(collection, Json::Object(raw.body)));
-                if let Err(e) = outcome {
-                    errors.push(
-                        format!("{collection}.{id}"),
-                        Problem::Invalid {
-                            detail: e.to_string(),
-                        },
-                    );
-                }
+        for (collection, id) in &scope.records {
+            let records = self.root_map(collection.key())?;
+            if self.doc.get(&records, id.as_str())?.is_none() {
+                continue; // removed
+            }
+            let outcome = self
+                .raw_record(*collection, id)
+                .and_then(|raw| validate_raw_body(*collection, Json::Object(raw.body)));
+            if let Err(e) = outcome {
+                invalid(format!("{collection}.{id}"), e.to_string());
             }
         }
-        if let Some(path) = first_text_object(&self.doc, &ROOT, "") {
-            errors.push(
-                path.trim_start_matches('.').to_string(),
-                Problem::Invalid {
-                    detail: "text must be a plain string, not an Automerge Text object".into(),
-                },
+        if let Some(path) = self.first_text_object_in(scope)? {
+            invalid(
+                path,
+                "text must be a plain string, not an Automerge Text object".into(),
             );
         }
         let attendance = self.root_map("attendance")?;
-        for (key, value) in read_map(&self.doc, &attendance) {
+        for key in &scope.attendance {
+            let Some(value) = read_key(&self.doc, &attendance, key) else {
+                continue; // removed
+            };
             let valid = key
                 .split_once('|')
                 .and_then(|(_, rest)| parse_mark(rest, &value))
                 .is_some();
             if !valid {
-                errors.push(
+                invalid(
                     format!("attendance.{key}"),
-                    Problem::Invalid {
-                        detail: format!("unreadable mark {value}"),
-                    },
+                    format!("unreadable mark {value}"),
                 );
             }
         }
         errors
             .into_result()
             .map_err(|e| CaseFileError::validation("case file", e))
+    }
+
+    /// The path of the first Automerge `Text` object in the parts of `scope`.
+    fn first_text_object_in(&self, scope: &Scope) -> Result<Option<String>> {
+        let doc = &self.doc;
+        let mut parts: Vec<(ObjId, String, String)> = Vec::new();
+        for key in &scope.root {
+            parts.push((ROOT, key.clone(), key.clone()));
+        }
+        for (wanted, key) in [
+            (scope.case, "case"),
+            (scope.actors, "actors"),
+            (scope.resolutions, "resolutions"),
+        ] {
+            if wanted {
+                parts.push((ROOT, key.into(), key.into()));
+            }
+        }
+        for (collection, id) in &scope.records {
+            let records = self.root_map(collection.key())?;
+            parts.push((records, id.clone(), format!("{collection}.{id}")));
+        }
+        let attendance = self.root_map("attendance")?;
+        for key in &scope.attendance {
+            parts.push((attendance.clone(), key.clone(), format!("attendance.{key}")));
+        }
+        Ok(parts
+            .iter()
+            .find_map(|(parent, key, path)| text_object_at(doc, parent, key, path)))
     }
 
     // -----------------------------------------------------------------------------------------
@@ -805,16 +835,24 @@ impl CaseFile {
     }
 
     /// What identifies who touched a record, read cheaply (no body): the author in its meta,
-    /// its finalisation as stored, and its amendment ids. None for a record without meta.
-    pub(crate) fn record_stamp(&self, record: &ObjId) -> Option<RecordStamp> {
-        let meta = map_at(&self.doc, record, "meta")?;
-        let amendments = map_at(&self.doc, record, "amendments")
-            .map(|obj| self.doc.keys(&obj).collect())
-            .unwrap_or_default();
+    /// its finalisation as stored, and its amendment ids; as it is now, or as it was at the
+    /// heads `version`. None for a record without meta.
+    pub(crate) fn record_stamp(
+        &self,
+        record: &ObjId,
+        version: Option<&[ChangeHash]>,
+    ) -> Option<RecordStamp> {
+        let doc = &self.doc;
+        let meta = map_at_version(doc, record, "meta", version)?;
+        let amendments = match (map_at_version(doc, record, "amendments", version), version) {
+            (Some(obj), None) => doc.keys(&obj).collect(),
+            (Some(obj), Some(heads)) => doc.keys_at(&obj, heads).collect(),
+            (None, _) => BTreeSet::new(),
+        };
         Some(RecordStamp {
-            user_id: str_at(&self.doc, &meta, "user_id"),
-            device_id: str_at(&self.doc, &meta, "device_id"),
-            finalised: str_at(&self.doc, record, "finalised"),
+            user_id: str_at_version(doc, &meta, "user_id", version),
+            device_id: str_at_version(doc, &meta, "device_id", version),
+            finalised: str_at_version(doc, record, "finalised", version),
             amendments,
         })
     }

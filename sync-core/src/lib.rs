@@ -14,6 +14,7 @@ mod error;
 pub mod readiness;
 pub mod receipt;
 pub mod records;
+mod scope;
 mod sync;
 pub mod testing;
 mod value;

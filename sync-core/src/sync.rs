@@ -26,13 +26,14 @@
 use std::collections::BTreeSet;
 
 use automerge::{
-    ActorId, ChangeHash,
+    ActorId, ChangeHash, PatchLog, ROOT, ReadDoc,
     sync::{Message, State, SyncDoc},
 };
 
 use crate::case_file::{Author, CaseFile};
-use crate::error::{CaseFileError, Result};
-use crate::records::Collection;
+use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
+use crate::scope::Scope;
+use crate::value::{map_at_version, str_at, str_at_version};
 
 /// What one side knows of the other's document, kept between sessions.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +104,7 @@ impl CaseFile {
 
     /// Applies a message only if every change it brings was made by an actor that
     /// `actor_allowed` accepts, everything it adds is attributed to `sender` (see
-    /// [`CaseFile::check_attribution`]) and the resulting document still validates; otherwise
+    /// `check_attribution`) and the resulting document still validates; otherwise
     /// nothing changes, not even the peer state. This is what the server runs on a device's
     /// message, with the device's user and id as `sender`.
     pub fn receive_sync_message_checked(
@@ -114,35 +115,55 @@ impl CaseFile {
         actor_allowed: impl Fn(&ActorId) -> bool,
     ) -> Result<Vec<AppliedChange>, RefusedSync> {
         let message = decode_message(message).map_err(RefusedSync::Invalid)?;
+        let corrupt = |e: automerge::AutomergeError| {
+            RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(e.to_string()))
+        };
+        let mut trial_peer = peer.clone();
         if message.changes.is_empty() {
-            // Heads, needs and haves only: the document cannot change, so no trial copy (a
-            // fork costs as much as the whole document) is needed.
-            let mut trial_peer = peer.clone();
+            // Heads, needs and haves only: the document cannot change.
             self.doc
                 .sync()
                 .receive_sync_message(&mut trial_peer.0, message)
-                .map_err(|e| {
-                    RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(e.to_string()))
-                })?;
+                .map_err(corrupt)?;
             *peer = trial_peer;
             return Ok(Vec::new());
         }
-        let before: BTreeSet<ChangeHash> = self.doc.get_heads().into_iter().collect();
-        let before_heads: Vec<ChangeHash> = before.iter().copied().collect();
-        let mut trial = CaseFile {
-            doc: self.doc.fork(),
-            author: self.author.clone(),
-        };
-        // `fork` gives a new actor; the trial document is never written to, only read.
-        let mut trial_peer = peer.clone();
-        trial
+        // The changes are applied to the document itself, logging what they change, and the
+        // checks look only at that; a refusal then rolls the document back. (A trial copy
+        // would cost as much as the whole document on every message.)
+        let before = self.doc.get_heads();
+        let mut log = PatchLog::active();
+        let received = self
             .doc
             .sync()
-            .receive_sync_message(&mut trial_peer.0, message)
-            .map_err(|e| RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(e.to_string())))?;
-        let applied: Vec<AppliedChange> = trial
+            .receive_sync_message_log_patches(&mut trial_peer.0, message, &mut log)
+            .map_err(corrupt);
+        let outcome =
+            received.and_then(|()| self.check_received(&before, &mut log, sender, &actor_allowed));
+        match outcome {
+            Ok(applied) => {
+                *peer = trial_peer;
+                Ok(applied)
+            }
+            Err(refused) => {
+                self.roll_back(&before);
+                Err(refused)
+            }
+        }
+    }
+
+    /// The checks of a checked receive, on the document after it applied the changes made
+    /// since `before` (their patches in `log`).
+    fn check_received(
+        &mut self,
+        before: &[ChangeHash],
+        log: &mut PatchLog,
+        sender: &Author,
+        actor_allowed: &impl Fn(&ActorId) -> bool,
+    ) -> Result<Vec<AppliedChange>, RefusedSync> {
+        let applied: Vec<AppliedChange> = self
             .doc
-            .get_changes(&before_heads)
+            .get_changes(before)
             .iter()
             .map(|change| AppliedChange {
                 hash: change.hash(),
@@ -152,31 +173,76 @@ impl CaseFile {
         if let Some(foreign) = applied.iter().find(|c| !actor_allowed(&c.actor)) {
             return Err(RefusedSync::ForeignActor(foreign.actor.to_hex_string()));
         }
-        if !applied.is_empty() {
-            trial.validate().map_err(RefusedSync::Invalid)?;
-            let actors: BTreeSet<&ActorId> = applied.iter().map(|c| &c.actor).collect();
-            self.check_attribution(&trial, sender, &actors)
-                .map_err(RefusedSync::Misattributed)?;
+        if applied.is_empty() {
+            return Ok(applied);
+        }
+        let patches = self.doc.make_patches(log);
+        let scope = match Scope::touched(&patches) {
+            Some(scope) => scope,
+            None => Scope::whole(self, Some(before)).map_err(RefusedSync::Invalid)?,
+        };
+        self.validate_scope(&scope).map_err(RefusedSync::Invalid)?;
+        self.check_none_removed(before, &scope)
+            .map_err(RefusedSync::Invalid)?;
+        let actors: BTreeSet<&ActorId> = applied.iter().map(|c| &c.actor).collect();
+        self.check_attribution(before, &scope, sender, &actors)
+            .map_err(RefusedSync::Misattributed)?;
+        Ok(applied)
+    }
+
+    /// Records are never removed (the document's history would keep them, but every reader
+    /// would lose them): refuses changes that removed a record of `scope` that was there at
+    /// `before`.
+    fn check_none_removed(&self, before: &[ChangeHash], scope: &Scope) -> crate::Result<()> {
+        let mut errors = ValidationErrors::default();
+        for (collection, id) in &scope.records {
+            let existed = map_at_version(&self.doc, &ROOT, collection.key(), Some(before))
+                .is_some_and(|records| {
+                    map_at_version(&self.doc, &records, id, Some(before)).is_some()
+                });
+            if existed && self.record_obj(*collection, id).is_err() {
+                errors.push(
+                    format!("{collection}.{id}"),
+                    Problem::Invalid {
+                        detail: "a record cannot be removed".into(),
+                    },
+                );
+            }
+        }
+        errors
+            .into_result()
+            .map_err(|e| CaseFileError::validation("case file", e))
+    }
+
+    /// Puts the document back as it was at `before` (its own heads then), keeping its actor.
+    fn roll_back(&mut self, before: &[ChangeHash]) {
+        if self.doc.get_heads() == before {
+            return;
         }
         let actor = self.doc.get_actor().clone();
-        self.doc = trial.doc.with_actor(actor);
-        *peer = trial_peer;
-        Ok(applied)
+        match self.doc.fork_at(before) {
+            Ok(doc) => self.doc = doc.with_actor(actor),
+            // Unreachable: `before` were this document's own heads.
+            Err(e) => unreachable!("a document lost its own heads: {e}"),
+        }
     }
 }
 
 impl CaseFile {
-    /// Checks that what `after` adds to this document is attributed to `sender`, the device
-    /// that sent it: a new record's author, a new finalisation, amendment or resolution's
-    /// `by`, and a new or changed entry in `actors` (which must also name one of the `actors`
-    /// that made the changes). An existing record's author may not change. So a record can
-    /// only ever name the person whose device wrote it.
-    pub fn check_attribution(
+    /// Checks that what changed since `before` (in the parts of `scope`) is attributed to
+    /// `sender`, the device that sent it: a new record's author, a new finalisation, amendment
+    /// or resolution's `by`, and a new or changed entry in `actors` (which must also name one
+    /// of the `actors` that made the changes). An existing record's author may not change. So
+    /// a record can only ever name the person whose device wrote it.
+    pub(crate) fn check_attribution(
         &self,
-        after: &CaseFile,
+        before: &[ChangeHash],
+        scope: &Scope,
         sender: &Author,
         actors: &BTreeSet<&ActorId>,
     ) -> Result<(), String> {
+        let doc = &self.doc;
+        let then = Some(before);
         let named = |what: &str, by: &Author| {
             if by == sender {
                 Ok(())
@@ -187,83 +253,81 @@ impl CaseFile {
                 ))
             }
         };
-        let known_actors = self.actors();
-        for (actor, author) in after.actors() {
-            if known_actors.get(&actor) == Some(&author) {
-                continue;
-            }
-            named(&format!("actor {actor}"), &author)?;
-            if !actors.iter().any(|a| a.to_hex_string() == actor) {
-                return Err(format!(
-                    "actor {actor} is registered by a change it did not make"
-                ));
+        let author_of = |json: Option<String>| -> Option<Author> {
+            json.and_then(|s| serde_json::from_str(&s).ok())
+        };
+        if scope.actors {
+            let now = self.root_map("actors").map_err(|e| e.to_string())?;
+            let old = map_at_version(doc, &ROOT, "actors", then);
+            for actor in doc.keys(&now) {
+                let Some(author) = author_of(str_at(doc, &now, &actor)) else {
+                    continue;
+                };
+                let known = old
+                    .as_ref()
+                    .and_then(|old| author_of(str_at_version(doc, old, &actor, then)));
+                if known.as_ref() == Some(&author) {
+                    continue;
+                }
+                named(&format!("actor {actor}"), &author)?;
+                if !actors.iter().any(|a| a.to_hex_string() == actor) {
+                    return Err(format!(
+                        "actor {actor} is registered by a change it did not make"
+                    ));
+                }
             }
         }
-        for collection in Collection::ALL {
-            let before: BTreeSet<String> = self
-                .record_ids(collection)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .collect();
-            for id in after.record_ids(collection).map_err(|e| e.to_string())? {
-                let what = format!("{collection}/{id}");
-                let new_obj = after
-                    .record_obj(collection, &id)
-                    .map_err(|e| e.to_string())?;
-                let Some(new) = after.record_stamp(&new_obj) else {
-                    continue; // no meta: the validation refuses it
-                };
-                let old = if before.contains(&id) {
-                    let old_obj = self
-                        .record_obj(collection, &id)
-                        .map_err(|e| e.to_string())?;
-                    self.record_stamp(&old_obj)
-                } else {
-                    None
-                };
-                if old.as_ref() == Some(&new) {
-                    continue; // untouched as far as attribution goes (the common case)
+        for (collection, id) in &scope.records {
+            let what = format!("{collection}/{id}");
+            let Ok(new_obj) = self.record_obj(*collection, id) else {
+                continue; // removed
+            };
+            let Some(new) = self.record_stamp(&new_obj, None) else {
+                continue; // no meta: the validation refuses it
+            };
+            let old = map_at_version(doc, &ROOT, collection.key(), then)
+                .and_then(|records| map_at_version(doc, &records, id, then))
+                .and_then(|old_obj| self.record_stamp(&old_obj, then));
+            if old.as_ref() == Some(&new) {
+                continue; // untouched as far as attribution goes (an edit of the body)
+            }
+            let author = Author {
+                user_id: new.user_id.clone().unwrap_or_default(),
+                device_id: new.device_id.clone().unwrap_or_default(),
+            };
+            match &old {
+                Some(old) if (&old.user_id, &old.device_id) != (&new.user_id, &new.device_id) => {
+                    return Err(format!("{what}: its author was changed"));
                 }
-                let author = Author {
-                    user_id: new.user_id.clone().unwrap_or_default(),
-                    device_id: new.device_id.clone().unwrap_or_default(),
-                };
-                match &old {
-                    Some(old)
-                        if (&old.user_id, &old.device_id) != (&new.user_id, &new.device_id) =>
-                    {
-                        return Err(format!("{what}: its author was changed"));
-                    }
-                    Some(_) => {}
-                    None => named(&what, &author)?,
-                }
-                if new.finalised != old.as_ref().and_then(|o| o.finalised.clone())
-                    && let Some(finalised) = after.stored_finalisation(&new_obj)
-                {
-                    named(&format!("the finalisation of {what}"), &finalised.by)?;
-                }
-                let old_amendments = old.map(|o| o.amendments).unwrap_or_default();
-                if new.amendments != old_amendments {
-                    for amendment in after.amendments(&new_obj) {
-                        if !old_amendments.contains(&amendment.id) {
-                            named(
-                                &format!("amendment {} of {what}", amendment.id),
-                                &amendment.by,
-                            )?;
-                        }
+                Some(_) => {}
+                None => named(&what, &author)?,
+            }
+            if new.finalised != old.as_ref().and_then(|o| o.finalised.clone())
+                && let Some(finalised) = self.stored_finalisation(&new_obj)
+            {
+                named(&format!("the finalisation of {what}"), &finalised.by)?;
+            }
+            let old_amendments = old.map(|o| o.amendments).unwrap_or_default();
+            if new.amendments != old_amendments {
+                for amendment in self.amendments(&new_obj) {
+                    if !old_amendments.contains(&amendment.id) {
+                        named(
+                            &format!("amendment {} of {what}", amendment.id),
+                            &amendment.by,
+                        )?;
                     }
                 }
             }
         }
-        let old_resolutions: BTreeSet<String> = self
-            .resolutions()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        for resolution in after.resolutions().map_err(|e| e.to_string())? {
-            if !old_resolutions.contains(&resolution.id) {
-                named(&format!("resolution {}", resolution.id), &resolution.by)?;
+        if scope.resolutions {
+            let old: BTreeSet<String> = match map_at_version(doc, &ROOT, "resolutions", then) {
+                Some(obj) => doc.keys_at(&obj, before).collect(),
+                None => BTreeSet::new(),
+            };
+            for resolution in self.resolutions().map_err(|e| e.to_string())? {
+                if !old.contains(&resolution.id) {
+                    named(&format!("resolution {}", resolution.id), &resolution.by)?;
+                }
             }
         }
         Ok(())

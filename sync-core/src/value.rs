@@ -4,7 +4,7 @@
 //! unchanged field never becomes a spurious concurrent write (a false conflict).
 
 use automerge::{
-    AutoCommit, ObjId, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable,
+    AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable,
 };
 use serde_json::{Map, Number, Value as Json};
 
@@ -124,11 +124,26 @@ pub(crate) fn json_of(doc: &AutoCommit, value: Value<'_>, id: &ObjId) -> Json {
     }
 }
 
+/// The path of the first Automerge `Text` object at `key` of `parent` (the value itself, or
+/// anything under it), if any; `path` names `key`.
+pub(crate) fn text_object_at(
+    doc: &AutoCommit,
+    parent: &ObjId,
+    key: &str,
+    path: &str,
+) -> Option<String> {
+    match doc.get(parent, key).ok().flatten()? {
+        (Value::Object(ObjType::Text), _) => Some(path.to_string()),
+        (Value::Object(_), id) => first_text_object(doc, &id, path),
+        (Value::Scalar(_), _) => None,
+    }
+}
+
 /// The path of the first Automerge `Text` object under `obj`, if any. Case files hold text as
 /// plain strings (Text costs 15-30x more to load and hold; DESIGN.md), so a client that writes
 /// Text (automerge-repo's default for JS strings) is refused rather than left to slow every
 /// replica down.
-pub(crate) fn first_text_object(doc: &AutoCommit, obj: &ObjId, path: &str) -> Option<String> {
+fn first_text_object(doc: &AutoCommit, obj: &ObjId, path: &str) -> Option<String> {
     let children: Vec<(String, Value<'_>, ObjId)> = match doc.object_type(obj) {
         Ok(ObjType::Map | ObjType::Table) => doc
             .map_range(obj, ..)
@@ -184,7 +199,32 @@ pub(crate) fn hex_string(bytes: &[u8]) -> String {
 
 /// The map at `key` of `parent`, if there is one.
 pub(crate) fn map_at(doc: &AutoCommit, parent: &ObjId, key: &str) -> Option<ObjId> {
-    match doc.get(parent, key).ok().flatten() {
+    map_at_version(doc, parent, key, None)
+}
+
+/// The value at `key` of `obj`: now, or as it was at the heads `version`.
+fn value_at_version<'a>(
+    doc: &'a AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    version: Option<&[ChangeHash]>,
+) -> Option<(Value<'a>, ObjId)> {
+    match version {
+        None => doc.get(obj, key),
+        Some(heads) => doc.get_at(obj, key, heads),
+    }
+    .ok()
+    .flatten()
+}
+
+/// The map at `key` of `parent`, now or at the heads `version`.
+pub(crate) fn map_at_version(
+    doc: &AutoCommit,
+    parent: &ObjId,
+    key: &str,
+    version: Option<&[ChangeHash]>,
+) -> Option<ObjId> {
+    match value_at_version(doc, parent, key, version) {
         Some((Value::Object(ObjType::Map), id)) => Some(id),
         _ => None,
     }
@@ -200,7 +240,17 @@ pub(crate) fn ensure_map(doc: &mut AutoCommit, parent: &ObjId, key: &str) -> Res
 
 /// The string at `key`, if that is what it holds.
 pub(crate) fn str_at(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
-    match doc.get(obj, key).ok().flatten() {
+    str_at_version(doc, obj, key, None)
+}
+
+/// The string at `key`, now or at the heads `version`, if that is what it holds.
+pub(crate) fn str_at_version(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    key: &str,
+    version: Option<&[ChangeHash]>,
+) -> Option<String> {
+    match value_at_version(doc, obj, key, version) {
         Some((Value::Scalar(s), _)) => match s.as_ref() {
             ScalarValue::Str(s) => Some(s.to_string()),
             _ => None,

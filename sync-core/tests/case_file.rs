@@ -880,3 +880,170 @@ fn a_later_version_contains_the_heads_of_an_earlier_one_and_not_the_reverse() {
     assert!(!older.contains_heads(&newer_heads));
     assert!(older.contains_heads(&[]));
 }
+
+/// The raw map of `collection` in `file`'s document, for tests that write what a bad client
+/// would.
+fn collection_obj(file: &CaseFile, collection: &str) -> automerge::ObjId {
+    use automerge::{ROOT, ReadDoc};
+    file.doc().get(ROOT, collection).unwrap().unwrap().1
+}
+
+#[test]
+fn a_refused_change_on_a_large_case_is_rolled_back_and_the_case_still_syncs() {
+    use automerge::{ReadDoc, transaction::Transactable};
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let mut ids = Vec::new();
+    for i in 0..150 {
+        ids.push(
+            worker
+                .add(&testing::visit("user-1", at(i), 40), at(i))
+                .unwrap(),
+        );
+    }
+    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    assert_eq!(server.list::<HomeVisit>().unwrap().len(), 150);
+
+    // An old record's body gets a value of the wrong type: only that record changed, and the
+    // check that looks only at what changed must still find it.
+    let old = &ids[3];
+    {
+        let visits = collection_obj(&worker, "visits");
+        let doc = worker.doc_mut();
+        let (_, record) = doc.get(&visits, old.as_str()).unwrap().unwrap();
+        let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+        doc.put(&body, "started_at", 42_i64).unwrap();
+        doc.commit();
+    }
+    let before = server.heads();
+    let refused = checked_sync(&mut server, &mut worker, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains(old.as_str())),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before, "rolled back");
+    assert!(
+        server.get::<HomeVisit>(old).is_ok(),
+        "the stored record is intact"
+    );
+    assert!(server.validate().is_ok());
+
+    // The rolled-back document goes on: another phone's valid visit is accepted.
+    let mut other = phone(&mut server, 2);
+    other
+        .add(&testing::visit("user-2", at(500), 40), at(500))
+        .unwrap();
+    let refused = checked_sync(
+        &mut server,
+        &mut other,
+        &testing::author("user-2", "phone-2"),
+    );
+    assert!(refused.is_none(), "{refused:?}");
+    assert_eq!(server.list::<HomeVisit>().unwrap().len(), 151);
+    assert_eq!(server.heads(), other.heads());
+}
+
+#[test]
+fn records_cannot_be_removed_one_by_one_or_with_their_collection() {
+    use automerge::{ROOT, transaction::Transactable};
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let visit = worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    let before = server.heads();
+
+    let mut remover = phone(&mut server, 1);
+    let visits = collection_obj(&remover, "visits");
+    remover.doc_mut().delete(&visits, visit.as_str()).unwrap();
+    remover.doc_mut().commit();
+    let refused = checked_sync(&mut server, &mut remover, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("cannot be removed")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+
+    let mut replacer = phone(&mut server, 1);
+    replacer
+        .doc_mut()
+        .put_object(ROOT, "visits", automerge::ObjType::Map)
+        .unwrap();
+    replacer.doc_mut().commit();
+    let refused = checked_sync(&mut server, &mut replacer, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("cannot be removed")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+    assert!(server.get::<HomeVisit>(&visit).is_ok());
+}
+
+#[test]
+fn marks_and_root_values_are_checked_where_they_change() {
+    use automerge::{ROOT, transaction::Transactable};
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let before = server.heads();
+
+    let mut bad_mark = phone(&mut server, 1);
+    let attendance = collection_obj(&bad_mark, "attendance");
+    bad_mark
+        .doc_mut()
+        .put(&attendance, "child-1|2026-01-05|AM", "??")
+        .unwrap();
+    bad_mark.doc_mut().commit();
+    let refused = checked_sync(&mut server, &mut bad_mark, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("child-1|2026-01-05|AM")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+
+    let mut text_at_root = phone(&mut server, 1);
+    let text = text_at_root
+        .doc_mut()
+        .put_object(ROOT, "notes", automerge::ObjType::Text)
+        .unwrap();
+    text_at_root
+        .doc_mut()
+        .splice_text(&text, 0, 0, "free text")
+        .unwrap();
+    text_at_root.doc_mut().commit();
+    let refused = checked_sync(&mut server, &mut text_at_root, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("plain string")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+}
+
+#[test]
+fn a_finalisation_naming_someone_else_is_refused() {
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let visit = worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    let before = server.heads();
+    // The same device's actor, but a handle that writes another person into the envelope.
+    let mut forger = testing::replica(
+        &mut server,
+        testing::author("user-lead", "phone-1"),
+        testing::actor(1),
+    )
+    .unwrap();
+    forger.finalise(Collection::Visits, &visit, at(2)).unwrap();
+    let refused = checked_sync(&mut server, &mut forger, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Misattributed(detail)) if detail.contains("user-lead")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+    assert!(server.get::<HomeVisit>(&visit).unwrap().finalised.is_none());
+}

@@ -257,6 +257,17 @@ pub async fn http_session(
         counters.messages_down.fetch_add(1, Ordering::Relaxed);
         let reply: SyncResponse = serde_json::from_slice(&bytes)?;
         for document in reply.documents {
+            if let Some(error) = &document.error {
+                // A refused document is a benchmark failure: the workload writes only valid
+                // visits, so the server refusing one is a bug to see, not to wait out.
+                anyhow::bail!(
+                    "sync by {}: {} refused: {} ({})",
+                    phone.name,
+                    document.case_id,
+                    error.code,
+                    error.message
+                );
+            }
             let Some(message) = document.message else {
                 continue;
             };
