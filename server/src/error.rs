@@ -60,6 +60,10 @@ pub enum ApiError {
     WebSocketUpgradeRequired,
     #[error("the server took too long to answer")]
     Timeout,
+    /// Too many syncs are waiting for their turn: nothing was done (answered with
+    /// `Retry-After`).
+    #[error("the server is busy: try again in {retry_after_secs} s")]
+    Busy { retry_after_secs: u64 },
     #[error("the server is not ready")]
     NotReady,
     #[error("internal error")]
@@ -86,7 +90,9 @@ impl ApiError {
             ApiError::ActorInUse | ApiError::StaleConflict => StatusCode::CONFLICT,
             ApiError::WebSocketUpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::TooManySignIns { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Timeout | ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout | ApiError::NotReady | ApiError::Busy { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -114,6 +120,7 @@ impl ApiError {
             ApiError::StaleConflict => "stale_conflict",
             ApiError::WebSocketUpgradeRequired => "websocket_upgrade_required",
             ApiError::Timeout => "timeout",
+            ApiError::Busy { .. } => "busy",
             ApiError::NotReady => "not_ready",
             ApiError::Internal(_) => "internal",
         }
@@ -151,7 +158,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status_code(), Json(body)).into_response();
-        if let ApiError::TooManySignIns { retry_after_secs } = self {
+        if let ApiError::TooManySignIns { retry_after_secs } | ApiError::Busy { retry_after_secs } =
+            self
+        {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(retry_after_secs),

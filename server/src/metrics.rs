@@ -22,6 +22,7 @@ pub struct Metrics {
     pub sync_changes_applied: AtomicU64,
     pub sync_documents_refused: AtomicU64,
     pub sync_retries: AtomicU64,
+    pub sync_busy: AtomicU64,
     pub sign_ins: AtomicU64,
     pub sign_in_failures: AtomicU64,
     pub document_cache_hits: AtomicU64,
@@ -104,6 +105,11 @@ impl Metrics {
                 "doorstep_sync_retries_total",
                 "Sync attempts run again because a document changed after it was read.",
                 &self.sync_retries,
+            ),
+            (
+                "doorstep_sync_busy_total",
+                "Syncs answered 503 busy, before any work, because they waited too long for a turn.",
+                &self.sync_busy,
             ),
             (
                 "doorstep_sign_ins_total",

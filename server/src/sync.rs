@@ -144,13 +144,11 @@ async fn sync_attempt(
 ) -> Result<SyncReply, AttemptError> {
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
     let (documents, hub) = (&state.documents, &state.repo);
-    // Parsed case files take megabytes each: only as many syncs read and compute at once as
-    // there are cores, so memory stays bounded however many phones reconnect together.
-    let permit = state
-        .sync_compute
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Internal("the sync limiter is closed".into()))?;
+    // Parsed case files take megabytes each: only as many syncs run (read, compute and write)
+    // at once as there are cores, so memory stays bounded however many phones reconnect
+    // together. The permit is held until the writes are committed: a sync that computed and
+    // waits for the write lock still holds its parsed documents.
+    let _permit = sync_turn(state).await?;
     let device_id = caller.device.id.clone();
     let mut tx = if optimistic {
         storage.begin_sync_read().await?
@@ -264,7 +262,6 @@ async fn sync_attempt(
         user_id: caller.user.id.clone(),
         received_at,
     };
-    std::mem::drop(permit);
     let mut tx = match locked {
         Some(tx) => tx,
         None => storage.begin_sync().await?,
@@ -322,6 +319,26 @@ async fn sync_attempt(
         drop,
     })
 }
+
+/// Waits for a turn to run a sync. A phone that would wait past half the request timeout is
+/// told at once that the server is busy (503 with `Retry-After`) before any work is done, so
+/// that under a burst no request is cut off by the timeout after the work was done for it.
+async fn sync_turn(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let wait = state.config.request_timeout() / 2;
+    match tokio::time::timeout(wait, state.sync_compute.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(ApiError::Internal("the sync limiter is closed".into())),
+        Err(_) => {
+            Metrics::add(&state.metrics.sync_busy, 1);
+            Err(ApiError::Busy {
+                retry_after_secs: BUSY_RETRY_AFTER_SECS,
+            })
+        }
+    }
+}
+
+/// How long a phone told that the server is busy should wait before it syncs again.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 5;
 
 /// Which actors' changes a sync may bring.
 #[derive(Debug, Clone)]

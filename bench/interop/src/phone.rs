@@ -207,6 +207,11 @@ pub async fn http_session(
         .ok_or_else(|| anyhow::anyhow!("no token"))?;
     let url = format!("{base}/api/v1/sync");
     loop {
+        if *progress.done.borrow() {
+            // The phase gave up (timed out, or another session failed): say what is missing.
+            let missing = goal.missing(&mut phone).unwrap_or_default();
+            anyhow::bail!("{} stopped short: {missing}", phone.name);
+        }
         let mut busy = false;
         let mut documents = Vec::new();
         let case_ids: Vec<String> = phone.docs.keys().cloned().collect();
@@ -237,6 +242,13 @@ pub async fn http_session(
             // in flight, wait a little and try again.
             let errors = counters.errors.fetch_add(1, Ordering::Relaxed) + 1;
             let status = response.status();
+            // A busy server says when to come back (`Retry-After`); a phone waits that long.
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map_or(RETRY_AFTER, Duration::from_secs);
             let body = response.text().await.unwrap_or_default();
             if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
                 eprintln!("{}: sync answered {status}: {body}", phone.name);
@@ -247,7 +259,7 @@ pub async fn http_session(
                 phone.name
             );
             phone.reconnect();
-            tokio::time::sleep(RETRY_AFTER).await;
+            tokio::time::sleep(retry_after.max(RETRY_AFTER)).await;
             continue;
         }
         let bytes = response.bytes().await?;

@@ -392,7 +392,9 @@ impl Bench {
             let _ = progress.done.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(10), async {
                 for handle in handles.into_iter().flatten() {
-                    let _ = handle.await;
+                    if let Ok(Err(e)) = handle.await {
+                        println!("  {e:#}");
+                    }
                 }
             })
             .await;

@@ -309,3 +309,65 @@ async fn a_request_over_the_time_limit_gets_503_and_the_server_keeps_serving() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
+    // Every sync turn is taken (as when many phones reconnect at once): a sync that would wait
+    // past half the request time limit is answered 503 busy with Retry-After, before any work.
+    let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 2).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let case_id = "case-demo-1";
+    let before = app
+        .storage()
+        .document(case_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    officer
+        .doc(case_id)
+        .add(
+            &testing::visit("user-officer", testing::at(1), 20),
+            testing::at(1),
+        )
+        .unwrap();
+    let (request, _) = officer.next_request();
+    let turns = app.state.sync_compute.available_permits() as u32;
+    let taken = app.state.sync_compute.acquire_many(turns).await.unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/v1/sync"))
+        .bearer_auth(officer.access_token())
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let (status, code) = error_of(response).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code, "busy");
+    assert_eq!(retry_after.unwrap().to_str().unwrap(), "5");
+    let after = app
+        .storage()
+        .document(case_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    assert_eq!(after, before, "nothing was stored");
+
+    // Once turns are free the same phone syncs normally.
+    drop(taken);
+    officer.reset_sync_states();
+    officer.sync_until_quiet(&app).await;
+    let synced = app
+        .storage()
+        .document(case_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .heads;
+    assert_eq!(synced, heads_key(&officer.doc(case_id).heads()));
+    app.shutdown().await;
+}
