@@ -224,25 +224,41 @@ async fn sync_attempt(
     }
     let rule = ActorRule::Bound(BTreeSet::from([caller.device.actor_id.clone()]));
     let sender = caller.author();
+    let (cache, pushing) = (Arc::clone(documents), Arc::clone(hub));
     // Automerge work is CPU-bound: keep it off the async workers.
-    let (writes, mut replies, parsed) = tokio::task::spawn_blocking(move || {
+    let (writes, mut replies, to_push) = tokio::task::spawn_blocking(move || {
         let mut writes = Vec::new();
         let mut replies = BTreeMap::new();
-        let mut parsed = Vec::new();
+        let mut to_push = Vec::new();
         for (document, cached) in loaded {
             let message = messages.get(&document.case_id).cloned().flatten();
             let requested = messages.contains_key(&document.case_id);
             let applied = apply_one(document, cached, message.as_deref(), &sender, &rule);
+            let case_id = applied.reply.case_id.clone();
+            let changed = applied
+                .write
+                .as_ref()
+                .is_some_and(|w| !w.changes.is_empty());
+            if let Some(mut file) = applied.file {
+                if changed && pushing.has_subscribers(&case_id) {
+                    // Pushed to the case's WebSocket clients once the writes commit.
+                    to_push.push((case_id.clone(), file));
+                } else {
+                    // Into the cache at once, under the heads it now has, so that a request
+                    // holds one parsed document at a time, not all of its documents. If the
+                    // writes do not commit, the database keeps the old heads and the cache
+                    // never serves this copy (every use checks the stored heads).
+                    let heads = heads_key(&file.heads());
+                    cache.put(case_id.clone(), heads, file);
+                }
+            }
             // Unasked documents only send; their state is saved when the phone answers.
             if let Some(write) = applied.write.filter(|_| requested) {
                 writes.push(write);
             }
-            if let Some(file) = applied.file {
-                parsed.push((applied.reply.case_id.clone(), file));
-            }
-            replies.insert(applied.reply.case_id.clone(), applied.reply);
+            replies.insert(case_id, applied.reply);
         }
-        (writes, replies, parsed)
+        (writes, replies, to_push)
     })
     .await
     .map_err(|e| ApiError::Internal(format!("sync task failed: {e}")))?;
@@ -272,21 +288,10 @@ async fn sync_attempt(
     }
     tx.forget_sync_states(&device_id, &forgotten).await?;
     tx.commit().await?;
-    // Committed: the parsed documents now match the database and may serve the next request,
-    // once the WebSocket clients that have a changed one open have been sent its changes.
-    let changed: BTreeSet<&str> = writes
-        .iter()
-        .filter(|w| !w.changes.is_empty())
-        .map(|w| w.case_id.as_str())
-        .collect();
-    for (case_id, mut file) in parsed {
-        if changed.contains(case_id.as_str()) && hub.has_subscribers(&case_id) {
-            let (hub, documents) = (Arc::clone(hub), Arc::clone(documents));
-            tokio::spawn(async move { hub.document_changed(&documents, case_id, file).await });
-        } else {
-            let heads = heads_key(&file.heads());
-            documents.put(case_id, heads, file);
-        }
+    // Committed: the WebSocket clients that have a changed case open are sent its changes.
+    for (case_id, file) in to_push {
+        let (hub, documents) = (Arc::clone(hub), Arc::clone(documents));
+        tokio::spawn(async move { hub.document_changed(&documents, case_id, file).await });
     }
 
     let applied: usize = writes.iter().map(|w| w.changes.len()).sum();

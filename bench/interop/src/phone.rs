@@ -210,7 +210,12 @@ pub async fn http_session(
         if *progress.done.borrow() {
             // The phase gave up (timed out, or another session failed): say what is missing.
             let missing = goal.missing(&mut phone).unwrap_or_default();
-            anyhow::bail!("{} stopped short: {missing}", phone.name);
+            let detail = if std::env::var_os("INTEROP_BENCH_DEBUG").is_some() {
+                diagnose(&client, &url, &token, &mut phone, &missing).await
+            } else {
+                String::new()
+            };
+            anyhow::bail!("{} stopped short: {missing}{detail}", phone.name);
         }
         let mut busy = false;
         let mut documents = Vec::new();
@@ -298,6 +303,78 @@ pub async fn http_session(
             tokio::time::sleep(HTTP_POLL_INTERVAL).await;
         }
     }
+}
+
+/// For a phone left short of a case: its sync state for the case, and what one more exchange
+/// (a fresh message, and the server's answer) carries.
+async fn diagnose(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    phone: &mut Phone,
+    missing: &str,
+) -> String {
+    use automerge::sync::Message;
+    let Some(case_id) = missing.split_whitespace().last().map(str::to_string) else {
+        return String::new();
+    };
+    let Some(doc) = phone.docs.get_mut(&case_id) else {
+        return String::new();
+    };
+    let heads = doc.heads().len();
+    let changes = doc.doc_mut().get_changes(&[]).len();
+    let mut state = phone.states.remove(&case_id).unwrap_or_default();
+    let shared = state.shared_heads().len();
+    let message = doc.generate_sync_message(&mut state);
+    let sent = message
+        .as_deref()
+        .and_then(|m| Message::decode(m).ok())
+        .map(|m| {
+            format!(
+                "heads {} need {} changes {}",
+                m.heads.len(),
+                m.need.len(),
+                m.changes.len()
+            )
+        });
+    let body = SyncRequest {
+        documents: vec![SyncDocumentIn {
+            case_id: case_id.clone(),
+            message: message.map(|m| STANDARD.encode(m)),
+        }],
+    };
+    let answer = async {
+        let reply: SyncResponse = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let document = reply.documents.into_iter().find(|d| d.case_id == case_id)?;
+        let Some(message) = document.message else {
+            return Some(format!(
+                "no message (error {:?})",
+                document.error.map(|e| e.code)
+            ));
+        };
+        let message = Message::decode(&STANDARD.decode(message).ok()?).ok()?;
+        Some(format!(
+            "heads {} need {} have {} changes {}",
+            message.heads.len(),
+            message.need.len(),
+            message.have.len(),
+            message.changes.len()
+        ))
+    }
+    .await;
+    phone.states.insert(case_id, state);
+    format!(
+        " [phone: {changes} changes, {heads} heads, shared {shared}; sent {sent:?}; server answered {answer:?}]"
+    )
 }
 
 /// A WebSocket session: join, then a `request` (document not held yet) or `sync` for every
