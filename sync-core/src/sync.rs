@@ -99,7 +99,9 @@ impl CaseFile {
         self.doc
             .sync()
             .receive_sync_message(&mut peer.0, message)
-            .map_err(|e| CaseFileError::CorruptSyncMessage(e.to_string()))
+            .map_err(|e| CaseFileError::CorruptSyncMessage(e.to_string()))?;
+        hold_back_nothing_unasked(&mut self.doc, peer);
+        Ok(())
     }
 
     /// Applies a message only if every change it brings was made by an actor that
@@ -142,6 +144,7 @@ impl CaseFile {
             received.and_then(|()| self.check_received(&before, &mut log, sender, &actor_allowed));
         match outcome {
             Ok(applied) => {
+                hold_back_nothing_unasked(&mut self.doc, &mut trial_peer);
                 *peer = trial_peer;
                 Ok(applied)
             }
@@ -331,6 +334,18 @@ impl CaseFile {
             }
         }
         Ok(())
+    }
+}
+
+/// When a message brought changes whose dependencies this side lacks, Automerge holds them
+/// back in the document's memory until the dependencies arrive, and the sender counts them as
+/// sent. But a document is saved without them: a server that loads each case per request (and
+/// a phone that restarts) loses them, and the sender would never send them again (it is asked
+/// for the missing dependency, never for what it thinks it sent). So the next message asks the
+/// sender to forget what it sent (Automerge's sync reset) and send whatever is still missing.
+fn hold_back_nothing_unasked(doc: &mut automerge::AutoCommit, peer: &mut PeerState) {
+    if !doc.get_missing_deps(&[]).is_empty() {
+        peer.0.needs_reset = true;
     }
 }
 

@@ -1047,3 +1047,67 @@ fn a_finalisation_naming_someone_else_is_refused() {
     assert_eq!(server.heads(), before);
     assert!(server.get::<HomeVisit>(&visit).unwrap().finalised.is_none());
 }
+
+#[test]
+fn a_server_that_keeps_nothing_between_messages_still_gets_changes_whose_message_was_lost() {
+    // The server of an HTTP sync keeps only the stored document and the saved sync state
+    // between requests, so changes it had to hold back (their dependencies had not arrived)
+    // are gone by the next request. A phone whose message carrying A was lost then sends only
+    // B, which depends on A: the server must make the phone send A (and B) again, or the two
+    // never meet.
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let (mut saved_state, mut phone_state) = (PeerState::new().encode(), PeerState::new());
+    let mut exchange = |server: &mut CaseFile,
+                        worker: &mut CaseFile,
+                        phone_state: &mut PeerState,
+                        deliver: bool| {
+        // One request: the server as stored, its saved state, the phone's message.
+        let mut stored = CaseFile::load(
+            &server.save(),
+            testing::author("server", "server"),
+            testing::actor(99),
+        )
+        .unwrap();
+        let mut state = PeerState::decode(&saved_state).unwrap();
+        let to_server = worker.generate_sync_message(phone_state);
+        if let Some(m) = &to_server
+            && deliver
+        {
+            stored
+                .receive_sync_message_checked(&mut state, m, &sender, |_| true)
+                .unwrap();
+        }
+        let reply = stored.generate_sync_message(&mut state);
+        saved_state = state.encode();
+        *server = stored;
+        if let Some(m) = &reply
+            && deliver
+        {
+            worker.receive_sync_message(phone_state, m).unwrap();
+        }
+        to_server.is_some() || reply.is_some()
+    };
+    for _ in 0..5 {
+        exchange(&mut server, &mut worker, &mut phone_state, true);
+    }
+    let a = worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    // The request carrying A is lost on the way (no reply either)...
+    exchange(&mut server, &mut worker, &mut phone_state, false);
+    // ... and the phone, not told, carries on: a later exchange answers it, then B is recorded.
+    exchange(&mut server, &mut worker, &mut phone_state, true);
+    let b = worker
+        .add(&testing::visit("user-1", at(2), 10), at(2))
+        .unwrap();
+    for _ in 0..10 {
+        if !exchange(&mut server, &mut worker, &mut phone_state, true) {
+            break;
+        }
+    }
+    assert!(server.get::<HomeVisit>(&a).is_ok(), "A reached the server");
+    assert!(server.get::<HomeVisit>(&b).is_ok(), "B reached the server");
+    assert_eq!(server.heads(), worker.heads());
+}

@@ -371,9 +371,42 @@ async fn diagnose(
         ))
     }
     .await;
+    // And from scratch: does the server hold heads this phone lacks?
+    let mut fresh = doorstep_sync_core::PeerState::new();
+    let first = doc.generate_sync_message(&mut fresh);
+    let body = SyncRequest {
+        documents: vec![SyncDocumentIn {
+            case_id: case_id.clone(),
+            message: first.map(|m| STANDARD.encode(m)),
+        }],
+    };
+    let server_heads = async {
+        let reply: SyncResponse = client
+            .post(url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let document = reply.documents.into_iter().find(|d| d.case_id == case_id)?;
+        let message = Message::decode(&STANDARD.decode(document.message?).ok()?).ok()?;
+        let known = message
+            .heads
+            .iter()
+            .filter(|h| doc.doc_mut().get_change_by_hash(h).is_some())
+            .count();
+        Some(format!(
+            "{} heads, {known} known to the phone",
+            message.heads.len()
+        ))
+    }
+    .await;
     phone.states.insert(case_id, state);
     format!(
-        " [phone: {changes} changes, {heads} heads, shared {shared}; sent {sent:?}; server answered {answer:?}]"
+        " [phone: {changes} changes, {heads} heads, shared {shared}; sent {sent:?}; server answered {answer:?}; from scratch the server has {server_heads:?}]"
     )
 }
 

@@ -253,7 +253,10 @@ impl Bench {
                         (c.clone(), others)
                     })
                     .collect(),
-                upload: false,
+                // A phone keeps syncing until the server is known to hold its own visits too:
+                // one that stopped once it held the others' would strand its own (a request
+                // refused under load is sent again only by a phone that is still syncing).
+                upload: true,
             })
             .collect();
         let (_phones, converge) = self.phase(target, &server, phones, goals, 0).await?;
