@@ -103,7 +103,8 @@ impl<E: Into<ApiError>> From<E> for AttemptError {
     }
 }
 
-/// Runs one sync request for `caller`. Returns only after the transaction has committed.
+/// Runs one sync request for `caller` in its `turn` (see [`sync_turn`]). Returns only after
+/// the transaction has committed.
 ///
 /// Optimistic first: the documents are read, and the Automerge work (parse, checked receive,
 /// validation, save) done, outside any write lock, so that syncs of many phones use every core
@@ -115,6 +116,7 @@ pub async fn sync(
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
+    _turn: tokio::sync::SemaphorePermit<'_>,
 ) -> Result<SyncReply, ApiError> {
     let metrics = &state.metrics;
     for attempt in 1.. {
@@ -144,11 +146,6 @@ async fn sync_attempt(
 ) -> Result<SyncReply, AttemptError> {
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
     let (documents, hub) = (&state.documents, &state.repo);
-    // Parsed case files take megabytes each: only as many syncs run (read, compute and write)
-    // at once as there are cores, so memory stays bounded however many phones reconnect
-    // together. The permit is held until the writes are committed: a sync that computed and
-    // waits for the write lock still holds its parsed documents.
-    let _permit = sync_turn(state).await?;
     let device_id = caller.device.id.clone();
     let mut tx = if optimistic {
         storage.begin_sync_read().await?
@@ -325,10 +322,13 @@ async fn sync_attempt(
     })
 }
 
-/// Waits for a turn to run a sync. A phone that would wait past half the request timeout is
-/// told at once that the server is busy (503 with `Retry-After`) before any work is done, so
-/// that under a burst no request is cut off by the timeout after the work was done for it.
-async fn sync_turn(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+/// Waits for a turn to run a sync. Parsed case files take megabytes each: only as many syncs
+/// run (read the request, compute, write) at once as there are cores, so memory stays bounded
+/// however many phones reconnect together; a turn is held until the writes commit. A phone
+/// that would wait past half the request timeout is told at once that the server is busy (503
+/// with `Retry-After`) before any work is done, so that under a burst no request is cut off by
+/// the timeout after the work was done for it.
+pub async fn sync_turn(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
     let wait = state.config.request_timeout() / 2;
     match tokio::time::timeout(wait, state.sync_compute.acquire()).await {
         Ok(Ok(permit)) => Ok(permit),

@@ -28,6 +28,7 @@
 //! 415 `unsupported_media_type`, 422 `invalid_body` (wrong shape, duplicate case ids, more than
 //! 1000 documents), 401 `device_revoked` (wipe local data).
 
+use axum::extract::FromRequest;
 use std::collections::BTreeSet;
 
 use axum::Json;
@@ -79,10 +80,14 @@ pub struct WireError {
 pub async fn sync(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(request): JsonBody<SyncRequest>,
+    request: axum::extract::Request,
 ) -> Result<Json<SyncResponse>, ApiError> {
+    // The turn first, then the body: phones waiting for a turn hold no request body (an
+    // upload after a day offline is megabytes per phone, and they reconnect together).
+    let turn = sync::sync_turn(&state).await?;
+    let JsonBody(request) = JsonBody::<SyncRequest>::from_request(request, &state).await?;
     let incoming = check_request(request)?;
-    let reply = sync::sync(&state, &caller, incoming, now_ms()).await?;
+    let reply = sync::sync(&state, &caller, incoming, now_ms(), turn).await?;
     Ok(Json(SyncResponse {
         documents: reply
             .documents
