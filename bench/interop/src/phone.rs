@@ -305,8 +305,8 @@ pub async fn http_session(
     }
 }
 
-/// For a phone left short of a case: its sync state for the case, and what one more exchange
-/// (a fresh message, and the server's answer) carries.
+/// For a phone left short of a case: its sync state for the case, what one more exchange (a
+/// fresh message, and the server's answer) carries, and the server's heads from scratch.
 async fn diagnose(
     client: &reqwest::Client,
     url: &str,
@@ -337,77 +337,71 @@ async fn diagnose(
                 m.changes.len()
             )
         });
-    let body = SyncRequest {
-        documents: vec![SyncDocumentIn {
-            case_id: case_id.clone(),
-            message: message.map(|m| STANDARD.encode(m)),
-        }],
+    let answer = exchange_one(client, url, token, &case_id, message)
+        .await
+        .map(|reply| match reply {
+            Ok(m) => format!(
+                "heads {} need {} have {} changes {}",
+                m.heads.len(),
+                m.need.len(),
+                m.have.len(),
+                m.changes.len()
+            ),
+            Err(error) => format!("no message (error {error:?})"),
+        });
+    // From scratch: does the server hold heads this phone lacks?
+    let first = doc.generate_sync_message(&mut doorstep_sync_core::PeerState::new());
+    let server_heads = match exchange_one(client, url, token, &case_id, first).await {
+        Some(Ok(m)) => {
+            let known = m
+                .heads
+                .iter()
+                .filter(|h| doc.doc_mut().get_change_by_hash(h).is_some())
+                .count();
+            Some(format!(
+                "{} heads, {known} known to the phone",
+                m.heads.len()
+            ))
+        }
+        _ => None,
     };
-    let answer = async {
-        let reply: SyncResponse = client
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let document = reply.documents.into_iter().find(|d| d.case_id == case_id)?;
-        let Some(message) = document.message else {
-            return Some(format!(
-                "no message (error {:?})",
-                document.error.map(|e| e.code)
-            ));
-        };
-        let message = Message::decode(&STANDARD.decode(message).ok()?).ok()?;
-        Some(format!(
-            "heads {} need {} have {} changes {}",
-            message.heads.len(),
-            message.need.len(),
-            message.have.len(),
-            message.changes.len()
-        ))
-    }
-    .await;
-    // And from scratch: does the server hold heads this phone lacks?
-    let mut fresh = doorstep_sync_core::PeerState::new();
-    let first = doc.generate_sync_message(&mut fresh);
-    let body = SyncRequest {
-        documents: vec![SyncDocumentIn {
-            case_id: case_id.clone(),
-            message: first.map(|m| STANDARD.encode(m)),
-        }],
-    };
-    let server_heads = async {
-        let reply: SyncResponse = client
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        let document = reply.documents.into_iter().find(|d| d.case_id == case_id)?;
-        let message = Message::decode(&STANDARD.decode(document.message?).ok()?).ok()?;
-        let known = message
-            .heads
-            .iter()
-            .filter(|h| doc.doc_mut().get_change_by_hash(h).is_some())
-            .count();
-        Some(format!(
-            "{} heads, {known} known to the phone",
-            message.heads.len()
-        ))
-    }
-    .await;
     phone.states.insert(case_id, state);
     format!(
         " [phone: {changes} changes, {heads} heads, shared {shared}; sent {sent:?}; server answered {answer:?}; from scratch the server has {server_heads:?}]"
     )
+}
+
+/// One sync request for one case: the server's message (Err: its error code, if any, when it
+/// sent none); None when the exchange itself failed.
+async fn exchange_one(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    case_id: &str,
+    message: Option<Vec<u8>>,
+) -> Option<Result<automerge::sync::Message, Option<String>>> {
+    let body = SyncRequest {
+        documents: vec![SyncDocumentIn {
+            case_id: case_id.to_string(),
+            message: message.map(|m| STANDARD.encode(m)),
+        }],
+    };
+    let reply: SyncResponse = client
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let document = reply.documents.into_iter().find(|d| d.case_id == case_id)?;
+    let Some(message) = document.message else {
+        return Some(Err(document.error.map(|e| e.code)));
+    };
+    let bytes = STANDARD.decode(message).ok()?;
+    automerge::sync::Message::decode(&bytes).ok().map(Ok)
 }
 
 /// A WebSocket session: join, then a `request` (document not held yet) or `sync` for every

@@ -8,7 +8,7 @@ use doorstep_sync_core::testing;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, Phone, TestApp, error_of, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, Phone, TestApp, error_of, spawn_app, spawn_app_with, stored_heads};
 
 async fn assert_still_serving(app: &TestApp, phone: &Phone) {
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
@@ -318,13 +318,7 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     let mut officer = Phone::sign_in(&app, "officer", 1).await;
     officer.sync_until_quiet(&app).await;
     let case_id = "case-demo-1";
-    let before = app
-        .storage()
-        .document(case_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .heads;
+    let before = stored_heads(&app, case_id).await;
     officer
         .doc(case_id)
         .add(
@@ -348,26 +342,14 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(code, "busy");
     assert_eq!(retry_after.unwrap().to_str().unwrap(), "5");
-    let after = app
-        .storage()
-        .document(case_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .heads;
+    let after = stored_heads(&app, case_id).await;
     assert_eq!(after, before, "nothing was stored");
 
     // Once turns are free the same phone syncs normally.
     drop(taken);
     officer.reset_sync_states();
     officer.sync_until_quiet(&app).await;
-    let synced = app
-        .storage()
-        .document(case_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .heads;
+    let synced = stored_heads(&app, case_id).await;
     assert_eq!(synced, heads_key(&officer.doc(case_id).heads()));
     app.shutdown().await;
 }

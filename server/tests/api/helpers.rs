@@ -287,6 +287,16 @@ impl Endpoint for TestApp {
 }
 
 /// The error code and status of a JSON error response.
+/// The heads of a case as stored.
+pub async fn stored_heads(app: &TestApp, case_id: &str) -> String {
+    app.storage()
+        .document(case_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .heads
+}
+
 pub async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
     let status = response.status();
     let body: Value = response.json().await.unwrap();

@@ -10,7 +10,7 @@ use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::{CaseFile, testing};
 
-use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app};
+use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app, stored_heads};
 
 both_backends!(
     a_phone_receives_exactly_its_allocated_cases,
@@ -26,15 +26,6 @@ both_backends!(
     new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
     an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives,
 );
-
-async fn stored_heads(app: &TestApp, case_id: &str) -> String {
-    app.storage()
-        .document(case_id)
-        .await
-        .unwrap()
-        .unwrap()
-        .heads
-}
 
 async fn a_phone_receives_exactly_its_allocated_cases(backend: Backend) {
     let app = spawn_app(backend).await;
