@@ -35,7 +35,7 @@ use serde_json::{Map, Value as Json};
 use crate::attendance::{AttendanceCode, Mark, Session};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
 use crate::records::{CaseDetails, Collection, RecordBody, Validate};
-use crate::scope::Scope;
+use crate::scope::{LAYOUT_MAPS, Scope};
 use crate::value::{
     ensure_map, map_at, map_at_version, put_changed_fields, put_json, read_key, read_map, str_at,
     str_at_version, text_object_at,
@@ -259,12 +259,7 @@ impl CaseFile {
                 "no schema_version at the root".into(),
             ));
         }
-        for key in Collection::ALL.iter().map(|c| c.key()).chain([
-            "case",
-            "actors",
-            "attendance",
-            "resolutions",
-        ]) {
+        for key in Collection::ALL.iter().map(|c| c.key()).chain(LAYOUT_MAPS) {
             if map_at(&self.doc, &ROOT, key).is_none() {
                 return Err(CaseFileError::NotACaseFile(format!("no `{key}` map")));
             }
