@@ -143,7 +143,7 @@ impl Doorstep {
                 }
                 Ok(false) => {}
                 Err(attempt) => {
-                    let (Attempt::Retry(error) | Attempt::Fail(error)) = &attempt;
+                    let (Attempt::Retry(error, _) | Attempt::Fail(error)) = &attempt;
                     let note = match error {
                         DoorstepError::Server { code, detail } => format!("{code}: {detail}"),
                         other => other.to_string(),

@@ -150,6 +150,8 @@ pub(crate) enum HttpFailure {
         status: u16,
         code: String,
         message: String,
+        /// How long the server asked us to wait before trying again (`Retry-After`, seconds).
+        retry_after: Option<u64>,
     },
 }
 
@@ -160,6 +162,17 @@ impl HttpFailure {
             HttpFailure::Status { status, .. } => {
                 *status >= 500 || *status == 429 || *status == 408
             }
+        }
+    }
+
+    /// The least wait before a retry that the server asked for.
+    fn wait_at_least(&self) -> Duration {
+        match self {
+            HttpFailure::Status {
+                retry_after: Some(secs),
+                ..
+            } => Duration::from_secs((*secs).min(MAX_RETRY_AFTER_SECS)),
+            _ => Duration::ZERO,
         }
     }
 
@@ -174,12 +187,17 @@ impl HttpFailure {
     }
 }
 
-/// A sync attempt's failure: retry it, or give up with this error.
+/// A sync attempt's failure: retry it (not before the wait the server asked for), or give up
+/// with this error.
 #[derive(Debug)]
 pub(crate) enum Attempt {
-    Retry(DoorstepError),
+    Retry(DoorstepError, Duration),
     Fail(DoorstepError),
 }
+
+/// A `Retry-After` longer than this is taken as this (a phone in the field should not go quiet
+/// for long on one header).
+const MAX_RETRY_AFTER_SECS: u64 = 300;
 
 impl From<DoorstepError> for Attempt {
     fn from(error: DoorstepError) -> Self {
@@ -192,6 +210,8 @@ impl From<DoorstepError> for Attempt {
 pub(crate) struct Answer {
     pub status: u16,
     pub upload_offset: Option<u64>,
+    /// `Retry-After` in seconds, when the server sent one.
+    pub retry_after: Option<u64>,
     pub body: Vec<u8>,
 }
 
@@ -202,11 +222,14 @@ impl Answer {
             .await
             .map_err(|e| HttpFailure::Transport(e.to_string()))?;
         let status = response.status().as_u16();
-        let upload_offset = response
-            .headers()
-            .get("upload-offset")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let header = |name: &str| -> Option<u64> {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (upload_offset, retry_after) = (header("upload-offset"), header("retry-after"));
         // Reading the body can fail midway too (the signal drops): that is a transport failure.
         let body = response
             .bytes()
@@ -216,6 +239,7 @@ impl Answer {
         Ok(Answer {
             status,
             upload_offset,
+            retry_after,
             body,
         })
     }
@@ -246,6 +270,7 @@ impl Answer {
             status: self.status,
             code,
             message,
+            retry_after: self.retry_after,
         }
     }
 
@@ -258,6 +283,7 @@ impl Answer {
             status: self.status,
             code: "unexpected_response".into(),
             message: format!("the server's reply could not be read: {e}"),
+            retry_after: None,
         })
     }
 }
@@ -407,12 +433,12 @@ impl Doorstep {
             report.attempts = attempt;
             match self.sync_attempt(&client, attempt, &mut report).await {
                 Ok(()) => break Ok(()),
-                Err(Attempt::Retry(error)) if attempt < policy.max_attempts.max(1) => {
+                Err(Attempt::Retry(error, wait)) if attempt < policy.max_attempts.max(1) => {
                     self.record_error(&error);
                     self.notify_status();
-                    tokio::time::sleep(policy.delay(attempt)).await;
+                    tokio::time::sleep(policy.delay(attempt).max(wait)).await;
                 }
-                Err(Attempt::Retry(error) | Attempt::Fail(error)) => break Err(error),
+                Err(Attempt::Retry(error, _) | Attempt::Fail(error)) => break Err(error),
             }
         };
         // Evidence files go once the case files are through, with their own retries: a file
@@ -427,11 +453,11 @@ impl Doorstep {
                 report.evidence_pending = pass.pending;
                 match result {
                     Ok(()) => break,
-                    Err(Attempt::Retry(error)) if attempt < policy.max_attempts.max(1) => {
+                    Err(Attempt::Retry(error, wait)) if attempt < policy.max_attempts.max(1) => {
                         self.record_error(&error);
-                        tokio::time::sleep(policy.delay(attempt)).await;
+                        tokio::time::sleep(policy.delay(attempt).max(wait)).await;
                     }
-                    Err(Attempt::Retry(error) | Attempt::Fail(error)) => {
+                    Err(Attempt::Retry(error, _) | Attempt::Fail(error)) => {
                         self.record_error(&error);
                         break;
                     }
@@ -637,7 +663,10 @@ impl Doorstep {
                 self.drop_tokens();
                 Attempt::Fail(DoorstepError::SessionExpired)
             }
-            _ if failure.retryable() => Attempt::Retry(failure.into_error()),
+            _ if failure.retryable() => {
+                let wait = failure.wait_at_least();
+                Attempt::Retry(failure.into_error(), wait)
+            }
             _ => Attempt::Fail(failure.into_error()),
         }
     }
@@ -831,4 +860,33 @@ fn record_case_error(
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn busy(retry_after: Option<u64>) -> HttpFailure {
+        HttpFailure::Status {
+            status: 503,
+            code: "busy".into(),
+            message: "the server is busy".into(),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn a_retry_waits_at_least_as_long_as_the_server_asked_within_a_cap() {
+        assert!(busy(Some(5)).retryable());
+        assert_eq!(busy(Some(5)).wait_at_least(), Duration::from_secs(5));
+        assert_eq!(busy(None).wait_at_least(), Duration::ZERO);
+        assert_eq!(
+            busy(Some(86_400)).wait_at_least(),
+            Duration::from_secs(MAX_RETRY_AFTER_SECS)
+        );
+        assert_eq!(
+            HttpFailure::Transport("reset".into()).wait_at_least(),
+            Duration::ZERO
+        );
+    }
 }
