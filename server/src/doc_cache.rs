@@ -52,9 +52,12 @@ impl DocumentCache {
     }
 
     /// Puts a document back, as it stands at `heads` (committed), evicting the least recently
-    /// returned documents beyond the capacity.
-    pub fn put(&self, case_id: String, heads: String, file: CaseFile) {
-        if self.capacity == 0 {
+    /// returned documents beyond the capacity. A document holding back changes (received
+    /// without their dependencies) is not kept: those changes are not stored, and were sent by
+    /// one device, so they must not surface in another device's sync when the dependencies
+    /// arrive (they would be refused as that device's foreign changes).
+    pub fn put(&self, case_id: String, heads: String, mut file: CaseFile) {
+        if self.capacity == 0 || file.holds_back_changes() {
             return;
         }
         let mut entries = self.lock();
@@ -138,5 +141,36 @@ mod tests {
         let (file, h) = case("d");
         off.put("d".into(), h, file);
         assert!(off.is_empty());
+    }
+
+    #[test]
+    fn a_document_holding_back_changes_is_not_kept() {
+        // A phone's second visit arrives without its first: Automerge holds it back.
+        let (mut server, heads) = case("a");
+        let mut phone = testing::replica(
+            &mut server,
+            testing::author("user-1", "phone-1"),
+            testing::actor(1),
+        )
+        .unwrap();
+        let before = phone.heads();
+        for minute in 1..=2 {
+            let visit = testing::visit("user-1", testing::at(minute), 10);
+            phone.add(&visit, testing::at(minute)).unwrap();
+        }
+        let changes = phone.doc_mut().get_changes(&before);
+        let second = changes.last().unwrap().clone();
+        server.doc_mut().apply_changes([second]).unwrap();
+        assert!(server.holds_back_changes());
+        assert_eq!(crate::storage::heads_key(&server.heads()), heads);
+        let cache = DocumentCache::new(4);
+        cache.put("a".into(), heads.clone(), server);
+        assert!(cache.take("a", &heads).is_none(), "not kept");
+        let (file, heads) = case("b");
+        cache.put("b".into(), heads.clone(), file);
+        assert!(
+            cache.take("b", &heads).is_some(),
+            "an ordinary document is kept"
+        );
     }
 }

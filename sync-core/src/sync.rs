@@ -67,6 +67,12 @@ impl PeerState {
 }
 
 impl CaseFile {
+    /// Whether this document holds back changes it received without their dependencies
+    /// (Automerge applies them when the dependencies arrive; a save leaves them out).
+    pub fn holds_back_changes(&mut self) -> bool {
+        !self.doc.get_missing_deps(&[]).is_empty()
+    }
+
     /// Whether this document holds every one of `heads` (it is the same version as the one
     /// they came from, or a later one).
     pub fn contains_heads(&mut self, heads: &[ChangeHash]) -> bool {
@@ -100,7 +106,7 @@ impl CaseFile {
             .sync()
             .receive_sync_message(&mut peer.0, message)
             .map_err(|e| CaseFileError::CorruptSyncMessage(e.to_string()))?;
-        hold_back_nothing_unasked(&mut self.doc, peer);
+        hold_back_nothing_unasked(self, peer);
         Ok(())
     }
 
@@ -144,7 +150,7 @@ impl CaseFile {
             received.and_then(|()| self.check_received(&before, &mut log, sender, &actor_allowed));
         match outcome {
             Ok(applied) => {
-                hold_back_nothing_unasked(&mut self.doc, &mut trial_peer);
+                hold_back_nothing_unasked(self, &mut trial_peer);
                 *peer = trial_peer;
                 Ok(applied)
             }
@@ -343,8 +349,8 @@ impl CaseFile {
 /// a phone that restarts) loses them, and the sender would never send them again (it is asked
 /// for the missing dependency, never for what it thinks it sent). So the next message asks the
 /// sender to forget what it sent (Automerge's sync reset) and send whatever is still missing.
-fn hold_back_nothing_unasked(doc: &mut automerge::AutoCommit, peer: &mut PeerState) {
-    if !doc.get_missing_deps(&[]).is_empty() {
+fn hold_back_nothing_unasked(file: &mut CaseFile, peer: &mut PeerState) {
+    if file.holds_back_changes() {
         peer.0.needs_reset = true;
     }
 }
