@@ -411,7 +411,6 @@ pub(crate) fn saved_peer_state(document: &LoadedDocument) -> PeerState {
 /// A refused message leaves the document and `peer` as the messages before it left them, and
 /// the messages after it are not applied.
 pub(crate) fn receive_messages<'m>(
-    case_id: &str,
     file: &mut CaseFile,
     peer: &mut PeerState,
     messages: impl IntoIterator<Item = &'m [u8]>,
@@ -458,14 +457,10 @@ pub(crate) fn receive_messages<'m>(
             if !rule.bound().contains(&hex) {
                 unclaimed.insert(hex.clone());
             }
-            let Some(mut stored) = file.doc_mut().get_change_by_hash(&change.hash) else {
-                tracing::error!(case = %case_id, "an applied change is missing");
-                return (received, Some(DocumentError::Unavailable));
-            };
             received.changes.push(NewChange {
                 hash: change.hash.to_string(),
                 actor_id: hex,
-                bytes: stored.bytes().to_vec(),
+                bytes: change.bytes,
             });
         }
         received.unclaimed_actors.extend(unclaimed);
@@ -537,8 +532,7 @@ fn apply_one(
         }
     };
     let mut peer = saved_peer_state(&document);
-    let (received, refused) =
-        receive_messages(&case_id, &mut file, &mut peer, message, sender, rule);
+    let (received, refused) = receive_messages(&mut file, &mut peer, message, sender, rule);
     if let Some(error) = refused {
         // A refusal leaves the document as stored (the checked receive changes nothing); a
         // document whose state is uncertain is not cached.

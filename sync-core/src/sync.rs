@@ -82,11 +82,13 @@ impl CaseFile {
     }
 }
 
-/// A change that a checked receive applied: its hash and the actor that made it.
+/// A change that a checked receive applied: its hash, the actor that made it, and its bytes
+/// (an Automerge change chunk, what storage keeps).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedChange {
     pub hash: ChangeHash,
     pub actor: ActorId,
+    pub bytes: Vec<u8>,
 }
 
 impl CaseFile {
@@ -173,10 +175,11 @@ impl CaseFile {
         let applied: Vec<AppliedChange> = self
             .doc
             .get_changes(before)
-            .iter()
-            .map(|change| AppliedChange {
+            .into_iter()
+            .map(|mut change| AppliedChange {
                 hash: change.hash(),
                 actor: change.actor_id().clone(),
+                bytes: change.bytes().to_vec(),
             })
             .collect();
         if let Some(foreign) = applied.iter().find(|c| !actor_allowed(&c.actor)) {

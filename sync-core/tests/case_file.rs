@@ -888,6 +888,19 @@ fn collection_obj(file: &CaseFile, collection: &str) -> automerge::ObjId {
     file.doc().get(ROOT, collection).unwrap().unwrap().1
 }
 
+/// A case holding one visit by user-1 on phone-1, synced through the checked receive; the
+/// visit's id and the sending device.
+fn case_with_a_synced_visit() -> (CaseFile, String, doorstep_sync_core::Author) {
+    let sender = testing::author("user-1", "phone-1");
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let visit = worker
+        .add(&testing::visit("user-1", at(1), 10), at(1))
+        .unwrap();
+    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    (server, visit, sender)
+}
+
 #[test]
 fn a_refused_change_on_a_large_case_is_rolled_back_and_the_case_still_syncs() {
     use automerge::{ReadDoc, transaction::Transactable};
@@ -947,13 +960,7 @@ fn a_refused_change_on_a_large_case_is_rolled_back_and_the_case_still_syncs() {
 #[test]
 fn records_cannot_be_removed_one_by_one_or_with_their_collection() {
     use automerge::{ROOT, transaction::Transactable};
-    let sender = testing::author("user-1", "phone-1");
-    let mut server = testing::new_case("case-1");
-    let mut worker = phone(&mut server, 1);
-    let visit = worker
-        .add(&testing::visit("user-1", at(1), 10), at(1))
-        .unwrap();
-    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    let (mut server, visit, sender) = case_with_a_synced_visit();
     let before = server.heads();
 
     let mut remover = phone(&mut server, 1);
@@ -1023,13 +1030,7 @@ fn marks_and_root_values_are_checked_where_they_change() {
 
 #[test]
 fn a_finalisation_naming_someone_else_is_refused() {
-    let sender = testing::author("user-1", "phone-1");
-    let mut server = testing::new_case("case-1");
-    let mut worker = phone(&mut server, 1);
-    let visit = worker
-        .add(&testing::visit("user-1", at(1), 10), at(1))
-        .unwrap();
-    assert!(checked_sync(&mut server, &mut worker, &sender).is_none());
+    let (mut server, visit, sender) = case_with_a_synced_visit();
     let before = server.heads();
     // The same device's actor, but a handle that writes another person into the envelope.
     let mut forger = testing::replica(

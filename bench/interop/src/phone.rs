@@ -72,7 +72,12 @@ impl Phone {
 
     /// Documents whose sync state does not show the server holding all of this phone's changes.
     pub fn unacknowledged(&mut self) -> usize {
-        let mut count = 0;
+        self.unacknowledged_cases().len()
+    }
+
+    /// The cases whose sync state does not show the server holding all of this phone's changes.
+    fn unacknowledged_cases(&mut self) -> Vec<String> {
+        let mut cases = Vec::new();
         for (case_id, doc) in &mut self.docs {
             let shared = self
                 .states
@@ -80,10 +85,10 @@ impl Phone {
                 .map(|s| s.shared_heads())
                 .unwrap_or(&[]);
             if !doc.heads().iter().all(|h| shared.contains(h)) {
-                count += 1;
+                cases.push(case_id.clone());
             }
         }
-        count
+        cases
     }
 
     /// A reconnect keeps what each side is known to have, and drops the rest (as a phone that
@@ -131,17 +136,10 @@ impl Goal {
                 hashes.pop();
             }
         }
-        if self.upload {
-            for (case_id, doc) in &mut phone.docs {
-                let shared = phone
-                    .states
-                    .get(case_id)
-                    .map(|s| s.shared_heads())
-                    .unwrap_or(&[]);
-                if !doc.heads().iter().all(|h| shared.contains(h)) {
-                    return Some(format!("server not known to hold {case_id}"));
-                }
-            }
+        if self.upload
+            && let Some(case_id) = phone.unacknowledged_cases().first()
+        {
+            return Some(format!("server not known to hold {case_id}"));
         }
         None
     }

@@ -253,10 +253,11 @@ impl Bench {
                         (c.clone(), others)
                     })
                     .collect(),
-                // A phone keeps syncing until the server is known to hold its own visits too:
-                // one that stopped once it held the others' would strand its own (a request
-                // refused under load is sent again only by a phone that is still syncing).
-                upload: true,
+                // An HTTP phone stops polling once its goal is reached, so it must also wait
+                // until the server is known to hold its own visits (else a request refused
+                // under load would strand them). A WebSocket phone stays connected and answers
+                // until every phone is done, so its goal is only what it must receive.
+                upload: target == Target::DoorstepHttp,
             })
             .collect();
         let (_phones, converge) = self.phase(target, &server, phones, goals, 0).await?;
@@ -283,16 +284,7 @@ impl Bench {
         record_visits(doc, &user, args.big_visits, args.note_chars, 1000)?;
         let heads = doc.heads();
         big.iter_mut().for_each(Phone::reconnect);
-        let goals: Vec<Goal> = (0..big.len())
-            .map(|i| Goal {
-                hold: if i == 0 {
-                    BTreeMap::new()
-                } else {
-                    BTreeMap::from([(big_case.clone(), heads.clone())])
-                },
-                upload: false,
-            })
-            .collect();
+        let goals = writer_and_readers(target, big.len(), &big_case, &heads);
         let (mut big, f) = self.phase(target, &server, big, goals, 0).await?;
         println!(
             "  scenario 2 case filled with {} visits: {:.2} s",
@@ -304,16 +296,7 @@ impl Bench {
         let (hashes, bytes) = record_visits(doc, &user, 1, args.note_chars, 5000)?;
         outcome.single_new_bytes = bytes;
         big.iter_mut().for_each(Phone::reconnect);
-        let goals: Vec<Goal> = (0..big.len())
-            .map(|i| Goal {
-                hold: if i == 0 {
-                    BTreeMap::new()
-                } else {
-                    BTreeMap::from([(big_case.clone(), hashes.clone())])
-                },
-                upload: false,
-            })
-            .collect();
+        let goals = writer_and_readers(target, big.len(), &big_case, &hashes);
         let (_big, single) = self.phase(target, &server, big, goals, 1).await?;
         println!(
             "  one new visit on the {}-visit case reached {} subscribers: {:.1} ms, {} bytes",
@@ -695,6 +678,29 @@ impl Bench {
             .json()
             .await?)
     }
+}
+
+/// Goals of scenario 2: the first phone wrote (over HTTP it is done once the server holds its
+/// changes, as in the convergence phase); every other phone must hold `changes` of `case_id`.
+fn writer_and_readers(
+    target: Target,
+    phones: usize,
+    case_id: &str,
+    changes: &[ChangeHash],
+) -> Vec<Goal> {
+    (0..phones)
+        .map(|i| {
+            let writer = i == 0;
+            Goal {
+                hold: if writer {
+                    BTreeMap::new()
+                } else {
+                    BTreeMap::from([(case_id.to_string(), changes.to_vec())])
+                },
+                upload: writer && target == Target::DoorstepHttp,
+            }
+        })
+        .collect()
 }
 
 fn phone_names(args: &Args) -> Vec<String> {

@@ -712,7 +712,6 @@ fn receive_one(
     let mut guard = subscription.peer();
     let peer = guard.get_or_insert_with(|| sync::saved_peer_state(document));
     let (received, refused) = sync::receive_messages(
-        &case_id,
         &mut file,
         peer,
         messages.iter().map(Vec::as_slice),
