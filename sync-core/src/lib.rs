@@ -11,6 +11,7 @@ pub mod attendance;
 mod case_file;
 mod conflicts;
 mod error;
+mod graph;
 pub mod readiness;
 pub mod receipt;
 pub mod records;
@@ -27,6 +28,7 @@ pub use case_file::{
 };
 pub use conflicts::{Conflict, ConflictKind, ConflictTarget, ConflictValue, Resolution};
 pub use error::{CaseFileError, FieldError, Problem, Result, ValidationErrors};
+pub use graph::ChangeGraph;
 pub use records::{Collection, RecordBody};
-pub use sync::{AppliedChange, PeerState, RefusedSync, decode_message};
+pub use sync::{AppliedChange, PeerState, RefusedSync, brings_changes, decode_message};
 pub use view::CaseView;

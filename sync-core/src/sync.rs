@@ -36,8 +36,8 @@ use crate::scope::Scope;
 use crate::value::{map_at_version, str_at, str_at_version};
 
 /// What one side knows of the other's document, kept between sessions.
-#[derive(Debug, Clone, Default)]
-pub struct PeerState(State);
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerState(pub(crate) State);
 
 impl PeerState {
     pub fn new() -> Self {
@@ -88,6 +88,7 @@ impl CaseFile {
 pub struct AppliedChange {
     pub hash: ChangeHash,
     pub actor: ActorId,
+    pub deps: Vec<ChangeHash>,
     pub bytes: Vec<u8>,
 }
 
@@ -179,6 +180,7 @@ impl CaseFile {
             .map(|mut change| AppliedChange {
                 hash: change.hash(),
                 actor: change.actor_id().clone(),
+                deps: change.deps().to_vec(),
                 bytes: change.bytes().to_vec(),
             })
             .collect();
@@ -368,6 +370,13 @@ pub enum RefusedSync {
     Misattributed(String),
     #[error(transparent)]
     Invalid(CaseFileError),
+}
+
+/// Whether a sync message brings changes to apply (then the receiver needs the document;
+/// otherwise its [`crate::ChangeGraph`] can take it). Bytes that do not decode count as
+/// bringing changes, so that the document's receive reports them.
+pub fn brings_changes(message: &[u8]) -> bool {
+    decode_message(message).map_or(true, |m| !m.changes.is_empty())
 }
 
 /// Decodes a sync message; bad bytes are an error, never a panic.
