@@ -30,6 +30,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
+    /// Change graphs of case files (what most sync messages are answered from), revalidated
+    /// against the database on every use.
+    pub graphs: Arc<crate::graph_cache::GraphCache>,
     /// Evidence files: the blob store and the receipt-signing key.
     pub evidence: Arc<crate::evidence::Evidence>,
     /// The automerge-repo WebSocket connections of this process: who has which case open.
@@ -131,6 +134,9 @@ impl App {
             )),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
+            graphs: Arc::new(crate::graph_cache::GraphCache::new(
+                crate::graph_cache::DEFAULT_GRAPH_CACHE_BYTES,
+            )),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),
             repo: Arc::new(crate::repo_ws::RepoHub::new(storage_id)),
         };

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod doc_cache;
 pub mod error;
 pub mod evidence;
+pub mod graph_cache;
 pub mod metrics;
 pub mod repo_ws;
 pub mod storage;

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub sign_in_failures: AtomicU64,
     pub document_cache_hits: AtomicU64,
     pub document_cache_misses: AtomicU64,
+    pub graph_cache_hits: AtomicU64,
+    pub graph_cache_misses: AtomicU64,
     pub ws_connections: AtomicU64,
     pub ws_frames_received: AtomicU64,
     pub ws_frames_sent: AtomicU64,
@@ -130,6 +132,16 @@ impl Metrics {
                 "doorstep_document_cache_misses_total",
                 "Sync documents parsed from the database.",
                 &self.document_cache_misses,
+            ),
+            (
+                "doorstep_graph_cache_hits_total",
+                "Sync documents answered from a cached change graph.",
+                &self.graph_cache_hits,
+            ),
+            (
+                "doorstep_graph_cache_misses_total",
+                "Change graphs built from the stored changes.",
+                &self.graph_cache_misses,
             ),
             (
                 "doorstep_ws_connections_total",

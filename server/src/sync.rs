@@ -12,7 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use doorstep_sync_core::{ActorId, Author, CaseFile, CaseFileError, PeerState, RefusedSync};
+use doorstep_sync_core::{
+    ActorId, Author, CaseFile, CaseFileError, ChangeGraph, PeerState, RefusedSync, brings_changes,
+};
 
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -189,21 +191,36 @@ async fn sync_attempt(
     let mut to_load: Vec<String> = to_load.into_iter().map(|d| d.case_id.clone()).collect();
     let settled: Vec<String> = settled.into_iter().map(|d| d.case_id.clone()).collect();
     to_load.extend(unasked);
-    let loaded: Vec<(LoadedDocument, Option<CaseFile>)> = tx
-        .load_documents(&device_id, &to_load)
-        .await?
-        .into_iter()
-        .map(|document| {
-            let cached = documents.take(&document.case_id, &document.heads);
+    let mut loaded: Vec<(LoadedDocument, Option<CaseFile>, GraphSource)> = Vec::new();
+    for document in tx.load_documents(&device_id, &to_load).await? {
+        // Only a message that brings changes needs the parsed document; the rest are
+        // answered from the case's change graph.
+        let needs_file = incoming.iter().any(|d| {
+            d.case_id == document.case_id && d.message.as_deref().is_some_and(brings_changes)
+        });
+        let cached = needs_file
+            .then(|| documents.take(&document.case_id, &document.heads))
+            .flatten();
+        if needs_file {
             let counter = if cached.is_some() {
                 &metrics.document_cache_hits
             } else {
                 &metrics.document_cache_misses
             };
             Metrics::add(counter, 1);
-            (document, cached)
-        })
-        .collect();
+        }
+        let graph = match state.graphs.get(&document.case_id, &document.heads) {
+            Some(graph) => {
+                Metrics::add(&metrics.graph_cache_hits, 1);
+                GraphSource::Cached(graph)
+            }
+            None => {
+                Metrics::add(&metrics.graph_cache_misses, 1);
+                GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
+            }
+        };
+        loaded.push((document, cached, graph));
+    }
     // Optimistic: the reads are done; end the read transaction (and give its connection
     // back) before the Automerge work, and take the write lock only for the writes.
     let locked = if optimistic {
@@ -222,16 +239,22 @@ async fn sync_attempt(
     let rule = ActorRule::Bound(BTreeSet::from([caller.device.actor_id.clone()]));
     let sender = caller.author();
     let (cache, pushing) = (Arc::clone(documents), Arc::clone(hub));
+    let graphs = Arc::clone(&state.graphs);
     // Automerge work is CPU-bound: keep it off the async workers.
     let (writes, mut replies, to_push) = tokio::task::spawn_blocking(move || {
         let mut writes = Vec::new();
         let mut replies = BTreeMap::new();
         let mut to_push = Vec::new();
-        for (document, cached) in loaded {
+        for (document, cached, graph) in loaded {
             let message = messages.get(&document.case_id).cloned().flatten();
             let requested = messages.contains_key(&document.case_id);
-            let applied = apply_one(document, cached, message.as_deref(), &sender, &rule);
+            let applied = apply_one(document, cached, graph, message.as_deref(), &sender, &rule);
             let case_id = applied.reply.case_id.clone();
+            if let Some(graph) = applied.graph {
+                // Like the document below: keyed by its heads, so it is used only if they
+                // are the ones committed.
+                graphs.put(case_id.clone(), heads_key(&graph.heads()), graph);
+            }
             let changed = applied
                 .write
                 .as_ref()
@@ -407,15 +430,17 @@ pub(crate) fn saved_peer_state(document: &LoadedDocument) -> PeerState {
     }
 }
 
-/// Applies one device's messages to one document, in order, each with the checked receive.
-/// A refused message leaves the document and `peer` as the messages before it left them, and
-/// the messages after it are not applied.
+/// Applies one device's messages to one document, in order, each with the checked receive,
+/// adding what each applies to `graph` (the document's change graph) too. A refused message
+/// leaves the document, the graph and `peer` as the messages before it left them, and the
+/// messages after it are not applied.
 pub(crate) fn receive_messages<'m>(
     file: &mut CaseFile,
     peer: &mut PeerState,
     messages: impl IntoIterator<Item = &'m [u8]>,
     sender: &Author,
     rule: &ActorRule,
+    mut graph: Option<&mut ChangeGraph>,
 ) -> (Received, Option<DocumentError>) {
     let mut received = Received::default();
     for message in messages {
@@ -453,6 +478,13 @@ pub(crate) fn receive_messages<'m>(
             }
         };
         for change in applied {
+            if let Some(graph) = graph.as_deref_mut()
+                && let Err(e) = graph.add(change.hash, &change.deps, change.bytes.clone())
+            {
+                // Unreachable: the document applied the change, so it has its dependencies.
+                tracing::error!(error = %e, "an applied change does not fit the change graph");
+                return (received, Some(DocumentError::Unavailable));
+            }
             let hex = change.actor.to_hex_string();
             if !rule.bound().contains(&hex) {
                 unclaimed.insert(hex.clone());
@@ -472,22 +504,23 @@ pub(crate) fn receive_messages<'m>(
 /// loading stays fast.
 pub const COMPACT_AFTER_CHANGES: i64 = 64;
 
-/// The bytes to store for a document that received `changes` (none: nothing to store), and the
-/// count of changes appended since its last full save. Usually the stored bytes with the new
-/// raw changes appended (Automerge loads the concatenation), which costs no save of the whole
-/// document; every [`COMPACT_AFTER_CHANGES`] changes, a full save instead.
+/// The bytes to store for a document that received `changes` (none: nothing to store) and
+/// now has `heads`, and the count of changes appended since its last full save. Usually the
+/// stored bytes with the new raw changes appended (Automerge loads the concatenation), which
+/// costs no save of the whole document; every [`COMPACT_AFTER_CHANGES`] changes, a full save
+/// (`full_save`) instead.
 pub(crate) fn stored_bytes(
     document: &LoadedDocument,
-    file: &mut CaseFile,
     changes: &[NewChange],
+    heads: String,
+    full_save: impl FnOnce() -> Vec<u8>,
 ) -> (Option<(Vec<u8>, String)>, i64) {
     if changes.is_empty() {
         return (None, document.appended_changes);
     }
-    let heads = heads_key(&file.heads());
     let appended = document.appended_changes + changes.len() as i64;
     if appended >= COMPACT_AFTER_CHANGES {
-        return (Some((file.save(), heads)), 0);
+        return (Some((full_save(), heads)), 0);
     }
     let size = document.snapshot.len() + changes.iter().map(|c| c.bytes.len()).sum::<usize>();
     let mut bytes = Vec::with_capacity(size);
@@ -498,58 +531,110 @@ pub(crate) fn stored_bytes(
     (Some((bytes, heads)), appended)
 }
 
+/// Where a document's change graph comes from.
+pub(crate) enum GraphSource {
+    /// The cache had it at the stored heads.
+    Cached(Arc<ChangeGraph>),
+    /// The bytes of every stored change, to build it from.
+    Stored(Vec<Vec<u8>>),
+}
+
+impl GraphSource {
+    /// The graph, checked to stand at the document's stored heads.
+    pub(crate) fn graph(
+        self,
+        document: &LoadedDocument,
+    ) -> Result<Arc<ChangeGraph>, DocumentError> {
+        let graph = match self {
+            GraphSource::Cached(graph) => return Ok(graph),
+            GraphSource::Stored(changes) => ChangeGraph::from_changes(changes),
+        };
+        match graph {
+            Ok(graph) if heads_key(&graph.heads()) == document.heads => Ok(Arc::new(graph)),
+            Ok(_) => {
+                tracing::error!(case = %document.case_id, "stored changes do not match the stored document's heads");
+                Err(DocumentError::Unavailable)
+            }
+            Err(e) => {
+                tracing::error!(case = %document.case_id, error = %e, "stored changes do not make a change graph");
+                Err(DocumentError::Unavailable)
+            }
+        }
+    }
+}
+
 /// What applying one message to one document led to.
 struct Applied {
     /// What to write; None when nothing may change.
     write: Option<DocumentWrite>,
     reply: DocumentReply,
-    /// The parsed document, unchanged unless `write` carries its new snapshot, for the cache.
+    /// The parsed document, if the message brought changes, for the cache.
     file: Option<CaseFile>,
+    /// The document's change graph as it now stands, for the cache.
+    graph: Option<Arc<ChangeGraph>>,
 }
 
-/// Applies one message to one stored document (parsed from the database unless the cache had
-/// it at the stored heads) and builds the server's next message.
+/// Applies one message to one stored document and builds the server's next message. A
+/// message that brings no changes (most of them) is answered from the change graph alone; one
+/// that does is applied to the parsed document (from the cache if it had it at the stored
+/// heads) with the checked receive.
 fn apply_one(
     document: LoadedDocument,
     cached: Option<CaseFile>,
+    graph: GraphSource,
     message: Option<&[u8]>,
     sender: &Author,
     rule: &ActorRule,
 ) -> Applied {
     let case_id = document.case_id.clone();
-    let mut file = match parse_document(&document, cached) {
-        Ok(file) => file,
-        Err(error) => {
-            return Applied {
-                write: None,
-                reply: DocumentReply {
-                    case_id,
-                    message: None,
-                    error: Some(error),
-                },
-                file: None,
-            };
-        }
+    let refused = |error: DocumentError, file: Option<CaseFile>| Applied {
+        write: None,
+        reply: DocumentReply {
+            case_id: case_id.clone(),
+            message: None,
+            error: Some(error),
+        },
+        file,
+        graph: None,
+    };
+    let mut graph = match graph.graph(&document) {
+        Ok(graph) => graph,
+        Err(error) => return refused(error, None),
     };
     let mut peer = saved_peer_state(&document);
-    let (received, refused) = receive_messages(&mut file, &mut peer, message, sender, rule);
-    if let Some(error) = refused {
-        // A refusal leaves the document as stored (the checked receive changes nothing); a
-        // document whose state is uncertain is not cached.
-        let file = (error != DocumentError::Unavailable).then_some(file);
-        return Applied {
-            write: None,
-            reply: DocumentReply {
-                case_id,
-                message: None,
-                error: Some(error),
-            },
-            file,
-        };
+    let mut file = None;
+    let mut changes = Vec::new();
+    if let Some(message) = message {
+        match graph.receive_sync_message(&mut peer, message) {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut parsed = match parse_document(&document, cached) {
+                    Ok(parsed) => parsed,
+                    Err(error) => return refused(error, None),
+                };
+                let (received, error) = receive_messages(
+                    &mut parsed,
+                    &mut peer,
+                    Some(message),
+                    sender,
+                    rule,
+                    Some(Arc::make_mut(&mut graph)),
+                );
+                if let Some(error) = error {
+                    // A refusal leaves the document as stored (the checked receive changes
+                    // nothing); a document whose state is uncertain is not cached.
+                    let keep = error != DocumentError::Unavailable;
+                    return refused(error, keep.then_some(parsed));
+                }
+                changes = received.changes;
+                file = Some(parsed);
+            }
+            Err(e) => return refused(DocumentError::CorruptMessage(e.to_string()), None),
+        }
     }
     // Without a message from the phone, speak only if it may lack something: the saved state
     // keeps only what the phone is known to have, so a fresh generate would always send.
-    if message.is_none() && heads_key(peer.shared_heads()) == heads_key(&file.heads()) {
+    if message.is_none() && heads_key(peer.shared_heads()) == document.heads {
         let reply = DocumentReply {
             case_id,
             message: None,
@@ -558,12 +643,26 @@ fn apply_one(
         return Applied {
             write: None,
             reply,
-            file: Some(file),
+            file,
+            graph: Some(graph),
         };
     }
-    let reply = file.generate_sync_message(&mut peer);
-    let changes = received.changes;
-    let (snapshot, appended_changes) = stored_bytes(&document, &mut file, &changes);
+    let heads = heads_key(&graph.heads());
+    let (snapshot, appended_changes) = stored_bytes(&document, &changes, heads, || {
+        file.as_mut().map(CaseFile::save).unwrap_or_default()
+    });
+    let holding_back = file.as_mut().is_some_and(CaseFile::holds_back_changes);
+    let reply = match file.as_mut() {
+        // Changes held back (their dependencies missing) are in the document only: it asks
+        // for those dependencies (rare: a lost message or a bloom filter's false positive).
+        Some(file) if holding_back => file.generate_sync_message(&mut peer),
+        _ => {
+            let stored = snapshot
+                .as_ref()
+                .map_or(&document.snapshot, |(bytes, _)| bytes);
+            graph.generate_sync_message(&mut peer, || stored.clone())
+        }
+    };
     let write = DocumentWrite {
         case_id: case_id.clone(),
         loaded_heads: document.heads.clone(),
@@ -580,6 +679,7 @@ fn apply_one(
     Applied {
         write: Some(write),
         reply,
-        file: Some(file),
+        file,
+        graph: Some(graph),
     }
 }

@@ -3,7 +3,6 @@
 //! when a message brings some) leaves the same sync state and sends the same heads, needs,
 //! bloom filters and flags as a server answering from the document with Automerge itself.
 
-
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on purpose")]
 use automerge::sync::Message;
 use doorstep_sync_core::{ActorId, Author, CaseFile, ChangeGraph, PeerState, testing};
@@ -50,6 +49,8 @@ struct World {
     /// The server under test: a graph for the protocol, a document for received changes.
     graph: ChangeGraph,
     document: CaseFile,
+    /// The document as the server stores it: its first save, then every change received since.
+    stored: Vec<u8>,
     graph_states: Vec<PeerState>,
     phones: Vec<Phone>,
     minute: i64,
@@ -93,6 +94,7 @@ impl World {
             })
             .collect();
         World {
+            stored: reference.save(),
             graph: graph_of(&mut reference),
             reference,
             reference_states: vec![PeerState::new(); PHONES],
@@ -148,6 +150,7 @@ impl World {
                 .receive_sync_message_checked(state, message, &sender, |_: &ActorId| true)
                 .unwrap();
             for change in applied {
+                self.stored.extend_from_slice(&change.bytes);
                 self.graph
                     .add(change.hash, &change.deps, change.bytes)
                     .unwrap();
@@ -163,7 +166,7 @@ impl World {
         let expected = self
             .reference
             .generate_sync_message(&mut self.reference_states[phone]);
-        let document = &mut self.document;
+        let (document, stored) = (&mut self.document, &self.stored);
         let state = &mut self.graph_states[phone];
         // Changes received without their dependencies are held back by the document, which
         // then asks for those dependencies: the graph knows nothing of them, so the document
@@ -171,7 +174,7 @@ impl World {
         let sent = if document.holds_back_changes() {
             document.generate_sync_message(state)
         } else {
-            self.graph.generate_sync_message(state, || document.save())
+            self.graph.generate_sync_message(state, || stored.clone())
         };
         assert_eq!(self.graph_states[phone], self.reference_states[phone]);
         match (&expected, &sent) {

@@ -717,6 +717,7 @@ fn receive_one(
         messages.iter().map(Vec::as_slice),
         sender,
         rule,
+        None,
     );
     let sync_state = (peer.encode(), heads_key(peer.shared_heads()));
     drop(guard);
@@ -731,7 +732,9 @@ fn receive_one(
             refused,
         };
     }
-    let (snapshot, appended_changes) = sync::stored_bytes(document, &mut file, &received.changes);
+    let heads = heads_key(&file.heads());
+    let (snapshot, appended_changes) =
+        sync::stored_bytes(document, &received.changes, heads, || file.save());
     Outcome {
         write: Some(DocumentWrite {
             case_id: case_id.clone(),

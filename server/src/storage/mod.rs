@@ -309,6 +309,10 @@ pub trait SyncTransaction: Send {
         case_ids: &[String],
     ) -> StorageResult<Vec<LoadedDocument>>;
 
+    /// The bytes of every stored change of a case (in no particular order): what its change
+    /// graph is built from.
+    async fn change_bytes(&mut self, case_id: &str) -> StorageResult<Vec<Vec<u8>>>;
+
     /// Writes snapshots, changes (idempotently: a change already stored keeps its first
     /// provenance) and sync states.
     async fn write_documents(

@@ -683,6 +683,14 @@ macro_rules! sql_storage {
                 Ok(loaded)
             }
 
+            async fn change_bytes(&mut self, case_id: &str) -> StorageResult<Vec<Vec<u8>>> {
+                let rows = sqlx::query(&$sql("SELECT bytes FROM changes WHERE case_id = $1"))
+                    .bind(case_id)
+                    .fetch_all(&mut *self.tx)
+                    .await?;
+                rows.iter().map(|row| Ok(row.try_get("bytes")?)).collect()
+            }
+
             async fn write_documents(
                 &mut self,
                 provenance: &Provenance,

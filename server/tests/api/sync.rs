@@ -21,7 +21,7 @@ both_backends!(
     a_record_that_names_someone_else_is_refused,
     retrying_a_sync_is_harmless,
     a_deallocated_case_is_dropped,
-    the_document_cache_serves_repeat_syncs_but_never_a_stale_document,
+    the_caches_serve_repeat_syncs_but_never_a_stale_document,
     staff_reads_use_the_document_cache_and_see_every_new_change,
     new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
     an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives,
@@ -364,36 +364,49 @@ async fn counter(app: &TestApp, name: &str) -> u64 {
         .unwrap()
 }
 
-async fn the_document_cache_serves_repeat_syncs_but_never_a_stale_document(backend: Backend) {
+async fn the_caches_serve_repeat_syncs_but_never_a_stale_document(backend: Backend) {
     let app = spawn_app(backend).await;
     let case = "case-demo-1";
     let mut officer = Phone::sign_in(&app, "officer", 1).await;
     officer.sync_until_quiet(&app).await;
-    let hits = |app| counter(app, "doorstep_document_cache_hits_total");
-    let misses = |app| counter(app, "doorstep_document_cache_misses_total");
-    let (hits_before, misses_before) = (hits(&app).await, misses(&app).await);
+    let hits = |app| counter(app, "doorstep_graph_cache_hits_total");
+    let misses = |app| counter(app, "doorstep_graph_cache_misses_total");
+    let parsed = |app| counter(app, "doorstep_document_cache_misses_total");
+    let parsed_cached = |app| counter(app, "doorstep_document_cache_hits_total");
+    let (hits_before, parsed_before) = (hits(&app).await, parsed(&app).await);
 
-    // A repeat sync of a case the server parsed last time is served from the cache.
-    officer
-        .doc(case)
-        .add(
-            &testing::visit("user-officer", testing::at(5), 100),
-            testing::at(5),
-        )
-        .unwrap();
-    officer.sync_until_quiet(&app).await;
+    // A repeat sync is answered from the change graph the last one left in the cache; the
+    // document is parsed only for the message that brings the new visit.
+    let record = async |officer: &mut Phone, minute| {
+        officer
+            .doc(case)
+            .add(
+                &testing::visit("user-officer", testing::at(minute), 100),
+                testing::at(minute),
+            )
+            .unwrap();
+        officer.sync_until_quiet(&app).await;
+    };
+    record(&mut officer, 5).await;
     assert!(
         hits(&app).await > hits_before,
-        "a repeat sync used the cache"
+        "a repeat sync used the cached graph"
     );
+    assert_eq!(parsed(&app).await, parsed_before + 1, "parsed once, for the visit");
+    // The next visit's message finds the parsed document in the cache.
+    let parsed_cached_before = parsed_cached(&app).await;
+    record(&mut officer, 6).await;
+    assert_eq!(parsed(&app).await, parsed_before + 1, "not parsed again");
+    assert!(parsed_cached(&app).await > parsed_cached_before);
     assert_eq!(
         heads_key(&officer.doc(case).heads()),
         stored_heads(&app, case).await
     );
+    let misses_before = misses(&app).await;
 
     // A write that does not go through sync (a staff import of register marks) changes the
-    // stored heads. The server's edit leaves its own result in the cache, so the phone's next
-    // sync is served the imported marks, never the parse from before the import.
+    // stored heads, so the phone's next sync is served the imported marks, never the graph
+    // from before the import.
     let lead = app.tokens("lead", &testing::actor(9)).await;
     let view: serde_json::Value = app
         .client
@@ -421,16 +434,10 @@ async fn the_document_cache_serves_repeat_syncs_but_never_a_stale_document(backe
         .await
         .unwrap();
     assert!(response.status().is_success());
-    let hits_before = hits(&app).await;
     officer.sync_until_quiet(&app).await;
     assert!(
-        hits(&app).await > hits_before,
-        "the edited document was served from the cache"
-    );
-    assert_eq!(
-        misses(&app).await,
-        misses_before,
-        "nothing was parsed again"
+        misses(&app).await > misses_before,
+        "the graph from before the import was not used: it was built again"
     );
     assert_eq!(
         officer.doc(case).marks(&child).unwrap().len(),
