@@ -392,7 +392,11 @@ async fn the_caches_serve_repeat_syncs_but_never_a_stale_document(backend: Backe
         hits(&app).await > hits_before,
         "a repeat sync used the cached graph"
     );
-    assert_eq!(parsed(&app).await, parsed_before + 1, "parsed once, for the visit");
+    assert_eq!(
+        parsed(&app).await,
+        parsed_before + 1,
+        "parsed once, for the visit"
+    );
     // The next visit's message finds the parsed document in the cache.
     let parsed_cached_before = parsed_cached(&app).await;
     record(&mut officer, 6).await;
