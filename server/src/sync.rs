@@ -563,6 +563,50 @@ impl GraphSource {
     }
 }
 
+/// What generates the server's next sync message for a document: its change graph with its
+/// stored bytes (what a whole-document send sends), or the parsed document where the graph
+/// cannot (it holds back changes received without their dependencies, and asks for those).
+pub(crate) enum Replier<'a> {
+    Graph {
+        graph: &'a ChangeGraph,
+        stored: &'a [u8],
+    },
+    Document(&'a mut CaseFile),
+}
+
+impl Replier<'_> {
+    pub(crate) fn generate(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
+        match self {
+            Replier::Graph { graph, stored } => {
+                graph.generate_sync_message(peer, || stored.to_vec())
+            }
+            Replier::Document(file) => file.generate_sync_message(peer),
+        }
+    }
+
+    /// Whether the document holds every one of `heads`.
+    pub(crate) fn contains_heads(&mut self, heads: &[doorstep_sync_core::ChangeHash]) -> bool {
+        match self {
+            Replier::Graph { graph, .. } => graph.contains_heads(heads),
+            Replier::Document(file) => file.contains_heads(heads),
+        }
+    }
+}
+
+/// The graph, unless the parsed document holds back changes (their dependencies missing:
+/// rare, a lost message or a bloom filter's false positive), which only it knows of.
+pub(crate) fn replier<'a>(
+    file: &'a mut Option<CaseFile>,
+    graph: &'a ChangeGraph,
+    stored: &'a [u8],
+) -> Replier<'a> {
+    let holding_back = file.as_mut().is_some_and(CaseFile::holds_back_changes);
+    match file {
+        Some(file) if holding_back => Replier::Document(file),
+        _ => Replier::Graph { graph, stored },
+    }
+}
+
 /// What applying one message to one document led to.
 struct Applied {
     /// What to write; None when nothing may change.
@@ -651,18 +695,10 @@ fn apply_one(
     let (snapshot, appended_changes) = stored_bytes(&document, &changes, heads, || {
         file.as_mut().map(CaseFile::save).unwrap_or_default()
     });
-    let holding_back = file.as_mut().is_some_and(CaseFile::holds_back_changes);
-    let reply = match file.as_mut() {
-        // Changes held back (their dependencies missing) are in the document only: it asks
-        // for those dependencies (rare: a lost message or a bloom filter's false positive).
-        Some(file) if holding_back => file.generate_sync_message(&mut peer),
-        _ => {
-            let stored = snapshot
-                .as_ref()
-                .map_or(&document.snapshot, |(bytes, _)| bytes);
-            graph.generate_sync_message(&mut peer, || stored.clone())
-        }
-    };
+    let stored = snapshot
+        .as_ref()
+        .map_or(&document.snapshot, |(bytes, _)| bytes);
+    let reply = replier(&mut file, &graph, stored).generate(&mut peer);
     let write = DocumentWrite {
         case_id: case_id.clone(),
         loaded_heads: document.heads.clone(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, close_code};
-use doorstep_sync_core::{Author, CaseFile};
+use doorstep_sync_core::{Author, CaseFile, ChangeGraph, brings_changes};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, Provenance, heads_key};
-use crate::sync::{self, ActorRule, DocumentError};
+use crate::sync::{self, ActorRule, DocumentError, GraphSource};
 
 /// Frames queued for one client before it counts as not reading.
 const OUTBOX_CAPACITY: usize = 4096;
@@ -122,8 +122,13 @@ struct DocumentWork {
 struct Outcome {
     case_id: String,
     subscription: Arc<Subscription>,
-    /// None when the document must not go back to the cache (refused or unreadable).
+    /// The parsed document, if a message brought changes; None too when it must not go back
+    /// to the cache (refused or unreadable).
     file: Option<CaseFile>,
+    /// The document's change graph as it now stands (None when refused or unreadable).
+    graph: Option<Arc<ChangeGraph>>,
+    /// The document's bytes as stored after this batch (what a whole-document send sends).
+    stored: Vec<u8>,
     write: Option<DocumentWrite>,
     unclaimed_actors: BTreeSet<String>,
     refused: Option<DocumentError>,
@@ -570,22 +575,47 @@ impl Connection {
             let Some(document) = loaded.remove(&subscription.case_id) else {
                 return Err(Close::server());
             };
-            let cached = documents.take(&document.case_id, &document.heads);
-            let counter = if cached.is_some() {
-                &metrics.document_cache_hits
-            } else {
-                &metrics.document_cache_misses
+            // Only messages that bring changes need the parsed document; the rest are
+            // answered from the case's change graph.
+            let needs_file = messages.iter().any(|m| brings_changes(m));
+            let cached = needs_file
+                .then(|| documents.take(&document.case_id, &document.heads))
+                .flatten();
+            if needs_file {
+                let counter = if cached.is_some() {
+                    &metrics.document_cache_hits
+                } else {
+                    &metrics.document_cache_misses
+                };
+                Metrics::add(counter, 1);
+            }
+            let graph = match self.state.graphs.get(&document.case_id, &document.heads) {
+                Some(graph) => {
+                    Metrics::add(&metrics.graph_cache_hits, 1);
+                    GraphSource::Cached(graph)
+                }
+                None => {
+                    Metrics::add(&metrics.graph_cache_misses, 1);
+                    GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
+                }
             };
-            Metrics::add(counter, 1);
-            jobs.push((subscription, document, cached, messages));
+            jobs.push((subscription, document, cached, graph, messages));
         }
         let rule = ActorRule::BoundOrUnclaimed(bound);
         let sender = self.caller.author();
         // Automerge work is CPU-bound: keep it off the async workers.
         let mut outcomes = tokio::task::spawn_blocking(move || {
             jobs.into_iter()
-                .map(|(subscription, document, cached, messages)| {
-                    receive_one(subscription, &document, cached, &messages, &sender, &rule)
+                .map(|(subscription, document, cached, graph, messages)| {
+                    receive_one(
+                        subscription,
+                        &document,
+                        cached,
+                        graph,
+                        &messages,
+                        &sender,
+                        &rule,
+                    )
                 })
                 .collect::<Vec<Outcome>>()
         })
@@ -615,6 +645,7 @@ impl Connection {
                     outcome.refused = Some(DocumentError::ForeignActor(actor.clone()));
                     outcome.write = None;
                     outcome.file = None;
+                    outcome.graph = None;
                 }
             }
         }
@@ -652,18 +683,23 @@ impl Connection {
 
         // Committed: answer this client, push to the others, return the documents.
         let hub = Arc::clone(&self.hub);
+        let graphs = Arc::clone(&self.state.graphs);
         tokio::task::spawn_blocking(move || {
-            for outcome in outcomes {
-                let Some(mut file) = outcome.file else {
+            for mut outcome in outcomes {
+                let Some(graph) = outcome.graph else {
                     continue;
                 };
+                let mut replier = sync::replier(&mut outcome.file, &graph, &outcome.stored);
                 if changed.contains(&outcome.case_id) {
-                    hub.fan_out(&outcome.case_id, &mut file, None);
+                    hub.fan_out(&outcome.case_id, &mut replier, None);
                 } else {
-                    hub.send_sync(&outcome.subscription, &mut file);
+                    hub.send_sync(&outcome.subscription, &mut replier);
                 }
-                let heads = heads_key(&file.heads());
-                documents.put(outcome.case_id, heads, file);
+                let heads = heads_key(&graph.heads());
+                graphs.put(outcome.case_id.clone(), heads.clone(), graph);
+                if let Some(file) = outcome.file {
+                    documents.put(outcome.case_id, heads, file);
+                }
             }
         })
         .await
@@ -685,56 +721,85 @@ impl Connection {
     }
 }
 
-/// The blocking part for one document: parse (or take from the cache), set up the
-/// connection's sync state from the saved one on first use, and apply the messages.
+/// The blocking part for one document: set up the connection's sync state from the saved one
+/// on first use, and apply the messages: those that bring no changes to the change graph,
+/// those that do with the checked receive on the parsed document (from the cache if it had
+/// it).
 fn receive_one(
     subscription: Arc<Subscription>,
     document: &LoadedDocument,
-    cached: Option<CaseFile>,
+    mut cached: Option<CaseFile>,
+    graph: GraphSource,
     messages: &[Vec<u8>],
     sender: &Author,
     rule: &ActorRule,
 ) -> Outcome {
     let case_id = document.case_id.clone();
-    let mut file = match sync::parse_document(document, cached) {
-        Ok(file) => file,
-        Err(error) => {
-            return Outcome {
-                case_id,
-                subscription,
-                file: None,
-                write: None,
-                unclaimed_actors: BTreeSet::new(),
-                refused: Some(error),
-            };
-        }
+    let refused = |subscription, error| Outcome {
+        case_id: case_id.clone(),
+        subscription,
+        file: None,
+        graph: None,
+        stored: Vec::new(),
+        write: None,
+        unclaimed_actors: BTreeSet::new(),
+        refused: Some(error),
+    };
+    let mut graph = match graph.graph(document) {
+        Ok(graph) => graph,
+        Err(error) => return refused(subscription, error),
     };
     let mut guard = subscription.peer();
     let peer = guard.get_or_insert_with(|| sync::saved_peer_state(document));
-    let (received, refused) = sync::receive_messages(
-        &mut file,
-        peer,
-        messages.iter().map(Vec::as_slice),
-        sender,
-        rule,
-        None,
-    );
+    let mut file: Option<CaseFile> = None;
+    let mut received = sync::Received::default();
+    for message in messages {
+        match graph.receive_sync_message(peer, message) {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                drop(guard);
+                return refused(subscription, DocumentError::CorruptMessage(e.to_string()));
+            }
+        }
+        let parsed = match file.take() {
+            Some(parsed) => Ok(parsed),
+            None => sync::parse_document(document, cached.take()),
+        };
+        let mut parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                drop(guard);
+                return refused(subscription, error);
+            }
+        };
+        let (more, error) = sync::receive_messages(
+            &mut parsed,
+            peer,
+            Some(message.as_slice()),
+            sender,
+            rule,
+            Some(Arc::make_mut(&mut graph)),
+        );
+        if let Some(error) = error {
+            // The connection closes: nothing of this document is stored or cached.
+            drop(guard);
+            return refused(subscription, error);
+        }
+        received.changes.extend(more.changes);
+        received.unclaimed_actors.extend(more.unclaimed_actors);
+        file = Some(parsed);
+    }
     let sync_state = (peer.encode(), heads_key(peer.shared_heads()));
     drop(guard);
-    if refused.is_some() {
-        // The connection closes: nothing of this document is stored or cached.
-        return Outcome {
-            case_id,
-            subscription,
-            file: None,
-            write: None,
-            unclaimed_actors: BTreeSet::new(),
-            refused,
-        };
-    }
-    let heads = heads_key(&file.heads());
+    let heads = heads_key(&graph.heads());
     let (snapshot, appended_changes) =
-        sync::stored_bytes(document, &received.changes, heads, || file.save());
+        sync::stored_bytes(document, &received.changes, heads, || {
+            file.as_mut().map(CaseFile::save).unwrap_or_default()
+        });
+    let stored = snapshot
+        .as_ref()
+        .map_or_else(|| document.snapshot.clone(), |(bytes, _)| bytes.clone());
     Outcome {
         write: Some(DocumentWrite {
             case_id: case_id.clone(),
@@ -746,7 +811,9 @@ fn receive_one(
         }),
         case_id,
         subscription,
-        file: Some(file),
+        file,
+        graph: Some(graph),
+        stored,
         unclaimed_actors: received.unclaimed_actors,
         refused: None,
     }

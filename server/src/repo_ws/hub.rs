@@ -24,6 +24,7 @@ use tokio::sync::{Notify, mpsc};
 use super::protocol::{self, Message, SyncFields};
 use crate::doc_cache::DocumentCache;
 use crate::storage::heads_key;
+use crate::sync::Replier;
 
 /// What a connection's writer sends, in order.
 #[derive(Debug)]
@@ -231,9 +232,9 @@ impl RepoHub {
         lock(&self.subscriptions).contains_key(case_id)
     }
 
-    /// Generates and queues the next sync message of `subscription` from `file` (committed
-    /// state only). CPU work: call it off the async workers.
-    pub(crate) fn send_sync(&self, subscription: &Subscription, file: &mut CaseFile) {
+    /// Generates and queues the next sync message of `subscription` from `replier`
+    /// (committed state only). CPU work: call it off the async workers.
+    pub(crate) fn send_sync(&self, subscription: &Subscription, replier: &mut Replier<'_>) {
         let mut peer = subscription.peer();
         let Some(peer) = peer.as_mut() else {
             // Not yet read with the document: its first exchange will send what is current.
@@ -244,10 +245,10 @@ impl RepoHub {
         // state must only ever see its document move forward: a version older than the one
         // this connection was last sent from is skipped (the newer one has been, or will be,
         // pushed).
-        if !file.contains_heads(peer.last_sent_heads()) {
+        if !replier.contains_heads(peer.last_sent_heads()) {
             return;
         }
-        if let Some(data) = file.generate_sync_message(peer) {
+        if let Some(data) = replier.generate(peer) {
             let frame = protocol::encode(&Message::Sync(SyncFields {
                 sender_id: &self.peer_id,
                 target_id: &subscription.outbox.client_peer_id,
@@ -258,12 +259,12 @@ impl RepoHub {
         }
     }
 
-    /// Sends the committed `file` to every connection that has it open except `except`. CPU
+    /// Sends the committed document (`replier`) to every connection that has it open except `except`. CPU
     /// work: call it off the async workers.
-    pub(crate) fn fan_out(&self, case_id: &str, file: &mut CaseFile, except: Option<u64>) {
+    pub(crate) fn fan_out(&self, case_id: &str, replier: &mut Replier<'_>, except: Option<u64>) {
         for subscription in self.subscribers(case_id) {
             if Some(subscription.connection) != except {
-                self.send_sync(&subscription, file);
+                self.send_sync(&subscription, replier);
             }
         }
     }
@@ -284,7 +285,7 @@ impl RepoHub {
         let hub = Arc::clone(self);
         let documents = Arc::clone(documents);
         let pushed = tokio::task::spawn_blocking(move || {
-            hub.fan_out(&case_id, &mut file, None);
+            hub.fan_out(&case_id, &mut Replier::Document(&mut file), None);
             let heads = heads_key(&file.heads());
             documents.put(case_id, heads, file);
         })
