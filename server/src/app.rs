@@ -123,6 +123,7 @@ impl App {
         tracing::info!(%addr, database = %redact_url(&url), "doorstep server ready");
         let notice = accounts.notice(addr);
         let config_cache_size = config.document_cache_size;
+        let graph_cache_bytes = config.graph_cache_mib * 1024 * 1024;
         let state = AppState {
             config: Arc::new(config),
             storage,
@@ -134,9 +135,7 @@ impl App {
             )),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
-            graphs: Arc::new(crate::graph_cache::GraphCache::new(
-                crate::graph_cache::DEFAULT_GRAPH_CACHE_BYTES,
-            )),
+            graphs: Arc::new(crate::graph_cache::GraphCache::new(graph_cache_bytes)),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),
             repo: Arc::new(crate::repo_ws::RepoHub::new(storage_id)),
         };

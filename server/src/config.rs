@@ -45,6 +45,11 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_DOCUMENT_CACHE_SIZE", default_value_t = 64)]
     pub document_cache_size: usize,
 
+    /// How many MiB of case files' change graphs (what most sync messages are answered from)
+    /// the sync path keeps in memory (0 turns the cache off).
+    #[arg(long, env = "DOORSTEP_GRAPH_CACHE_MIB", default_value_t = 32)]
+    pub graph_cache_mib: usize,
+
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "DOORSTEP_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
@@ -71,6 +76,7 @@ impl Config {
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 30,
             document_cache_size: 64,
+            graph_cache_mib: 32,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             evidence: crate::evidence::EvidenceConfig::default(),

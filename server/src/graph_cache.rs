@@ -13,9 +13,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use doorstep_sync_core::ChangeGraph;
 
-/// What the cache may hold by default, in bytes (about a hundred busy cases).
-pub const DEFAULT_GRAPH_CACHE_BYTES: usize = 32 * 1024 * 1024;
-
 #[derive(Debug)]
 pub struct GraphCache {
     budget: usize,
@@ -125,7 +122,7 @@ mod tests {
 
     #[test]
     fn serves_a_graph_only_at_the_heads_it_stands_at() {
-        let cache = GraphCache::new(DEFAULT_GRAPH_CACHE_BYTES);
+        let cache = GraphCache::new(32 * 1024 * 1024);
         let (graph, heads) = graph("case-1");
         cache.put("case-1".into(), heads.clone(), graph);
         assert!(cache.get("case-1", &heads).is_some());

@@ -504,22 +504,30 @@ pub(crate) fn receive_messages<'m>(
 /// loading stays fast.
 pub const COMPACT_AFTER_CHANGES: i64 = 64;
 
+/// Also compacted once appended changes are this share of all the document's changes
+/// (1/8): raw change chunks take about twice their size in a full save, and the stored bytes
+/// are what a peer lacking most of the document is sent, so they stay close to a full save's
+/// size.
+pub const COMPACT_SHARE: i64 = 8;
+
 /// The bytes to store for a document that received `changes` (none: nothing to store) and
-/// now has `heads`, and the count of changes appended since its last full save. Usually the
-/// stored bytes with the new raw changes appended (Automerge loads the concatenation), which
-/// costs no save of the whole document; every [`COMPACT_AFTER_CHANGES`] changes, a full save
-/// (`full_save`) instead.
+/// now has `heads` and `total_changes`, and the count of changes appended since its last full
+/// save. Usually the stored bytes with the new raw changes appended (Automerge loads the
+/// concatenation), which costs no save of the whole document; after [`COMPACT_AFTER_CHANGES`]
+/// changes, or once they are a [`COMPACT_SHARE`] of the document, a full save (`full_save`)
+/// instead.
 pub(crate) fn stored_bytes(
     document: &LoadedDocument,
     changes: &[NewChange],
     heads: String,
+    total_changes: usize,
     full_save: impl FnOnce() -> Vec<u8>,
 ) -> (Option<(Vec<u8>, String)>, i64) {
     if changes.is_empty() {
         return (None, document.appended_changes);
     }
     let appended = document.appended_changes + changes.len() as i64;
-    if appended >= COMPACT_AFTER_CHANGES {
+    if appended >= COMPACT_AFTER_CHANGES || appended * COMPACT_SHARE >= total_changes as i64 {
         return (Some((full_save(), heads)), 0);
     }
     let size = document.snapshot.len() + changes.iter().map(|c| c.bytes.len()).sum::<usize>();
@@ -692,7 +700,8 @@ fn apply_one(
         };
     }
     let heads = heads_key(&graph.heads());
-    let (snapshot, appended_changes) = stored_bytes(&document, &changes, heads, || {
+    let total = graph.len();
+    let (snapshot, appended_changes) = stored_bytes(&document, &changes, heads, total, || {
         file.as_mut().map(CaseFile::save).unwrap_or_default()
     });
     let stored = snapshot

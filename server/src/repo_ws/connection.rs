@@ -794,7 +794,7 @@ fn receive_one(
     drop(guard);
     let heads = heads_key(&graph.heads());
     let (snapshot, appended_changes) =
-        sync::stored_bytes(document, &received.changes, heads, || {
+        sync::stored_bytes(document, &received.changes, heads, graph.len(), || {
             file.as_mut().map(CaseFile::save).unwrap_or_default()
         });
     let stored = snapshot

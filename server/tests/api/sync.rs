@@ -514,6 +514,17 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
             .unwrap()
             .remove(0)
     };
+    // A case of a few changes is compacted at once (appended changes would be a large share
+    // of it): give it some history first.
+    const HISTORY: i64 = 16;
+    for n in 0..HISTORY {
+        let at = testing::at(1000 + n);
+        officer
+            .doc(case)
+            .add(&testing::visit("user-officer", at, 50), at)
+            .unwrap();
+    }
+    officer.sync_until_quiet(&app).await;
     let full = stored().await;
     assert_eq!(full.appended_changes, 0);
 
@@ -533,7 +544,10 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
         testing::actor(70),
     )
     .unwrap();
-    assert_eq!(loaded.list::<HomeVisit>().unwrap().len(), 1);
+    assert_eq!(
+        loaded.list::<HomeVisit>().unwrap().len(),
+        1 + HISTORY as usize
+    );
 
     // Enough visits to pass the threshold: compacted into one full save, still the same file.
     for n in 0..COMPACT_AFTER_CHANGES {
@@ -557,7 +571,7 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
     .unwrap();
     assert_eq!(
         loaded.list::<HomeVisit>().unwrap().len(),
-        1 + COMPACT_AFTER_CHANGES as usize
+        1 + (HISTORY + COMPACT_AFTER_CHANGES) as usize
     );
     assert_eq!(heads_key(&loaded.heads()), compacted.heads);
     assert_eq!(heads_key(&officer.doc(case).heads()), compacted.heads);
