@@ -198,27 +198,7 @@ async fn sync_attempt(
         let needs_file = incoming.iter().any(|d| {
             d.case_id == document.case_id && d.message.as_deref().is_some_and(brings_changes)
         });
-        let cached = needs_file
-            .then(|| documents.take(&document.case_id, &document.heads))
-            .flatten();
-        if needs_file {
-            let counter = if cached.is_some() {
-                &metrics.document_cache_hits
-            } else {
-                &metrics.document_cache_misses
-            };
-            Metrics::add(counter, 1);
-        }
-        let graph = match state.graphs.get(&document.case_id, &document.heads) {
-            Some(graph) => {
-                Metrics::add(&metrics.graph_cache_hits, 1);
-                GraphSource::Cached(graph)
-            }
-            None => {
-                Metrics::add(&metrics.graph_cache_misses, 1);
-                GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
-            }
-        };
+        let (cached, graph) = sources(state, tx.as_mut(), &document, needs_file).await?;
         loaded.push((document, cached, graph));
     }
     // Optimistic: the reads are done; end the read transaction (and give its connection
@@ -343,6 +323,40 @@ async fn sync_attempt(
         allocated: allocated.into_iter().map(|a| a.case_id).collect(),
         drop,
     })
+}
+
+/// What one sync needs of a loaded document: the parsed document from the cache, only if a
+/// message brings changes (the rest are answered from the change graph), and where its
+/// change graph comes from (the cache, or the stored changes read in `tx`).
+pub(crate) async fn sources(
+    state: &AppState,
+    tx: &mut dyn crate::storage::SyncTransaction,
+    document: &LoadedDocument,
+    needs_file: bool,
+) -> Result<(Option<CaseFile>, GraphSource), StorageError> {
+    let metrics = &state.metrics;
+    let cached = needs_file
+        .then(|| state.documents.take(&document.case_id, &document.heads))
+        .flatten();
+    if needs_file {
+        let counter = if cached.is_some() {
+            &metrics.document_cache_hits
+        } else {
+            &metrics.document_cache_misses
+        };
+        Metrics::add(counter, 1);
+    }
+    let graph = match state.graphs.get(&document.case_id, &document.heads) {
+        Some(graph) => {
+            Metrics::add(&metrics.graph_cache_hits, 1);
+            GraphSource::Cached(graph)
+        }
+        None => {
+            Metrics::add(&metrics.graph_cache_misses, 1);
+            GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
+        }
+    };
+    Ok((cached, graph))
 }
 
 /// Waits for a turn to run a sync. Parsed case files take megabytes each: only as many syncs

@@ -575,30 +575,9 @@ impl Connection {
             let Some(document) = loaded.remove(&subscription.case_id) else {
                 return Err(Close::server());
             };
-            // Only messages that bring changes need the parsed document; the rest are
-            // answered from the case's change graph.
             let needs_file = messages.iter().any(|m| brings_changes(m));
-            let cached = needs_file
-                .then(|| documents.take(&document.case_id, &document.heads))
-                .flatten();
-            if needs_file {
-                let counter = if cached.is_some() {
-                    &metrics.document_cache_hits
-                } else {
-                    &metrics.document_cache_misses
-                };
-                Metrics::add(counter, 1);
-            }
-            let graph = match self.state.graphs.get(&document.case_id, &document.heads) {
-                Some(graph) => {
-                    Metrics::add(&metrics.graph_cache_hits, 1);
-                    GraphSource::Cached(graph)
-                }
-                None => {
-                    Metrics::add(&metrics.graph_cache_misses, 1);
-                    GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
-                }
-            };
+            let (cached, graph) =
+                sync::sources(&self.state, tx.as_mut(), &document, needs_file).await?;
             jobs.push((subscription, document, cached, graph, messages));
         }
         let rule = ActorRule::BoundOrUnclaimed(bound);
