@@ -59,6 +59,15 @@ impl GraphCache {
         None
     }
 
+    /// Takes the graph of `case_id` at `heads` out of the cache, if it has it, for a sync that
+    /// will add changes to it: held by no one else, it is changed in place, not copied.
+    pub fn take(&self, case_id: &str, heads: &str) -> Option<Arc<ChangeGraph>> {
+        let mut entries = self.lock();
+        let entry = entries.by_case.remove(case_id)?;
+        entries.bytes -= entry.graph.memory_size();
+        (entry.heads == heads).then_some(entry.graph)
+    }
+
     /// Keeps `graph` as `case_id` stands at `heads` (committed), evicting the least recently
     /// used graphs beyond the budget. A graph larger than the whole budget is not kept.
     pub fn put(&self, case_id: String, heads: String, graph: Arc<ChangeGraph>) {

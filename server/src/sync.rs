@@ -346,7 +346,13 @@ pub(crate) async fn sources(
         };
         Metrics::add(counter, 1);
     }
-    let graph = match state.graphs.get(&document.case_id, &document.heads) {
+    // A sync that will add changes takes the graph out, so that it is changed in place.
+    let cached_graph = if needs_file {
+        state.graphs.take(&document.case_id, &document.heads)
+    } else {
+        state.graphs.get(&document.case_id, &document.heads)
+    };
+    let graph = match cached_graph {
         Some(graph) => {
             Metrics::add(&metrics.graph_cache_hits, 1);
             GraphSource::Cached(graph)
