@@ -52,7 +52,8 @@ impl DocumentCache {
     }
 
     /// Puts a document back, as it stands at `heads` (committed), evicting the least recently
-    /// returned documents beyond the capacity. A document holding back changes (received
+    /// returned documents beyond the capacity, keeping a compact copy
+    /// ([`CaseFile::shrink_to_fit`]). A document holding back changes (received
     /// without their dependencies) is not kept: those changes are not stored, and were sent by
     /// one device, so they must not surface in another device's sync when the dependencies
     /// arrive (they would be refused as that device's foreign changes).
@@ -60,6 +61,9 @@ impl DocumentCache {
         if self.capacity == 0 || file.holds_back_changes() {
             return;
         }
+        // The changes just received left spare room in the document's columns; a cached
+        // document may stay for hours.
+        file.shrink_to_fit();
         let mut entries = self.lock();
         entries.clock += 1;
         let returned_at = entries.clock;
