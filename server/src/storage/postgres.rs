@@ -38,6 +38,9 @@ super::sql::sql_storage! {
     // Row lock on the document only (the sync state may not exist yet: outer join).
     lock_document: " FOR UPDATE OF d",
     begin: |pool| pool.begin(),
+    // READ COMMITTED would give each statement its own snapshot: a sync committed between
+    // reading a document and reading its changes made them disagree ("unavailable").
+    begin_read: |pool| pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"),
 }
 
 super::evidence::evidence_sql! { storage: PostgresStorage, db: sqlx::Postgres, sql: postgres_sql }

@@ -14,7 +14,8 @@ macro_rules! sql_storage {
         db: $db:ty,
         sql: $sql:path,
         lock_document: $lock:literal,
-        begin: |$pool:ident| $begin:expr $(,)?
+        begin: |$pool:ident| $begin:expr,
+        begin_read: |$read_pool:ident| $begin_read:expr $(,)?
     ) => {
         use async_trait::async_trait;
         use sqlx::Row;
@@ -61,6 +62,14 @@ macro_rules! sql_storage {
             async fn begin_write(&self) -> StorageResult<sqlx::Transaction<'static, $db>> {
                 let $pool = &self.pool;
                 Ok($begin.await?)
+            }
+
+            /// Begins a transaction that only reads, from one snapshot of the database: a
+            /// document's row and its change rows must agree (its heads are checked against
+            /// the graph built from its changes).
+            async fn begin_read(&self) -> StorageResult<sqlx::Transaction<'static, $db>> {
+                let $read_pool = &self.pool;
+                Ok($begin_read.await?)
             }
         }
 
@@ -578,7 +587,7 @@ macro_rules! sql_storage {
 
             async fn begin_sync_read(&self) -> StorageResult<Box<dyn SyncTransaction>> {
                 Ok(Box::new($txn {
-                    tx: self.pool.begin().await?,
+                    tx: self.begin_read().await?,
                     locking: false,
                 }))
             }

@@ -47,6 +47,8 @@ super::sql::sql_storage! {
     // IMMEDIATE takes the write lock at once: a deferred transaction that reads and then
     // writes can fail with SQLITE_BUSY when another writer got in between.
     begin: |pool| pool.begin_with("BEGIN IMMEDIATE"),
+    // Deferred: in WAL mode a read transaction sees one snapshot from its first read on.
+    begin_read: |pool| pool.begin(),
 }
 
 super::evidence::evidence_sql! { storage: SqliteStorage, db: sqlx::Sqlite, sql: sqlite_sql }
