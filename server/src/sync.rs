@@ -118,12 +118,13 @@ pub async fn sync(
     caller: &Caller,
     incoming: Vec<IncomingDocument>,
     received_at: i64,
-    _turn: tokio::sync::SemaphorePermit<'_>,
+    turn: SyncTurn,
 ) -> Result<SyncReply, ApiError> {
     let metrics = &state.metrics;
     for attempt in 1.. {
         let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
-        match sync_attempt(state, caller, incoming.clone(), received_at, optimistic).await {
+        let attempt = sync_attempt(state, caller, &incoming, received_at, optimistic, &turn);
+        match attempt.await {
             Ok(reply) => return Ok(reply),
             Err(AttemptError::DocumentChanged) if optimistic => {
                 Metrics::add(&metrics.sync_retries, 1);
@@ -142,10 +143,12 @@ pub async fn sync(
 async fn sync_attempt(
     state: &AppState,
     caller: &Caller,
-    incoming: Vec<IncomingDocument>,
+    incoming: &[IncomingDocument],
     received_at: i64,
     optimistic: bool,
+    turn: &SyncTurn,
 ) -> Result<SyncReply, AttemptError> {
+    let incoming = incoming.to_vec();
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
     let (documents, hub) = (&state.documents, &state.repo);
     let device_id = caller.device.id.clone();
@@ -220,8 +223,11 @@ async fn sync_attempt(
     let sender = caller.author();
     let (cache, pushing) = (Arc::clone(documents), Arc::clone(hub));
     let graphs = Arc::clone(&state.graphs);
-    // Automerge work is CPU-bound: keep it off the async workers.
+    // Automerge work is CPU-bound: keep it off the async workers. The work holds the turn
+    // too, so that a request cut off meanwhile does not give it back while it still runs.
+    let computing = Arc::clone(turn);
     let (writes, mut replies, to_push) = tokio::task::spawn_blocking(move || {
+        let _computing = computing;
         let mut writes = Vec::new();
         let mut replies = BTreeMap::new();
         let mut to_push = Vec::new();
@@ -365,16 +371,21 @@ pub(crate) async fn sources(
     Ok((cached, graph))
 }
 
+/// A turn to run a sync: shared by the request and the blocking task that computes for it,
+/// and given back when both are done.
+pub type SyncTurn = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Waits for a turn to run a sync. Parsed case files take megabytes each: only as many syncs
 /// run (read the request, compute, write) at once as there are cores, so memory stays bounded
 /// however many phones reconnect together; a turn is held until the writes commit. A phone
 /// that would wait past half the request timeout is told at once that the server is busy (503
 /// with `Retry-After`) before any work is done, so that under a burst no request is cut off by
 /// the timeout after the work was done for it.
-pub async fn sync_turn(state: &AppState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+pub async fn sync_turn(state: &AppState) -> Result<SyncTurn, ApiError> {
     let wait = state.config.request_timeout() / 2;
-    match tokio::time::timeout(wait, state.sync_compute.acquire()).await {
-        Ok(Ok(permit)) => Ok(permit),
+    let turn = Arc::clone(&state.sync_compute).acquire_owned();
+    match tokio::time::timeout(wait, turn).await {
+        Ok(Ok(permit)) => Ok(Arc::new(permit)),
         Ok(Err(_)) => Err(ApiError::Internal("the sync limiter is closed".into())),
         Err(_) => {
             Metrics::add(&state.metrics.sync_busy, 1);

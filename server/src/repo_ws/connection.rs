@@ -558,7 +558,11 @@ impl Connection {
         // Bounded like the HTTP sync (one per core), and taken before the write lock so that
         // no sync ever holds the lock while it waits for its turn to compute.
         let compute = Arc::clone(&self.state.sync_compute);
-        let _permit = compute.acquire().await.map_err(|_| Close::server())?;
+        let turn = compute.acquire_owned().await.map_err(|_| Close::server())?;
+        // Held by the computation below (a connection dropped meanwhile must not give the
+        // turn back while it runs) and, after it, until the commit.
+        let turn = Arc::new(turn);
+        let computing = Arc::clone(&turn);
         let mut tx = storage.begin_sync().await?;
         let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
         let case_ids: Vec<String> = open.iter().map(|(s, _)| s.case_id.clone()).collect();
@@ -584,6 +588,7 @@ impl Connection {
         let sender = self.caller.author();
         // Automerge work is CPU-bound: keep it off the async workers.
         let mut outcomes = tokio::task::spawn_blocking(move || {
+            let _computing = computing;
             jobs.into_iter()
                 .map(|(subscription, document, cached, graph, messages)| {
                     receive_one(

@@ -311,6 +311,68 @@ async fn a_request_over_the_time_limit_gets_503_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
+    // The turn bounds how many syncs compute at once (each holds parsed documents): a request
+    // cut off by the time limit must not give its turn back while its computation still runs
+    // on a blocking thread, or a burst of slow syncs would pile computations up.
+    let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 1).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    officer.sync_until_quiet(&app).await;
+    let case_id = "case-demo-1";
+    let before = stored_heads(&app, case_id).await;
+    // Enough visits that checking them takes longer than the time limit.
+    for k in 0..6000 {
+        let at = testing::at(k);
+        officer
+            .doc(case_id)
+            .add(&testing::visit("user-officer", at, 500), at)
+            .unwrap();
+    }
+    // The first round trades heads; the visits go in the next.
+    let request = loop {
+        let (request, _) = officer.next_request();
+        let brings_visits = request.documents.iter().any(|d| {
+            d.message
+                .as_ref()
+                .is_some_and(|m| doorstep_sync_core::brings_changes(&STANDARD.decode(m).unwrap()))
+        });
+        if brings_visits {
+            break request;
+        }
+        officer.send(&app, &request).await;
+    };
+    let turns = app.state.sync_compute.available_permits();
+    let response = app
+        .client
+        .post(app.url("/api/v1/sync"))
+        .bearer_auth(officer.access_token())
+        .json(&request)
+        .send()
+        .await
+        .unwrap();
+    let (status, code) = error_of(response).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "timeout")
+    );
+    assert!(
+        app.state.sync_compute.available_permits() < turns,
+        "the cut-off sync's work still holds its turn"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while app.state.sync_compute.available_permits() < turns {
+        assert!(std::time::Instant::now() < deadline, "the turn came back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stored_heads(&app, case_id).await,
+        before,
+        "nothing was stored"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     // Every sync turn is taken (as when many phones reconnect at once): a sync that would wait
     // past half the request time limit is answered 503 busy with Retry-After, before any work.
