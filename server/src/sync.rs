@@ -123,7 +123,14 @@ pub async fn sync(
     let metrics = &state.metrics;
     for attempt in 1.. {
         let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
-        let attempt = sync_attempt(state, caller, &incoming, received_at, optimistic, &turn);
+        let attempt = sync_attempt(
+            state,
+            caller,
+            incoming.clone(),
+            received_at,
+            optimistic,
+            &turn,
+        );
         match attempt.await {
             Ok(reply) => return Ok(reply),
             Err(AttemptError::DocumentChanged) if optimistic => {
@@ -143,12 +150,11 @@ pub async fn sync(
 async fn sync_attempt(
     state: &AppState,
     caller: &Caller,
-    incoming: &[IncomingDocument],
+    incoming: Vec<IncomingDocument>,
     received_at: i64,
     optimistic: bool,
     turn: &SyncTurn,
 ) -> Result<SyncReply, AttemptError> {
-    let incoming = incoming.to_vec();
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
     let (documents, hub) = (&state.documents, &state.repo);
     let device_id = caller.device.id.clone();

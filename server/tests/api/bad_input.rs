@@ -310,16 +310,22 @@ async fn a_request_over_the_time_limit_gets_503_and_the_server_keeps_serving() {
     server.await.unwrap().unwrap();
 }
 
+/// The officer's phone, synced, and the stored heads of case-demo-1, which the sync-turn tests
+/// then try to change.
+async fn synced_officer(app: &TestApp) -> (Phone, String) {
+    let mut officer = Phone::sign_in(app, "officer", 1).await;
+    officer.sync_until_quiet(app).await;
+    (officer, stored_heads(app, "case-demo-1").await)
+}
+
 #[tokio::test]
 async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
     // The turn bounds how many syncs compute at once (each holds parsed documents): a request
     // cut off by the time limit must not give its turn back while its computation still runs
     // on a blocking thread, or a burst of slow syncs would pile computations up.
     let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 1).await;
-    let mut officer = Phone::sign_in(&app, "officer", 1).await;
-    officer.sync_until_quiet(&app).await;
+    let (mut officer, before) = synced_officer(&app).await;
     let case_id = "case-demo-1";
-    let before = stored_heads(&app, case_id).await;
     // Enough visits that checking them takes longer than the time limit.
     for k in 0..6000 {
         let at = testing::at(k);
@@ -342,14 +348,8 @@ async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
         officer.send(&app, &request).await;
     };
     let turns = app.state.sync_compute.available_permits();
-    let response = app
-        .client
-        .post(app.url("/api/v1/sync"))
-        .bearer_auth(officer.access_token())
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let body = serde_json::to_vec(&request).unwrap();
+    let response = app.post_sync_raw(officer.access_token(), body).await;
     let (status, code) = error_of(response).await;
     assert_eq!(
         (status, code.as_str()),
@@ -377,10 +377,8 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     // Every sync turn is taken (as when many phones reconnect at once): a sync that would wait
     // past half the request time limit is answered 503 busy with Retry-After, before any work.
     let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 2).await;
-    let mut officer = Phone::sign_in(&app, "officer", 1).await;
-    officer.sync_until_quiet(&app).await;
+    let (mut officer, before) = synced_officer(&app).await;
     let case_id = "case-demo-1";
-    let before = stored_heads(&app, case_id).await;
     officer
         .doc(case_id)
         .add(
@@ -391,14 +389,8 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     let (request, _) = officer.next_request();
     let turns = app.state.sync_compute.available_permits() as u32;
     let taken = app.state.sync_compute.acquire_many(turns).await.unwrap();
-    let response = app
-        .client
-        .post(app.url("/api/v1/sync"))
-        .bearer_auth(officer.access_token())
-        .json(&request)
-        .send()
-        .await
-        .unwrap();
+    let body = serde_json::to_vec(&request).unwrap();
+    let response = app.post_sync_raw(officer.access_token(), body).await;
     let retry_after = response.headers().get("retry-after").cloned();
     let (status, code) = error_of(response).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
