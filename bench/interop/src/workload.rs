@@ -199,11 +199,12 @@ impl Bench {
             }
         };
         println!(
-            "  {} server {} (pid {}) seeded in {:.1} s",
+            "  {} server {} (pid {}) seeded in {:.1} s (peak memory so far {:.1} MiB)",
             server.name,
             server.base,
             server.pid(),
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            server.peak_memory_mib()
         );
 
         // Every replica fetches its cases (not timed).
@@ -220,7 +221,11 @@ impl Bench {
             })
             .collect();
         let (fetched, f) = self.phase(target, &server, all, goals, 0).await?;
-        println!("  initial fetch by every phone: {:.2} s", f.seconds);
+        println!(
+            "  initial fetch by every phone: {:.2} s (server peak memory so far {:.1} MiB)",
+            f.seconds,
+            server.peak_memory_mib()
+        );
         all = fetched;
         let mut big = all.split_off(args.phones);
         let mut phones = all;
@@ -264,7 +269,7 @@ impl Bench {
         println!(
             "  converged: {:.2} s, {} up / {} down bytes, {} / {} messages, server CPU {:.2} s; \
              load generator CPU {:.2} s; {} errors retried; {} phone documents without the \
-             server's last acknowledgement",
+             server's last acknowledgement; server peak memory so far {:.1} MiB",
             converge.seconds,
             converge.bytes_up,
             converge.bytes_down,
@@ -273,7 +278,8 @@ impl Bench {
             converge.server_cpu,
             converge.client_cpu,
             converge.errors,
-            converge.unacknowledged
+            converge.unacknowledged,
+            server.peak_memory_mib()
         );
         outcome.converge = converge;
 
@@ -287,8 +293,10 @@ impl Bench {
         let goals = writer_and_readers(target, big.len(), &big_case, &heads);
         let (mut big, f) = self.phase(target, &server, big, goals, 0).await?;
         println!(
-            "  scenario 2 case filled with {} visits: {:.2} s",
-            args.big_visits, f.seconds
+            "  scenario 2 case filled with {} visits: {:.2} s (server peak memory so far {:.1} MiB)",
+            args.big_visits,
+            f.seconds,
+            server.peak_memory_mib()
         );
         // ... then records one more visit and syncs it to the other subscribers, who are
         // connected (WebSocket) or polling (HTTP, every {HTTP_POLL_INTERVAL:?}).

@@ -693,11 +693,13 @@ macro_rules! sql_storage {
             }
 
             async fn change_bytes(&mut self, case_id: &str) -> StorageResult<Vec<Vec<u8>>> {
-                let rows = sqlx::query(&$sql("SELECT bytes FROM changes WHERE case_id = $1"))
+                // Each row is decoded as it arrives, so that a case's rows and their bytes
+                // are not both held at once.
+                let bytes = sqlx::query_scalar(&$sql("SELECT bytes FROM changes WHERE case_id = $1"))
                     .bind(case_id)
                     .fetch_all(&mut *self.tx)
                     .await?;
-                rows.iter().map(|row| Ok(row.try_get("bytes")?)).collect()
+                Ok(bytes)
             }
 
             async fn write_documents(
