@@ -123,7 +123,8 @@ struct Outcome {
     case_id: String,
     subscription: Arc<Subscription>,
     /// The parsed document, if a message brought changes; None too when it must not go back
-    /// to the cache (refused or unreadable).
+    /// to the cache (refused or unreadable). Once computed, it goes to the cache at once and
+    /// stays here only while it holds back changes (the reply is then made from it).
     file: Option<CaseFile>,
     /// The document's change graph as it now stands (None when refused or unreadable).
     graph: Option<Arc<ChangeGraph>>,
@@ -587,11 +588,12 @@ impl Connection {
         let rule = ActorRule::BoundOrUnclaimed(bound);
         let sender = self.caller.author();
         // Automerge work is CPU-bound: keep it off the async workers.
+        let cache = Arc::clone(&documents);
         let mut outcomes = tokio::task::spawn_blocking(move || {
             let _computing = computing;
             jobs.into_iter()
                 .map(|(subscription, document, cached, graph, messages)| {
-                    receive_one(
+                    let mut outcome = receive_one(
                         subscription,
                         &document,
                         cached,
@@ -599,7 +601,21 @@ impl Connection {
                         &messages,
                         &sender,
                         &rule,
-                    )
+                    );
+                    // As over HTTP: into the cache at once, under the heads it now has, so
+                    // that a batch holds one parsed document at a time, not all of them until
+                    // the commit (the replies come from the change graph). Until the commit
+                    // the stored heads differ, so the cache never serves it early. Only a
+                    // document holding back changes stays, to answer for them.
+                    if let Some(mut file) = outcome.file.take() {
+                        if file.holds_back_changes() {
+                            outcome.file = Some(file);
+                        } else {
+                            let heads = heads_key(&file.heads());
+                            cache.put(outcome.case_id.clone(), heads, file);
+                        }
+                    }
+                    outcome
                 })
                 .collect::<Vec<Outcome>>()
         })
@@ -679,11 +695,7 @@ impl Connection {
                 } else {
                     hub.send_sync(&outcome.subscription, &mut replier);
                 }
-                let heads = heads_key(&graph.heads());
-                graphs.put(outcome.case_id.clone(), heads.clone(), graph);
-                if let Some(file) = outcome.file {
-                    documents.put(outcome.case_id, heads, file);
-                }
+                graphs.put(outcome.case_id, heads_key(&graph.heads()), graph);
             }
         })
         .await
