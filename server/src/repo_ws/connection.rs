@@ -573,7 +573,6 @@ impl Connection {
             .into_iter()
             .map(|d| (d.case_id.clone(), d))
             .collect();
-        let documents = Arc::clone(&self.state.documents);
         let metrics = Arc::clone(&self.state.metrics);
         let mut jobs = Vec::with_capacity(open.len());
         for (subscription, messages) in open {
@@ -588,7 +587,7 @@ impl Connection {
         let rule = ActorRule::BoundOrUnclaimed(bound);
         let sender = self.caller.author();
         // Automerge work is CPU-bound: keep it off the async workers.
-        let cache = Arc::clone(&documents);
+        let cache = Arc::clone(&self.state.documents);
         let mut outcomes = tokio::task::spawn_blocking(move || {
             let _computing = computing;
             jobs.into_iter()
@@ -681,7 +680,7 @@ impl Connection {
             "websocket sync committed"
         );
 
-        // Committed: answer this client, push to the others, return the documents.
+        // Committed: answer this client, push to the others, return the graphs.
         let hub = Arc::clone(&self.hub);
         let graphs = Arc::clone(&self.state.graphs);
         tokio::task::spawn_blocking(move || {
