@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 
 use automerge::{
-    ActorId, ChangeHash, PatchLog, ROOT, ReadDoc,
+    ActorId, Change, ChangeHash, ExpandedChange, PatchLog, ROOT, ReadDoc,
     sync::{Message, State, SyncDoc},
 };
 
@@ -143,18 +143,16 @@ impl CaseFile {
             *peer = trial_peer;
             return Ok(Vec::new());
         }
-        // The changes are applied to the document itself, logging what they change, and the
-        // checks look only at that; a refusal then rolls the document back. (A trial copy
+        // The changes are applied to the document itself and the checks look only at what
+        // their operations touched; a refusal then rolls the document back. (A trial copy
         // would cost as much as the whole document on every message.)
         let before = self.doc.get_heads();
-        let mut log = PatchLog::active();
         let received = self
             .doc
             .sync()
-            .receive_sync_message_log_patches(&mut trial_peer.0, message, &mut log)
+            .receive_sync_message_log_patches(&mut trial_peer.0, message, &mut PatchLog::inactive())
             .map_err(corrupt);
-        let outcome =
-            received.and_then(|()| self.check_received(&before, &mut log, sender, &actor_allowed));
+        let outcome = received.and_then(|()| self.check_received(&before, sender, &actor_allowed));
         match outcome {
             Ok(applied) => {
                 hold_back_nothing_unasked(self, &mut trial_peer);
@@ -169,36 +167,38 @@ impl CaseFile {
     }
 
     /// The checks of a checked receive, on the document after it applied the changes made
-    /// since `before` (their patches in `log`).
+    /// since `before`.
     fn check_received(
         &mut self,
         before: &[ChangeHash],
-        log: &mut PatchLog,
         sender: &Author,
         actor_allowed: &impl Fn(&ActorId) -> bool,
     ) -> Result<Vec<AppliedChange>, RefusedSync> {
-        let applied: Vec<AppliedChange> = self
-            .doc
-            .get_changes(before)
-            .into_iter()
-            .map(|mut change| AppliedChange {
+        let mut changes = self.doc.get_changes(before);
+        if let Some(foreign) = changes.iter().find(|c| !actor_allowed(c.actor_id())) {
+            return Err(RefusedSync::ForeignActor(
+                foreign.actor_id().to_hex_string(),
+            ));
+        }
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let expanded: Vec<ExpandedChange> = changes.iter().map(Change::decode).collect();
+        let applied: Vec<AppliedChange> = changes
+            .iter_mut()
+            .map(|change| AppliedChange {
                 hash: change.hash(),
                 actor: change.actor_id().clone(),
                 deps: change.deps().to_vec(),
                 bytes: change.bytes().to_vec(),
             })
             .collect();
-        if let Some(foreign) = applied.iter().find(|c| !actor_allowed(&c.actor)) {
-            return Err(RefusedSync::ForeignActor(foreign.actor.to_hex_string()));
-        }
-        if applied.is_empty() {
-            return Ok(applied);
-        }
-        let patches = self.doc.make_patches(log);
-        let scope = match Scope::touched(&patches) {
+        drop(changes);
+        let scope = match Scope::touched(self, &expanded) {
             Some(scope) => scope,
             None => Scope::whole(self, Some(before)).map_err(RefusedSync::Invalid)?,
         };
+        drop(expanded);
         self.validate_scope(&scope).map_err(RefusedSync::Invalid)?;
         self.check_none_removed(before, &scope)
             .map_err(RefusedSync::Invalid)?;
