@@ -4,7 +4,8 @@
 //! unchanged field never becomes a spurious concurrent write (a false conflict).
 
 use automerge::{
-    AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable,
+    AutoCommit, ChangeHash, ObjId, ObjType, ReadDoc, ScalarValue, Value, ValueRef,
+    transaction::Transactable,
 };
 use serde_json::{Map, Number, Value as Json};
 
@@ -144,35 +145,28 @@ pub(crate) fn text_object_at(
 /// Text (automerge-repo's default for JS strings) is refused rather than left to slow every
 /// replica down.
 fn first_text_object(doc: &AutoCommit, obj: &ObjId, path: &str) -> Option<String> {
-    let children: Vec<(String, Value<'_>, ObjId)> = match doc.object_type(obj) {
-        Ok(ObjType::Map | ObjType::Table) => doc
-            .map_range(obj, ..)
-            .map(|item| {
-                let id = item.id();
-                (format!("{path}.{}", item.key), item.value.into(), id)
-            })
-            .collect(),
-        Ok(ObjType::List) => doc
-            .list_range(obj, ..)
-            .map(|item| {
-                let id = item.id();
-                (format!("{path}[{}]", item.index), item.value.into(), id)
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    for (child_path, value, id) in children {
-        match value {
-            Value::Object(ObjType::Text) => return Some(child_path),
-            Value::Object(_) => {
-                if let Some(found) = first_text_object(doc, &id, &child_path) {
-                    return Some(found);
-                }
-            }
-            Value::Scalar(_) => {}
+    // Only objects are visited and a path is written only for them: this runs on every field
+    // a sync touches, and nearly all of them are scalars.
+    let visit = |step: String, kind: ObjType, id: ObjId| {
+        let child_path = format!("{path}{step}");
+        match kind {
+            ObjType::Text => Some(child_path),
+            _ => first_text_object(doc, &id, &child_path),
         }
+    };
+    match doc.object_type(obj) {
+        Ok(ObjType::Map | ObjType::Table) => {
+            doc.map_range(obj, ..).find_map(|item| match item.value {
+                ValueRef::Object(kind) => visit(format!(".{}", item.key), kind, item.id()),
+                ValueRef::Scalar(_) => None,
+            })
+        }
+        Ok(ObjType::List) => doc.list_range(obj, ..).find_map(|item| match item.value {
+            ValueRef::Object(kind) => visit(format!("[{}]", item.index), kind, item.id()),
+            ValueRef::Scalar(_) => None,
+        }),
+        _ => None,
     }
-    None
 }
 
 fn json_of_scalar(scalar: &ScalarValue) -> Json {
