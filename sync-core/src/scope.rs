@@ -1,6 +1,7 @@
 //! Which parts of a case file to check. A whole-document check looks at every part; the checks
 //! of a received sync message look only at the parts its changes touched, read from their
-//! operations, so that their cost follows the change and not the size of the case (one visit on a 2,000-visit case is checked as quickly as on a new one).
+//! operations, so that their cost follows the change and not the size of the case (one visit
+//! on a 2,000-visit case is checked as quickly as on a new one).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -90,7 +91,7 @@ impl Scope {
                         change.start_op.get() + offset as u64,
                         change.actor_id.clone(),
                     );
-                    places.created.insert(id, place.clone());
+                    places.known.insert(id, place.clone());
                 }
                 scope.add(place)?;
             }
@@ -151,16 +152,14 @@ impl Place {
 /// create them, and the others from the document, each looked up once.
 struct Places<'a> {
     file: &'a CaseFile,
-    created: HashMap<OpId, Place>,
-    looked_up: HashMap<OpId, Place>,
+    known: HashMap<OpId, Place>,
 }
 
 impl<'a> Places<'a> {
     fn new(file: &'a CaseFile) -> Self {
         Places {
             file,
-            created: HashMap::new(),
-            looked_up: HashMap::new(),
+            known: HashMap::new(),
         }
     }
 
@@ -168,7 +167,7 @@ impl<'a> Places<'a> {
         let ObjectId::Id(id) = obj else {
             return Some(Place::Root);
         };
-        if let Some(place) = self.created.get(id).or_else(|| self.looked_up.get(id)) {
+        if let Some(place) = self.known.get(id) {
             return Some(place.clone());
         }
         let doc = self.file.doc();
@@ -182,7 +181,7 @@ impl<'a> Places<'a> {
                 Prop::Seq(_) => None,
             })?;
         }
-        self.looked_up.insert(id.clone(), place.clone());
+        self.known.insert(id.clone(), place.clone());
         Some(place)
     }
 }
