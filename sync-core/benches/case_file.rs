@@ -1,6 +1,8 @@
 //! What a case file costs: time to record one visit, time to load a case holding 1,000 and
 //! 10,000 visits (bytes to document, and bytes to a typed list of visits), and saved bytes per
-//! visit. Notes are plain strings of 500 characters (DESIGN.md "Measured here").
+//! visit; and time to rebuild a 200-visit case's change graph from its stored changes (what a
+//! server does when its cache does not hold the graph), against decoding each change in full.
+//! Notes are plain strings of 500 characters (DESIGN.md "Measured here").
 //!
 //! Run: `cargo bench -p doorstep-sync-core --bench case_file`
 
@@ -9,7 +11,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::testing::{self, at};
-use doorstep_sync_core::{CaseFile, Collection};
+use doorstep_sync_core::{CaseFile, ChangeGraph, Collection};
 
 const NOTE_CHARS: usize = 500;
 
@@ -71,6 +73,26 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
+
+    let changes: Vec<Vec<u8>> = case_with_visits(200)
+        .doc_mut()
+        .get_changes(&[])
+        .into_iter()
+        .map(|mut c| c.bytes().to_vec())
+        .collect();
+    let mut group = c.benchmark_group("rebuild a 200-visit case's change graph");
+    group.bench_function("ChangeGraph::from_changes", |b| {
+        b.iter(|| black_box(ChangeGraph::from_changes(changes.clone()).map(|g| g.len())))
+    });
+    group.bench_function("decoding every change in full", |b| {
+        b.iter(|| {
+            for change in &changes {
+                black_box(automerge::Change::try_from(change.as_slice()).map(|c| c.hash()))
+                    .unwrap_or_else(|e| unreachable!("the benchmark's changes parse: {e}"));
+            }
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -12,9 +12,10 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{
-    Change, ChangeHash,
+    ChangeHash,
     sync::{BloomFilter, Capability, ChunkList, Have, Message, MessageFlags, MessageVersion},
 };
+use sha2::{Digest, Sha256};
 
 use crate::error::{CaseFileError, Result};
 use crate::sync::{PeerState, decode_message};
@@ -47,10 +48,10 @@ impl ChangeGraph {
     /// a whole document).
     pub fn from_changes(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Self> {
         let mut pending: Vec<(ChangeHash, Vec<ChangeHash>, Vec<u8>)> = Vec::new();
+        let mut inflater = Inflater::default();
         for bytes in changes {
-            let change = Change::try_from(bytes.as_slice())
-                .map_err(|e| CaseFileError::Corrupt(format!("a stored change: {e}")))?;
-            pending.push((change.hash(), change.deps().to_vec(), bytes));
+            let (hash, deps) = change_hash_and_deps(&bytes, &mut inflater)?;
+            pending.push((hash, deps, bytes));
         }
         let mut graph = ChangeGraph::new();
         // Adds every change whose dependencies are in, until none is left or none can be.
@@ -373,6 +374,151 @@ impl ChangeGraph {
             .encode(),
         )
     }
+}
+
+/// The first bytes of every Automerge chunk.
+const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+/// Chunk types: a change, and a change whose data is DEFLATE-compressed (how Automerge encodes
+/// a change for storage once it is large enough).
+const CHANGE_CHUNK: u8 = 1;
+const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+/// A compressed change that inflates past this is refused (no change a sync accepts is near).
+const MAX_CHANGE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The hash and dependencies of one change chunk, read from its header: the checksum is
+/// checked and the hash computed as Automerge does (SHA-256 of the uncompressed chunk's type,
+/// length and data), but the operations are not decoded. A graph is rebuilt from every stored
+/// change of a case each time the cache does not hold it, and decoding each change in full
+/// cost several times as much (`cargo bench -p doorstep-sync-core --bench case_file -- graph`);
+/// the stored changes were decoded and applied when the server accepted them.
+fn change_hash_and_deps(
+    bytes: &[u8],
+    inflater: &mut Inflater,
+) -> Result<(ChangeHash, Vec<ChangeHash>)> {
+    let corrupt = |what: &str| CaseFileError::Corrupt(format!("a stored change: {what}"));
+    if bytes.len() < 9 || bytes[..4] != CHUNK_MAGIC {
+        return Err(corrupt("not an Automerge chunk"));
+    }
+    let (length, data_start) = read_uleb(bytes, 9).ok_or_else(|| corrupt("bad length"))?;
+    let data = usize::try_from(length)
+        .ok()
+        .filter(|length| data_start.checked_add(*length) == Some(bytes.len()))
+        .map(|_| &bytes[data_start..])
+        .ok_or_else(|| corrupt("its length does not match its bytes"))?;
+    let (hash, data) = match bytes[8] {
+        CHANGE_CHUNK => (ChangeHash(Sha256::digest(&bytes[8..]).into()), data),
+        COMPRESSED_CHANGE_CHUNK => {
+            let body = inflater
+                .inflate(data)
+                .ok_or_else(|| corrupt("bad compression"))?;
+            let mut hasher = Sha256::new();
+            hasher.update([CHANGE_CHUNK]);
+            hasher.update(write_uleb(body.len() as u64));
+            hasher.update(body);
+            (ChangeHash(hasher.finalize().into()), body)
+        }
+        _ => return Err(corrupt("not a change")),
+    };
+    if bytes[4..8] != hash.0[..4] {
+        return Err(corrupt("bad checksum"));
+    }
+    // The data starts with the dependencies: a count, then that many 32-byte hashes.
+    let (count, at) = read_uleb(data, 0).ok_or_else(|| corrupt("bad dependencies"))?;
+    let deps = usize::try_from(count)
+        .ok()
+        .and_then(|count| data[at..].get(..count.checked_mul(32)?))
+        .ok_or_else(|| corrupt("bad dependencies"))?;
+    let deps = deps
+        .chunks_exact(32)
+        .map(|dep| ChangeHash(dep.try_into().unwrap_or_else(|_| unreachable!("32 bytes"))))
+        .collect();
+    Ok((hash, deps))
+}
+
+/// One DEFLATE decoder and output buffer for all the changes of a graph (a decoder's state is
+/// tens of kilobytes, more than most changes).
+struct Inflater {
+    decoder: flate2::Decompress,
+    out: Vec<u8>,
+}
+
+impl Default for Inflater {
+    fn default() -> Self {
+        Inflater {
+            decoder: flate2::Decompress::new(false),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Inflater {
+    /// The raw DEFLATE stream `data` inflated, or None if it is not one, is cut short or
+    /// inflates past [`MAX_CHANGE_BYTES`].
+    fn inflate(&mut self, data: &[u8]) -> Option<&[u8]> {
+        self.decoder.reset(false);
+        self.out.clear();
+        loop {
+            if self.out.len() == self.out.capacity() {
+                if self.out.len() as u64 >= MAX_CHANGE_BYTES {
+                    return None;
+                }
+                self.out.reserve(data.len().saturating_mul(4).max(4096));
+            }
+            let read = usize::try_from(self.decoder.total_in()).ok()?;
+            let before = (read, self.out.len());
+            let status = self
+                .decoder
+                .decompress_vec(
+                    &data[read..],
+                    &mut self.out,
+                    flate2::FlushDecompress::Finish,
+                )
+                .ok()?;
+            match status {
+                flate2::Status::StreamEnd => return Some(&self.out),
+                // No progress with room to spare: the stream ends before it is complete.
+                _ if before
+                    == (
+                        usize::try_from(self.decoder.total_in()).ok()?,
+                        self.out.len(),
+                    )
+                    && self.out.len() < self.out.capacity() =>
+                {
+                    return None;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `value` as unsigned LEB128.
+fn write_uleb(mut value: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// An unsigned LEB128 number at `at`, and where the bytes after it start (None if it runs past
+/// the end or past 64 bits).
+fn read_uleb(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
 
 /// The changes part of an outgoing message.
