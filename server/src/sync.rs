@@ -200,24 +200,6 @@ async fn sync_attempt(
     let mut to_load: Vec<String> = to_load.into_iter().map(|d| d.case_id.clone()).collect();
     let settled: Vec<String> = settled.into_iter().map(|d| d.case_id.clone()).collect();
     to_load.extend(unasked);
-    let mut loaded: Vec<(LoadedDocument, Option<CaseFile>, GraphSource)> = Vec::new();
-    for document in tx.load_documents(&device_id, &to_load).await? {
-        // Only a message that brings changes needs the parsed document; the rest are
-        // answered from the case's change graph.
-        let needs_file = incoming.iter().any(|d| {
-            d.case_id == document.case_id && d.message.as_deref().is_some_and(brings_changes)
-        });
-        let (cached, graph) = sources(state, tx.as_mut(), &document, needs_file).await?;
-        loaded.push((document, cached, graph));
-    }
-    // Optimistic: the reads are done; end the read transaction (and give its connection
-    // back) before the Automerge work, and take the write lock only for the writes.
-    let locked = if optimistic {
-        tx.commit().await?;
-        None
-    } else {
-        Some(tx)
-    };
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());
@@ -227,53 +209,58 @@ async fn sync_attempt(
     }
     let rule = ActorRule::Bound(BTreeSet::from([caller.device.actor_id.clone()]));
     let sender = caller.author();
-    let (cache, pushing) = (Arc::clone(documents), Arc::clone(hub));
-    let graphs = Arc::clone(&state.graphs);
-    // Automerge work is CPU-bound: keep it off the async workers. The work holds the turn
-    // too, so that a request cut off meanwhile does not give it back while it still runs.
-    let computing = Arc::clone(turn);
-    let (writes, mut replies, to_push) = tokio::task::spawn_blocking(move || {
-        let _computing = computing;
-        let mut writes = Vec::new();
-        let mut replies = BTreeMap::new();
-        let mut to_push = Vec::new();
-        for (document, cached, graph) in loaded {
-            let message = messages.get(&document.case_id).cloned().flatten();
-            let requested = messages.contains_key(&document.case_id);
-            let applied = apply_one(document, cached, graph, message.as_deref(), &sender, &rule);
-            let case_id = applied.reply.case_id.clone();
-            if let Some(graph) = applied.graph {
-                // Like the document below: keyed by its heads, so it is used only if they
-                // are the ones committed.
-                graphs.put(case_id.clone(), heads_key(&graph.heads()), graph);
-            }
-            let changed = applied
-                .write
-                .as_ref()
-                .is_some_and(|w| !w.changes.is_empty());
-            if let Some(mut file) = applied.file {
-                if changed && pushing.has_subscribers(&case_id) {
-                    // Pushed to the case's WebSocket clients once the writes commit.
-                    to_push.push((case_id.clone(), file));
-                } else {
-                    // Into the cache at once, under the heads it now has, so that a request
-                    // holds one parsed document at a time, not all of its documents. If the
-                    // writes do not commit, the database keeps the old heads and the cache
-                    // never serves this copy (every use checks the stored heads).
-                    let heads = heads_key(&file.heads());
-                    cache.put(case_id.clone(), heads, file);
-                }
-            }
+    let mut writes = Vec::new();
+    let mut replies = BTreeMap::new();
+    let mut to_push = Vec::new();
+    // A few documents at a time: read, then computed, so that a request holds the stored bytes
+    // of one group, not of all its documents (40 cases' change rows were megabytes at once).
+    // Optimistic: each group is read in a read transaction that ends (giving its connection
+    // back) before the group's Automerge work, and the write lock is taken only for the
+    // writes; otherwise all runs in the one write transaction.
+    let mut tx = Some(tx);
+    for group in to_load.chunks(DOCUMENTS_PER_GROUP) {
+        let mut reading = match tx.take() {
+            Some(tx) => tx,
+            None => storage.begin_sync_read().await?,
+        };
+        let mut loaded = Vec::with_capacity(group.len());
+        for document in reading.load_documents(&device_id, group).await? {
+            let message = messages.get(&document.case_id);
+            // Only a message that brings changes needs the parsed document; the rest are
+            // answered from the case's change graph.
+            let needs_file = message
+                .and_then(|m| m.as_deref())
+                .is_some_and(brings_changes);
+            let (cached, graph) = sources(state, reading.as_mut(), &document, needs_file).await?;
             // Unasked documents only send; their state is saved when the phone answers.
-            if let Some(write) = applied.write.filter(|_| requested) {
-                writes.push(write);
-            }
-            replies.insert(case_id, applied.reply);
+            let requested = message.is_some();
+            loaded.push((
+                document,
+                cached,
+                graph,
+                message.cloned().flatten(),
+                requested,
+            ));
         }
-        (writes, replies, to_push)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("sync task failed: {e}")))?;
+        if optimistic {
+            reading.commit().await?;
+        } else {
+            tx = Some(reading);
+        }
+        let computed = compute_group(
+            loaded,
+            sender.clone(),
+            rule.clone(),
+            Arc::clone(documents),
+            Arc::clone(&state.graphs),
+            Arc::clone(hub),
+            Arc::clone(turn),
+        );
+        let (group_writes, group_replies, group_push) = computed.await?;
+        writes.extend(group_writes);
+        replies.extend(group_replies);
+        to_push.extend(group_push);
+    }
     for case_id in settled {
         replies.insert(
             case_id.clone(),
@@ -290,8 +277,12 @@ async fn sync_attempt(
         user_id: caller.user.id.clone(),
         received_at,
     };
-    let mut tx = match locked {
-        Some(tx) => tx,
+    let mut tx = match tx {
+        Some(tx) if !optimistic => tx,
+        Some(read) => {
+            read.commit().await?;
+            storage.begin_sync().await?
+        }
         None => storage.begin_sync().await?,
     };
     match tx.write_documents(&provenance, &writes).await {
@@ -335,6 +326,79 @@ async fn sync_attempt(
         allocated: allocated.into_iter().map(|a| a.case_id).collect(),
         drop,
     })
+}
+
+/// Documents read and computed together in one sync request (see `sync_attempt`).
+const DOCUMENTS_PER_GROUP: usize = 8;
+
+/// One group's stored document, cached parsed copy, graph source, message (if any) and whether
+/// the phone asked about it.
+type LoadedGroup = Vec<(
+    LoadedDocument,
+    Option<CaseFile>,
+    GraphSource,
+    Option<Vec<u8>>,
+    bool,
+)>;
+
+/// What a group of documents computed: writes, replies, and parsed documents to push to
+/// WebSocket subscribers once the writes commit.
+type GroupOutcome = (
+    Vec<DocumentWrite>,
+    BTreeMap<String, DocumentReply>,
+    Vec<(String, CaseFile)>,
+);
+
+/// The Automerge work of one group, on a blocking thread (it is CPU-bound). The work holds the
+/// turn too, so that a request cut off meanwhile does not give it back while it still runs.
+async fn compute_group(
+    loaded: LoadedGroup,
+    sender: Author,
+    rule: ActorRule,
+    cache: Arc<crate::doc_cache::DocumentCache>,
+    graphs: Arc<crate::graph_cache::GraphCache>,
+    pushing: Arc<crate::repo_ws::RepoHub>,
+    computing: SyncTurn,
+) -> Result<GroupOutcome, AttemptError> {
+    tokio::task::spawn_blocking(move || {
+        let _computing = computing;
+        let mut writes = Vec::new();
+        let mut replies = BTreeMap::new();
+        let mut to_push = Vec::new();
+        for (document, cached, graph, message, requested) in loaded {
+            let applied = apply_one(document, cached, graph, message.as_deref(), &sender, &rule);
+            let case_id = applied.reply.case_id.clone();
+            if let Some(graph) = applied.graph {
+                // Like the document below: keyed by its heads, so it is used only if they
+                // are the ones committed.
+                graphs.put(case_id.clone(), heads_key(&graph.heads()), graph);
+            }
+            let changed = applied
+                .write
+                .as_ref()
+                .is_some_and(|w| !w.changes.is_empty());
+            if let Some(mut file) = applied.file {
+                if changed && pushing.has_subscribers(&case_id) {
+                    // Pushed to the case's WebSocket clients once the writes commit.
+                    to_push.push((case_id.clone(), file));
+                } else {
+                    // Into the cache at once, under the heads it now has, so that a request
+                    // holds one parsed document at a time, not all of its documents. If the
+                    // writes do not commit, the database keeps the old heads and the cache
+                    // never serves this copy (every use checks the stored heads).
+                    let heads = heads_key(&file.heads());
+                    cache.put(case_id.clone(), heads, file);
+                }
+            }
+            if let Some(write) = applied.write.filter(|_| requested) {
+                writes.push(write);
+            }
+            replies.insert(case_id, applied.reply);
+        }
+        (writes, replies, to_push)
+    })
+    .await
+    .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))
 }
 
 /// What one sync needs of a loaded document: the parsed document from the cache, only if a
