@@ -200,6 +200,9 @@ async fn sync_attempt(
     let mut to_load: Vec<String> = to_load.into_iter().map(|d| d.case_id.clone()).collect();
     let settled: Vec<String> = settled.into_iter().map(|d| d.case_id.clone()).collect();
     to_load.extend(unasked);
+    // Case-id order across the groups below too: on the last attempt, PostgreSQL locks each
+    // document's row as a group reads it, and every sync must lock in one order.
+    to_load.sort();
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());
