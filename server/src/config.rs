@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// Doorstep's central server: phones sync case files here; staff read the merged result.
 /// The caches' default sizes. Measured with the interop benchmark (README "Interop benchmark"):
 /// since change graphs are rebuilt from chunk headers, a miss is cheap enough that 16 / 8 costs
 /// about a fifth more server CPU than 64 / 32 during a mass reconnect, for about 45 MiB less
@@ -15,6 +14,7 @@ use clap::Parser;
 pub const DEFAULT_DOCUMENT_CACHE_SIZE: usize = 16;
 pub const DEFAULT_GRAPH_CACHE_MIB: usize = 8;
 
+/// Doorstep's central server: phones sync case files here; staff read the merged result.
 #[derive(Clone, Parser)]
 #[command(name = "doorstep-server", version, about)]
 pub struct Config {

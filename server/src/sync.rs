@@ -228,22 +228,16 @@ async fn sync_attempt(
         };
         let mut loaded = Vec::with_capacity(group.len());
         for document in reading.load_documents(&device_id, group).await? {
-            let message = messages.get(&document.case_id);
-            // Only a message that brings changes needs the parsed document; the rest are
-            // answered from the case's change graph.
-            let needs_file = message
-                .and_then(|m| m.as_deref())
-                .is_some_and(brings_changes);
-            let (cached, graph) = sources(state, reading.as_mut(), &document, needs_file).await?;
+            // Each document is loaded once: its message moves out of the map.
+            let message = messages.remove(&document.case_id);
             // Unasked documents only send; their state is saved when the phone answers.
             let requested = message.is_some();
-            loaded.push((
-                document,
-                cached,
-                graph,
-                message.cloned().flatten(),
-                requested,
-            ));
+            let message = message.flatten();
+            // Only a message that brings changes needs the parsed document; the rest are
+            // answered from the case's change graph.
+            let needs_file = message.as_deref().is_some_and(brings_changes);
+            let (cached, graph) = sources(state, reading.as_mut(), &document, needs_file).await?;
+            loaded.push((document, cached, graph, message, requested));
         }
         if optimistic {
             reading.commit().await?;

@@ -413,7 +413,8 @@ fn change_hash_and_deps(
                 .ok_or_else(|| corrupt("bad compression"))?;
             let mut hasher = Sha256::new();
             hasher.update([CHANGE_CHUNK]);
-            hasher.update(write_uleb(body.len() as u64));
+            let (length, length_bytes) = write_uleb(body.len() as u64);
+            hasher.update(&length[..length_bytes]);
             hasher.update(body);
             (ChangeHash(hasher.finalize().into()), body)
         }
@@ -458,52 +459,40 @@ impl Inflater {
         self.decoder.reset(false);
         self.out.clear();
         loop {
-            if self.out.len() == self.out.capacity() {
-                if self.out.len() as u64 >= MAX_CHANGE_BYTES {
-                    return None;
-                }
-                self.out.reserve(data.len().saturating_mul(4).max(4096));
+            if self.out.len() as u64 > MAX_CHANGE_BYTES {
+                return None;
             }
+            // Always room for more output, so that a stall (BufError: no progress possible)
+            // can only mean missing input. (With `Finish`, a full output buffer would be a
+            // BufError too.)
+            self.out.reserve(data.len().saturating_mul(4).max(4096));
             let read = usize::try_from(self.decoder.total_in()).ok()?;
-            let before = (read, self.out.len());
             let status = self
                 .decoder
-                .decompress_vec(
-                    &data[read..],
-                    &mut self.out,
-                    flate2::FlushDecompress::Finish,
-                )
+                .decompress_vec(&data[read..], &mut self.out, flate2::FlushDecompress::None)
                 .ok()?;
             match status {
                 flate2::Status::StreamEnd => return Some(&self.out),
-                // No progress with room to spare: the stream ends before it is complete.
-                _ if before
-                    == (
-                        usize::try_from(self.decoder.total_in()).ok()?,
-                        self.out.len(),
-                    )
-                    && self.out.len() < self.out.capacity() =>
-                {
-                    return None;
-                }
-                _ => {}
+                flate2::Status::BufError => return None,
+                flate2::Status::Ok => {}
             }
         }
     }
 }
 
-/// `value` as unsigned LEB128.
-fn write_uleb(mut value: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
+/// `value` as unsigned LEB128, in the first bytes of the array (how many: the second value).
+fn write_uleb(mut value: u64) -> ([u8; 10], usize) {
+    let mut out = [0; 10];
+    for (written, slot) in out.iter_mut().enumerate() {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
         if value == 0 {
-            out.push(byte);
-            return out;
+            *slot = byte;
+            return (out, written + 1);
         }
-        out.push(byte | 0x80);
+        *slot = byte | 0x80;
     }
+    unreachable!("a u64 takes at most ten LEB128 bytes")
 }
 
 /// An unsigned LEB128 number at `at`, and where the bytes after it start (None if it runs past
@@ -578,6 +567,38 @@ impl Outgoing {
                 hashes,
                 version: MessageVersion::V1,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn inflates_a_whole_stream_and_refuses_a_cut_one() {
+        let text = crate::testing::note(5_000, 7).into_bytes();
+        let mut encoder =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder
+            .write_all(&text)
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let stream = encoder.finish().unwrap_or_else(|e| unreachable!("{e}"));
+        let mut inflater = Inflater::default();
+        assert_eq!(inflater.inflate(&stream), Some(text.as_slice()));
+        // The decoder is reused: the next stream starts afresh.
+        assert_eq!(inflater.inflate(&stream[..stream.len() / 2]), None);
+        assert_eq!(inflater.inflate(&stream), Some(text.as_slice()));
+        assert_eq!(inflater.inflate(b"not deflate at all"), None);
+    }
+
+    #[test]
+    fn leb128_round_trips() {
+        for value in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let (bytes, len) = write_uleb(value);
+            assert_eq!(read_uleb(&bytes[..len], 0), Some((value, len)));
         }
     }
 }
