@@ -167,8 +167,7 @@ impl App {
         // The staff web view shares the listener; the API router keeps the JSON fallback.
         let cleanup = crate::evidence::spawn_cleanup(self.state.clone());
         let router = crate::api::router(self.state.clone()).merge(crate::web::router(self.state));
-        let served = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+        let served = crate::http_listener::serve(self.listener, router, shutdown)
             .await
             .map_err(StartupError::Serve);
         cleanup.abort();

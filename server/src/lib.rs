@@ -18,6 +18,7 @@ pub mod doc_cache;
 pub mod error;
 pub mod evidence;
 pub mod graph_cache;
+pub mod http_listener;
 pub mod metrics;
 pub mod repo_ws;
 pub mod storage;
