@@ -75,9 +75,14 @@ impl Scope {
     /// fifth of a received message's time and, for a message of 2,000 visits, tens of MiB.
     /// An operation that changed nothing visible (one that lost a conflict) still brings its
     /// record into scope; checking more is safe.
-    pub fn touched(file: &CaseFile, changes: &[ExpandedChange]) -> Option<Scope> {
+    pub fn touched(
+        file: &CaseFile,
+        changes: impl IntoIterator<Item = ExpandedChange>,
+    ) -> Option<Scope> {
         let mut places = Places::new(file);
         let mut scope = Scope::default();
+        // One decoded change at a time: decoded, a change's operations take several times
+        // its bytes (a 2,000-visit sync held megabytes of them at once).
         for change in changes {
             for (offset, op) in change.operations.iter().enumerate() {
                 let parent = places.of(&op.obj)?;
@@ -199,13 +204,8 @@ mod tests {
 
     /// The scope of what `file` did since `before`, as a receiver would read it.
     fn touched_since(file: &mut CaseFile, before: &[ChangeHash]) -> Option<Scope> {
-        let changes: Vec<ExpandedChange> = file
-            .doc_mut()
-            .get_changes(before)
-            .iter()
-            .map(automerge::Change::decode)
-            .collect();
-        Scope::touched(file, &changes)
+        let changes = file.doc_mut().get_changes(before);
+        Scope::touched(file, changes.iter().map(automerge::Change::decode))
     }
 
     #[test]

@@ -26,7 +26,7 @@
 use std::collections::BTreeSet;
 
 use automerge::{
-    ActorId, Change, ChangeHash, ExpandedChange, PatchLog, ROOT, ReadDoc,
+    ActorId, Change, ChangeHash, PatchLog, ROOT, ReadDoc,
     sync::{Message, State, SyncDoc},
 };
 
@@ -183,7 +183,6 @@ impl CaseFile {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let expanded: Vec<ExpandedChange> = changes.iter().map(Change::decode).collect();
         let applied: Vec<AppliedChange> = changes
             .iter_mut()
             .map(|change| AppliedChange {
@@ -193,12 +192,12 @@ impl CaseFile {
                 bytes: change.bytes().to_vec(),
             })
             .collect();
+        let touched = Scope::touched(self, changes.iter().map(Change::decode));
         drop(changes);
-        let scope = match Scope::touched(self, &expanded) {
+        let scope = match touched {
             Some(scope) => scope,
             None => Scope::whole(self, Some(before)).map_err(RefusedSync::Invalid)?,
         };
-        drop(expanded);
         self.validate_scope(&scope).map_err(RefusedSync::Invalid)?;
         self.check_none_removed(before, &scope)
             .map_err(RefusedSync::Invalid)?;
