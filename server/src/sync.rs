@@ -325,8 +325,9 @@ async fn sync_attempt(
     })
 }
 
-/// Documents read and computed together in one sync request (see `sync_attempt`).
-const DOCUMENTS_PER_GROUP: usize = 8;
+/// Documents read and computed together in one sync request (see `sync_attempt`) or one
+/// WebSocket batch.
+pub(crate) const DOCUMENTS_PER_GROUP: usize = 8;
 
 /// One group's stored document, cached parsed copy, graph source, message (if any) and whether
 /// the phone asked about it.

@@ -129,7 +129,8 @@ struct Outcome {
     /// The document's change graph as it now stands (None when refused or unreadable).
     graph: Option<Arc<ChangeGraph>>,
     /// The document's bytes as stored after this batch (what a whole-document send sends).
-    stored: Vec<u8>,
+    /// None while a write holds them (new bytes): they move here after the commit.
+    stored: Option<Vec<u8>>,
     write: Option<DocumentWrite>,
     unclaimed_actors: BTreeSet<String>,
     refused: Option<DocumentError>,
@@ -560,69 +561,55 @@ impl Connection {
         // no sync ever holds the lock while it waits for its turn to compute.
         let compute = Arc::clone(&self.state.sync_compute);
         let turn = compute.acquire_owned().await.map_err(|_| Close::server())?;
-        // Held by the computation below (a connection dropped meanwhile must not give the
-        // turn back while it runs) and, after it, until the commit.
+        // Held by each group's computation (a connection dropped meanwhile must not give the
+        // turn back while it runs) and, after them, until the commit.
         let turn = Arc::new(turn);
-        let computing = Arc::clone(&turn);
         let mut tx = storage.begin_sync().await?;
         let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
-        let case_ids: Vec<String> = open.iter().map(|(s, _)| s.case_id.clone()).collect();
-        let mut loaded: HashMap<String, LoadedDocument> = tx
-            .load_documents(&device_id, &case_ids)
-            .await?
-            .into_iter()
-            .map(|d| (d.case_id.clone(), d))
-            .collect();
-        let metrics = Arc::clone(&self.state.metrics);
-        let mut jobs = Vec::with_capacity(open.len());
-        for (subscription, messages) in open {
-            let Some(document) = loaded.remove(&subscription.case_id) else {
-                return Err(Close::server());
-            };
-            let needs_file = messages.iter().any(|m| brings_changes(m));
-            let (cached, graph) =
-                sync::sources(&self.state, tx.as_mut(), &document, needs_file).await?;
-            jobs.push((subscription, document, cached, graph, messages));
-        }
         let rule = ActorRule::BoundOrUnclaimed(bound);
         let sender = self.caller.author();
-        // Automerge work is CPU-bound: keep it off the async workers.
-        let cache = Arc::clone(&self.state.documents);
-        let mut outcomes = tokio::task::spawn_blocking(move || {
-            let _computing = computing;
-            jobs.into_iter()
-                .map(|(subscription, document, cached, graph, messages)| {
-                    let mut outcome = receive_one(
-                        subscription,
-                        &document,
-                        cached,
-                        graph,
-                        &messages,
-                        &sender,
-                        &rule,
-                    );
-                    // As over HTTP: into the cache at once, under the heads it now has, so
-                    // that a batch holds one parsed document at a time, not all of them until
-                    // the commit (the replies come from the change graph). Until the commit
-                    // the stored heads differ, so the cache never serves it early. Only a
-                    // document holding back changes stays, to answer for them.
-                    if let Some(mut file) = outcome.file.take() {
-                        if file.holds_back_changes() {
-                            outcome.file = Some(file);
-                        } else {
-                            let heads = heads_key(&file.heads());
-                            cache.put(outcome.case_id.clone(), heads, file);
-                        }
-                    }
-                    outcome
-                })
-                .collect::<Vec<Outcome>>()
-        })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "websocket sync task failed");
-            Close::server()
-        })?;
+        // A few documents at a time, read then computed, so that a batch holds the stored
+        // changes of one group, not of all its documents; in case-id order, the order in
+        // which every sync locks documents (PostgreSQL locks each row as it is read).
+        open.sort_by(|a, b| a.0.case_id.cmp(&b.0.case_id));
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(open.len());
+        let mut open = open.into_iter().peekable();
+        while open.peek().is_some() {
+            let group: Vec<(Arc<Subscription>, Vec<Vec<u8>>)> =
+                open.by_ref().take(sync::DOCUMENTS_PER_GROUP).collect();
+            let case_ids: Vec<String> = group.iter().map(|(s, _)| s.case_id.clone()).collect();
+            let mut loaded: HashMap<String, LoadedDocument> = tx
+                .load_documents(&device_id, &case_ids)
+                .await?
+                .into_iter()
+                .map(|d| (d.case_id.clone(), d))
+                .collect();
+            let mut jobs = Vec::with_capacity(group.len());
+            for (subscription, messages) in group {
+                let Some(document) = loaded.remove(&subscription.case_id) else {
+                    return Err(Close::server());
+                };
+                let needs_file = messages.iter().any(|m| brings_changes(m));
+                let (cached, graph) =
+                    sync::sources(&self.state, tx.as_mut(), &document, needs_file).await?;
+                jobs.push(Job {
+                    subscription,
+                    document,
+                    cached,
+                    graph,
+                    messages,
+                });
+            }
+            let computed = receive_group(
+                jobs,
+                sender.clone(),
+                rule.clone(),
+                Arc::clone(&self.state.documents),
+                Arc::clone(&turn),
+            );
+            outcomes.extend(computed.await?);
+        }
+        let metrics = Arc::clone(&self.state.metrics);
 
         // Actors nobody has used become this device's; any that are someone else's refuse
         // their document.
@@ -664,6 +651,13 @@ impl Connection {
             .filter(|w| !w.changes.is_empty())
             .map(|w| w.case_id.clone())
             .collect();
+        let mut new_bytes: HashMap<String, Vec<u8>> = writes
+            .into_iter()
+            .filter_map(|w| w.snapshot.map(|(bytes, _)| (w.case_id, bytes)))
+            .collect();
+        for outcome in outcomes.iter_mut().filter(|o| o.stored.is_none()) {
+            outcome.stored = new_bytes.remove(&outcome.case_id);
+        }
         let refused = outcomes
             .iter()
             .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)));
@@ -688,7 +682,9 @@ impl Connection {
                 let Some(graph) = outcome.graph else {
                     continue;
                 };
-                let mut replier = sync::replier(&mut outcome.file, &graph, &outcome.stored);
+                // Every outcome with a graph has its bytes: unchanged, or moved in above.
+                let stored = outcome.stored.as_deref().unwrap_or_default();
+                let mut replier = sync::replier(&mut outcome.file, &graph, stored);
                 if changed.contains(&outcome.case_id) {
                     hub.fan_out(&outcome.case_id, &mut replier, None);
                 } else {
@@ -716,39 +712,85 @@ impl Connection {
     }
 }
 
+/// One document of a group: its subscription, stored state, cached sources and messages.
+struct Job {
+    subscription: Arc<Subscription>,
+    document: LoadedDocument,
+    cached: Option<CaseFile>,
+    graph: GraphSource,
+    messages: Vec<Vec<u8>>,
+}
+
+/// The Automerge work of one group, on a blocking thread (it is CPU-bound); the work holds
+/// the turn too.
+async fn receive_group(
+    jobs: Vec<Job>,
+    sender: Author,
+    rule: ActorRule,
+    cache: Arc<crate::doc_cache::DocumentCache>,
+    computing: sync::SyncTurn,
+) -> Result<Vec<Outcome>, Close> {
+    tokio::task::spawn_blocking(move || {
+        let _computing = computing;
+        jobs.into_iter()
+            .map(|job| {
+                let mut outcome = receive_one(job, &sender, &rule);
+                // As over HTTP: into the cache at once, under the heads it now has, so that a
+                // batch holds one parsed document at a time, not all of them until the
+                // commit (the replies come from the change graph). Until the commit the
+                // stored heads differ, so the cache never serves it early. Only a document
+                // holding back changes stays, to answer for them.
+                if let Some(mut file) = outcome.file.take() {
+                    if file.holds_back_changes() {
+                        outcome.file = Some(file);
+                    } else {
+                        let heads = heads_key(&file.heads());
+                        cache.put(outcome.case_id.clone(), heads, file);
+                    }
+                }
+                outcome
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "websocket sync task failed");
+        Close::server()
+    })
+}
+
 /// The blocking part for one document: set up the connection's sync state from the saved one
 /// on first use, and apply the messages: those that bring no changes to the change graph,
 /// those that do with the checked receive on the parsed document (from the cache if it had
 /// it).
-fn receive_one(
-    subscription: Arc<Subscription>,
-    document: &LoadedDocument,
-    mut cached: Option<CaseFile>,
-    graph: GraphSource,
-    messages: &[Vec<u8>],
-    sender: &Author,
-    rule: &ActorRule,
-) -> Outcome {
+fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
+    let Job {
+        subscription,
+        document,
+        mut cached,
+        graph,
+        messages,
+    } = job;
     let case_id = document.case_id.clone();
     let refused = |subscription, error| Outcome {
         case_id: case_id.clone(),
         subscription,
         file: None,
         graph: None,
-        stored: Vec::new(),
+        stored: None,
         write: None,
         unclaimed_actors: BTreeSet::new(),
         refused: Some(error),
     };
-    let mut graph = match graph.graph(document) {
+    let mut graph = match graph.graph(&document) {
         Ok(graph) => graph,
         Err(error) => return refused(subscription, error),
     };
     let mut guard = subscription.peer();
-    let peer = guard.get_or_insert_with(|| sync::saved_peer_state(document));
+    let peer = guard.get_or_insert_with(|| sync::saved_peer_state(&document));
     let mut file: Option<CaseFile> = None;
     let mut received = sync::Received::default();
-    for message in messages {
+    for message in &messages {
         match graph.receive_sync_message(peer, message) {
             Ok(true) => continue,
             Ok(false) => {}
@@ -759,7 +801,7 @@ fn receive_one(
         }
         let parsed = match file.take() {
             Some(parsed) => Ok(parsed),
-            None => sync::parse_document(document, cached.take()),
+            None => sync::parse_document(&document, cached.take()),
         };
         let mut parsed = match parsed {
             Ok(parsed) => parsed,
@@ -789,16 +831,15 @@ fn receive_one(
     drop(guard);
     let heads = heads_key(&graph.heads());
     let (snapshot, appended_changes) =
-        sync::stored_bytes(document, &received.changes, heads, graph.len(), || {
+        sync::stored_bytes(&document, &received.changes, heads, graph.len(), || {
             file.as_mut().map(CaseFile::save).unwrap_or_default()
         });
-    let stored = snapshot
-        .as_ref()
-        .map_or_else(|| document.snapshot.clone(), |(bytes, _)| bytes.clone());
+    // New bytes are the write's until the commit; the old ones are only this outcome's.
+    let stored = snapshot.is_none().then_some(document.snapshot);
     Outcome {
         write: Some(DocumentWrite {
             case_id: case_id.clone(),
-            loaded_heads: document.heads.clone(),
+            loaded_heads: document.heads,
             appended_changes,
             snapshot,
             changes: received.changes,

@@ -88,6 +88,11 @@ pub struct TokenQuery {
     access_token: Option<String>,
 }
 
+/// What a connection reads into at first (tungstenite's default is 128 KiB). Its buffer
+/// grows to hold a larger frame, so a small start costs only more, smaller reads; with fifty
+/// clients connected the default held 16 MB of the server's peak heap.
+pub const WEBSOCKET_READ_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The upgrade: authenticate, then hand the socket to a connection task.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -109,6 +114,7 @@ pub async fn upgrade(
     let upgrade = upgrade.map_err(|_| ApiError::WebSocketUpgradeRequired)?;
     let limit = state.config.max_body_bytes;
     Ok(upgrade
+        .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| connection::serve(socket, state, caller, claims.exp)))

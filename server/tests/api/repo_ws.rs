@@ -25,6 +25,7 @@ both_backends!(
     a_requested_case_arrives_and_others_are_unavailable,
     changes_over_websocket_are_stored_attributed_and_served_over_http,
     changes_reach_open_websocket_clients_at_once,
+    changes_to_many_documents_sent_together_are_all_stored_and_answered,
     actors_stay_bound_to_one_device,
     bad_frames_close_the_connection_and_change_nothing,
     refused_changes_close_the_connection_and_change_nothing,
@@ -629,6 +630,81 @@ async fn changes_reach_open_websocket_clients_at_once(backend: Backend) {
         a.exchange(&mut replica_a).await;
     }
     assert_eq!(replica_a.file.marks(&child).unwrap().len(), 1);
+}
+
+/// More documents than the server reads and computes at once (eight), sent in one burst:
+/// every one is stored and answered, whatever order the frames and groups take.
+async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(backend: Backend) {
+    const CASES: usize = 19;
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let mut peer = Peer::connect(&app, &officer.access_token).await;
+    let mut replicas = Vec::with_capacity(CASES);
+    for _ in 0..CASES {
+        let case_id = new_case(&app, &["officer"]).await;
+        let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+        fetch(&app, &mut peer, &mut replica).await;
+        replicas.push(replica);
+    }
+
+    for (minutes, replica) in (1..).zip(replicas.iter_mut()) {
+        replica
+            .file
+            .add(&contact(minutes), testing::at(minutes))
+            .unwrap();
+    }
+    let frames: Vec<Vec<u8>> = replicas
+        .iter_mut()
+        .map(|replica| {
+            let message = replica
+                .file
+                .generate_sync_message(&mut replica.state)
+                .expect("a new record to send");
+            peer.sync_frame("sync", &replica.document_id, message)
+        })
+        .collect();
+    for frame in frames {
+        peer.socket
+            .feed(WsMessage::Binary(frame.into()))
+            .await
+            .unwrap();
+    }
+    peer.socket.flush().await.unwrap();
+
+    // Answer whatever arrives, for whichever document, until the server holds every record.
+    loop {
+        let mut stored_all = true;
+        for replica in &mut replicas {
+            stored_all &= stored(&app, &replica.case_id).await.0 == replica.heads();
+        }
+        if stored_all {
+            break;
+        }
+        let message = peer.next().await.message();
+        assert_eq!(kind(&message), "sync", "{message:?}");
+        let document_id = text(&message, "documentId");
+        let replica = replicas
+            .iter_mut()
+            .find(|r| r.document_id == document_id)
+            .expect("a sync for one of the open documents");
+        let Some(Value::Bytes(data)) = message.get("data") else {
+            panic!("no data in {message:?}");
+        };
+        replica
+            .file
+            .receive_sync_message(&mut replica.state, data)
+            .unwrap();
+        peer.push(replica).await;
+    }
+    // The same heads on both sides, and each case's newest stored change is this device's.
+    for replica in &replicas {
+        let changes = app.storage().changes(&replica.case_id).await.unwrap();
+        let newest = changes.last().unwrap();
+        assert_eq!(
+            newest.device_id.as_deref(),
+            Some(officer.device_id.as_str())
+        );
+    }
 }
 
 async fn actors_stay_bound_to_one_device(backend: Backend) {
