@@ -24,7 +24,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, Provenance, heads_key};
-use crate::sync::{self, ActorRule, DocumentError, GraphSource};
+use crate::sync::{self, ActorRule, DocumentError, GraphSource, SyncTurn};
 
 /// Frames queued for one client before it counts as not reading.
 const OUTBOX_CAPACITY: usize = 4096;
@@ -232,6 +232,17 @@ impl Connection {
                         Frame::Skip => continue,
                         Frame::End(close) => return close,
                     };
+                    // Once joined, a batch waits for its sync turn before reading on: what the
+                    // client sends meanwhile waits in the socket's kernel buffer, not in this
+                    // process (fifty clients' frames held while they waited were megabytes),
+                    // and arrives in this batch.
+                    let turn = match self.outbox {
+                        Some(_) => match sync_turn(&self.state).await {
+                            Ok(turn) => Some(turn),
+                            Err(close) => return Some(close),
+                        },
+                        None => None,
+                    };
                     // Whatever else has already arrived joins the batch.
                     let mut total = first.len();
                     let mut frames = vec![first];
@@ -256,7 +267,7 @@ impl Connection {
                     let metrics = &self.state.metrics;
                     Metrics::add(&metrics.ws_frames_received, frames.len() as u64);
                     Metrics::add(&metrics.ws_bytes_received, total as u64);
-                    if let Err(close) = self.handle_batch(frames).await {
+                    if let Err(close) = self.handle_batch(frames, turn).await {
                         return Some(close);
                     }
                     if let Some(close) = after {
@@ -337,7 +348,12 @@ impl Connection {
         tracing::info!(connection = self.id, "websocket closed");
     }
 
-    async fn handle_batch(&mut self, frames: Vec<bytes::Bytes>) -> Result<(), Close> {
+    /// Handles a batch of frames; `turn` is the sync turn, if taken already.
+    async fn handle_batch(
+        &mut self,
+        frames: Vec<bytes::Bytes>,
+        turn: Option<SyncTurn>,
+    ) -> Result<(), Close> {
         let mut work: Vec<DocumentWork> = Vec::new();
         for frame in &frames {
             let message = protocol::decode(frame).map_err(|e| match e {
@@ -415,10 +431,16 @@ impl Connection {
                 | Message::RemoteHeadsChanged => {}
             }
         }
+        // The work holds copies of what it needs.
+        drop(frames);
         if work.is_empty() {
             return Ok(());
         }
-        self.sync_documents(work).await
+        let turn = match turn {
+            Some(turn) => turn,
+            None => sync_turn(&self.state).await?,
+        };
+        self.sync_documents(work, turn).await
     }
 
     /// Answers `join` with `peer` and starts the writer.
@@ -513,7 +535,13 @@ impl Connection {
     /// Runs a batch's sync messages through the server's sync path: checked receive,
     /// validation, storage with provenance, the device's sync state, the document cache; then
     /// the replies, and pushes to the other connections that have a changed document open.
-    async fn sync_documents(&mut self, work: Vec<DocumentWork>) -> Result<(), Close> {
+    /// Syncs a batch's documents in `turn`, which is held until the commit (and, by each
+    /// group's computation, while it runs, should the connection drop meanwhile).
+    async fn sync_documents(
+        &mut self,
+        work: Vec<DocumentWork>,
+        turn: SyncTurn,
+    ) -> Result<(), Close> {
         self.check_caller().await?;
         let storage = Arc::clone(&self.state.storage);
         let allocated: HashSet<String> = storage
@@ -557,13 +585,6 @@ impl Connection {
         }
 
         let device_id = self.caller.device.id.clone();
-        // Bounded like the HTTP sync (one per core), and taken before the write lock so that
-        // no sync ever holds the lock while it waits for its turn to compute.
-        let compute = Arc::clone(&self.state.sync_compute);
-        let turn = compute.acquire_owned().await.map_err(|_| Close::server())?;
-        // Held by each group's computation (a connection dropped meanwhile must not give the
-        // turn back while it runs) and, after them, until the commit.
-        let turn = Arc::new(turn);
         let mut tx = storage.begin_sync().await?;
         let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
         let rule = ActorRule::BoundOrUnclaimed(bound);
@@ -712,6 +733,13 @@ impl Connection {
     }
 }
 
+/// Waits for a turn to sync, bounded like the HTTP sync (one per core). Taken before the
+/// write lock, so that no sync ever holds the lock while it waits for its turn to compute.
+async fn sync_turn(state: &AppState) -> Result<SyncTurn, Close> {
+    let turn = Arc::clone(&state.sync_compute).acquire_owned().await;
+    turn.map(Arc::new).map_err(|_| Close::server())
+}
+
 /// One document of a group: its subscription, stored state, cached sources and messages.
 struct Job {
     subscription: Arc<Subscription>,
@@ -728,7 +756,7 @@ async fn receive_group(
     sender: Author,
     rule: ActorRule,
     cache: Arc<crate::doc_cache::DocumentCache>,
-    computing: sync::SyncTurn,
+    computing: SyncTurn,
 ) -> Result<Vec<Outcome>, Close> {
     tokio::task::spawn_blocking(move || {
         let _computing = computing;
