@@ -436,6 +436,25 @@ fn change_hash_and_deps(
     Ok((hash, deps))
 }
 
+/// The chunks (changes, or a whole document) that `bytes` holds one after another, as a sync
+/// message's changes do; None if the bytes are not whole chunks (Automerge then reports what
+/// is wrong when it loads them).
+pub(crate) fn split_chunks(bytes: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut chunks = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 9 || rest[..4] != CHUNK_MAGIC {
+            return None;
+        }
+        let (length, data_start) = read_uleb(rest, 9)?;
+        let end = usize::try_from(length).ok()?.checked_add(data_start)?;
+        let (chunk, after) = rest.split_at_checked(end)?;
+        chunks.push(chunk);
+        rest = after;
+    }
+    Some(chunks)
+}
+
 /// One DEFLATE decoder and output buffer for all the changes of a graph (a decoder's state is
 /// tens of kilobytes, more than most changes).
 struct Inflater {
@@ -592,6 +611,29 @@ mod tests {
         assert_eq!(inflater.inflate(&stream[..stream.len() / 2]), None);
         assert_eq!(inflater.inflate(&stream), Some(text.as_slice()));
         assert_eq!(inflater.inflate(b"not deflate at all"), None);
+    }
+
+    #[test]
+    fn splits_whole_chunks_and_refuses_cut_or_foreign_bytes() {
+        let mut file = crate::testing::new_case("case-split");
+        file.add(
+            &crate::testing::visit("user-1", crate::testing::at(1), 10),
+            crate::testing::at(1),
+        )
+        .unwrap();
+        let chunks: Vec<Vec<u8>> = file
+            .doc_mut()
+            .get_changes(&[])
+            .into_iter()
+            .map(|mut change| change.bytes().into_owned())
+            .collect();
+        assert!(chunks.len() > 1);
+        let joined = chunks.concat();
+        let split = split_chunks(&joined).unwrap();
+        assert_eq!(split, chunks.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert_eq!(split_chunks(&[]), Some(Vec::new()));
+        assert_eq!(split_chunks(&joined[..joined.len() - 1]), None);
+        assert_eq!(split_chunks(b"not an automerge chunk"), None);
     }
 
     #[test]
