@@ -382,6 +382,8 @@ const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// a change for storage once it is large enough).
 const CHANGE_CHUNK: u8 = 1;
 const COMPRESSED_CHANGE_CHUNK: u8 = 2;
+/// And a whole document, which a sync message may carry in place of its changes.
+pub(crate) const DOCUMENT_CHUNK: u8 = 0;
 /// A compressed change that inflates past this is refused (no change a sync accepts is near).
 const MAX_CHANGE_BYTES: u64 = 256 * 1024 * 1024;
 

@@ -23,15 +23,17 @@
 //! assert_eq!(server.heads(), phone.heads());
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
 use automerge::{
-    ActorId, AutoCommit, AutomergeError, Change, ChangeHash, PatchLog, ROOT, ReadDoc,
+    ActorId, AutoCommit, Automerge, AutomergeError, Change, ChangeHash, PatchLog, ROOT, ReadDoc,
     sync::{ChunkList, Message, State, SyncDoc},
 };
 
 use crate::case_file::{Author, CaseFile};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
+use crate::graph::{DOCUMENT_CHUNK, split_chunks};
 use crate::scope::Scope;
 use crate::value::{map_at_version, str_at, str_at_version};
 
@@ -365,20 +367,7 @@ fn receive_in_steps(
     peer: &mut State,
     mut message: Message,
 ) -> std::result::Result<(), AutomergeError> {
-    let parts: Option<Vec<Vec<u8>>> = message
-        .changes
-        .iter()
-        .map(crate::graph::split_chunks)
-        .collect::<Option<Vec<_>>>()
-        .map(|lists| lists.concat())
-        .filter(|chunks| chunks.len() > CHANGES_PER_STEP)
-        .map(|chunks| {
-            chunks
-                .chunks(CHANGES_PER_STEP)
-                .map(<[&[u8]]>::concat)
-                .collect()
-        });
-    let Some(parts) = parts else {
+    let Some(steps) = steps(doc, &message.changes) else {
         return doc.sync().receive_sync_message_log_patches(
             peer,
             message,
@@ -386,13 +375,58 @@ fn receive_in_steps(
         );
     };
     message.changes = ChunkList::empty();
-    for part in parts {
+    for changes in steps {
         let mut step = message.clone();
-        step.changes = ChunkList::from(part);
+        step.changes = ChunkList::from(changes);
         doc.sync()
             .receive_sync_message_log_patches(peer, step, &mut PatchLog::inactive())?;
     }
     Ok(())
+}
+
+/// A message's changes in steps of [`CHANGES_PER_STEP`] change chunks: as sent, or, for a
+/// whole document (which Automerge sends in place of more than a third of its changes), the
+/// changes of it that `doc` lacks. None when one receive of the message as sent does as well
+/// (few changes and no document) or knows better: bytes that are not whole chunks, a document
+/// that does not load (its receive says what is wrong), a document that brings nothing new.
+fn steps(doc: &mut AutoCommit, changes: &ChunkList) -> Option<Vec<Vec<u8>>> {
+    let sent: Vec<&[u8]> = changes
+        .iter()
+        .map(split_chunks)
+        .collect::<Option<Vec<_>>>()?
+        .concat();
+    let is_document = |chunk: &&[u8]| chunk[8] == DOCUMENT_CHUNK;
+    if sent.len() <= CHANGES_PER_STEP && !sent.iter().any(is_document) {
+        return None;
+    }
+    let mut chunks: Vec<Cow<'_, [u8]>> = Vec::with_capacity(sent.len());
+    for chunk in sent {
+        if !is_document(&chunk) {
+            chunks.push(Cow::Borrowed(chunk));
+            continue;
+        }
+        // Automerge would load it too; its changes are then applied as any others.
+        let document = Automerge::load(chunk).ok()?;
+        let known: Vec<ChangeHash> = doc
+            .get_heads()
+            .into_iter()
+            .filter(|hash| document.get_change_by_hash(hash).is_some())
+            .collect();
+        for change in document.get_changes(&known) {
+            if doc.get_change_by_hash(&change.hash()).is_none() {
+                chunks.push(Cow::Owned(change.raw_bytes().to_vec()));
+            }
+        }
+    }
+    if chunks.is_empty() {
+        return None;
+    }
+    Some(
+        chunks
+            .chunks(CHANGES_PER_STEP)
+            .map(<[Cow<'_, [u8]>]>::concat)
+            .collect(),
+    )
 }
 
 /// When a message brought changes whose dependencies this side lacks, Automerge holds them

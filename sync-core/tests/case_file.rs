@@ -1113,58 +1113,69 @@ fn a_server_that_keeps_nothing_between_messages_still_gets_changes_whose_message
     assert_eq!(server.heads(), worker.heads());
 }
 
-/// A message of more changes than a receive applies at once is applied in steps, and ends
-/// where Automerge's own receive of it ends: the same document and the same peer state (the
-/// next message is the same), even with the changes in reverse order, so that each step's
-/// changes wait for the next step's.
+/// A message of more changes than a receive applies at once, or a whole document in place of
+/// changes, is applied in steps, and ends where Automerge's own receive of it ends: the same
+/// document and the same peer state (the next message is the same). Changes in reverse order
+/// make each step's changes wait for a later step's.
 #[test]
-fn a_message_of_many_changes_ends_as_automerge_receives_it() {
-    use automerge::sync::{ChunkList, Message, MessageVersion, SyncDoc};
+fn messages_applied_in_steps_end_as_automerge_receives_them() {
+    use automerge::sync::{ChunkList, MessageVersion};
 
-    let mut server = testing::new_case("case-1");
-    let mut worker = phone(&mut server, 1);
-    for minute in 0..600 {
-        worker
-            .add(&testing::visit("user-1", at(minute), 10), at(minute))
-            .unwrap();
+    for (visits, as_document) in [(600, false), (600, true), (3, true)] {
+        let mut server = testing::new_case("case-1");
+        let mut worker = phone(&mut server, 1);
+        for minute in 0..visits {
+            worker
+                .add(&testing::visit("user-1", at(minute), 10), at(minute))
+                .unwrap();
+        }
+        let (changes, version) = if as_document {
+            (ChunkList::from(worker.save()), MessageVersion::V2)
+        } else {
+            let server_heads = server.heads();
+            let mut changes: Vec<Vec<u8>> = worker
+                .doc_mut()
+                .get_changes(&server_heads)
+                .into_iter()
+                .map(|mut change| change.bytes().into_owned())
+                .collect();
+            changes.reverse();
+            (ChunkList::from(changes), MessageVersion::V1)
+        };
+        let message = automerge::sync::Message {
+            heads: worker.heads(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes,
+            flags: None,
+            version,
+        }
+        .encode();
+        assert_received_as_automerge_receives(&mut server, &message, visits);
+        assert_eq!(server.heads(), worker.heads());
     }
-    let server_heads = server.heads();
-    let mut changes: Vec<Vec<u8>> = worker
-        .doc_mut()
-        .get_changes(&server_heads)
-        .into_iter()
-        .map(|mut change| change.bytes().into_owned())
-        .collect();
-    assert_eq!(changes.len(), 600);
-    changes.reverse();
-    let message = Message {
-        heads: worker.heads(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: ChunkList::from(changes),
-        flags: None,
-        version: MessageVersion::V1,
-    }
-    .encode();
+}
+
+fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], changes: i64) {
+    use automerge::sync::{Message, SyncDoc};
 
     let mut reference = automerge::AutoCommit::load(&server.save()).unwrap();
     let mut reference_state = automerge::sync::State::new();
     reference
         .sync()
-        .receive_sync_message(&mut reference_state, Message::decode(&message).unwrap())
+        .receive_sync_message(&mut reference_state, Message::decode(message).unwrap())
         .unwrap();
 
     let mut state = PeerState::new();
     let applied = server
         .receive_sync_message_checked(
             &mut state,
-            &message,
+            message,
             &testing::author("user-1", "phone-1"),
             |actor| *actor == testing::actor(1),
         )
         .unwrap();
-    assert_eq!(applied.len(), 600);
-    assert_eq!(server.heads(), worker.heads());
+    assert_eq!(applied.len() as i64, changes);
     assert_eq!(server.heads(), reference.get_heads());
     assert!(!server.holds_back_changes());
     let ours = server.generate_sync_message(&mut state);
