@@ -93,6 +93,11 @@ pub struct TokenQuery {
 /// clients connected the default held 16 MB of the server's peak heap.
 pub const WEBSOCKET_READ_BUFFER_BYTES: usize = 16 * 1024;
 
+/// What a connection gathers of outgoing frames before it writes them to the socket
+/// (tungstenite's default is 128 KiB). The buffer keeps the largest size it reached for as
+/// long as the connection lasts.
+pub const WEBSOCKET_WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// The upgrade: authenticate, then hand the socket to a connection task.
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -115,6 +120,7 @@ pub async fn upgrade(
     let limit = state.config.max_body_bytes;
     Ok(upgrade
         .read_buffer_size(WEBSOCKET_READ_BUFFER_BYTES)
+        .write_buffer_size(WEBSOCKET_WRITE_BUFFER_BYTES)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| connection::serve(socket, state, caller, claims.exp)))
