@@ -1,5 +1,5 @@
-//! The HTTP/1.1 accept loop: axum's router served by hyper with the server's own buffer and
-//! timeout limits (`axum::serve` exposes neither).
+//! The HTTP/1.1 accept loop: axum's router served by hyper with the server's own buffer limit
+//! (`axum::serve` does not expose it).
 //!
 //! Why: hyper grows each connection's read buffer up to about 400 KiB while a large sync
 //! request streams in, and keeps it while the connection stays open. With fifty phones
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,10 +19,6 @@ use tower::ServiceExt;
 
 /// The most a connection buffers of what it reads (and queues to write) at once.
 pub const CONNECTION_BUFFER_BYTES: usize = 64 * 1024;
-
-/// How long a client may take to send a request's headers before the connection is closed,
-/// so that half-open connections cannot pile up (hyper's own default, once given a timer).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `shutdown` completes, then waits for the requests in flight to
 /// finish. (An upgraded connection, a WebSocket, is its handler's from then on, as with
@@ -33,10 +29,10 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_buf_size(CONNECTION_BUFFER_BYTES)
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+    // No header read timeout: hyper's also closes a keep-alive connection idle that long, and a
+    // client sending on it just then gets "connection closed before message completed" (the
+    // interop bench's phones did, after 30 s).
+    builder.max_buf_size(CONNECTION_BUFFER_BYTES);
     // Dropping `stop` tells every connection to finish; each holds a `running` receiver, so
     // `running.closed()` completes once the last one has.
     let (stop, stopping) = watch::channel(());
