@@ -352,6 +352,10 @@ impl CaseFile {
 /// a 2,000-visit message took about 26 MB at once on the server.
 const CHANGES_PER_STEP: usize = 256;
 
+/// A whole document smaller than this is left to Automerge's receive: reading it as changes
+/// costs more time (about a tenth), and its changes are few enough to apply at once.
+const DOCUMENT_BYTES_TO_EXPAND: usize = 64 * 1024;
+
 /// Receives `message` as Automerge does, applying its changes [`CHANGES_PER_STEP`] at a time:
 /// each step is the same message with a share of the changes, in their order. Heads, needs and
 /// haves are read the same way every step, and a change whose dependencies come in a later step
@@ -385,8 +389,8 @@ fn receive_in_steps(
 }
 
 /// A message's changes in steps of [`CHANGES_PER_STEP`] change chunks: as sent, or, for a
-/// whole document (which Automerge sends in place of more than a third of its changes), the
-/// changes of it that `doc` lacks. None when one receive of the message as sent does as well
+/// large whole document (which Automerge sends in place of more than a third of its changes),
+/// the changes of it that `doc` lacks. None when one receive of the message as sent does as well
 /// (few changes and no document) or knows better: bytes that are not whole chunks, a document
 /// that does not load (its receive says what is wrong), a document that brings nothing new.
 fn steps(doc: &mut AutoCommit, changes: &ChunkList) -> Option<Vec<Vec<u8>>> {
@@ -395,7 +399,8 @@ fn steps(doc: &mut AutoCommit, changes: &ChunkList) -> Option<Vec<Vec<u8>>> {
         .map(split_chunks)
         .collect::<Option<Vec<_>>>()?
         .concat();
-    let is_document = |chunk: &&[u8]| chunk[8] == DOCUMENT_CHUNK;
+    let is_document =
+        |chunk: &&[u8]| chunk[8] == DOCUMENT_CHUNK && chunk.len() > DOCUMENT_BYTES_TO_EXPAND;
     if sent.len() <= CHANGES_PER_STEP && !sent.iter().any(is_document) {
         return None;
     }

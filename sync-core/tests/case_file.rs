@@ -1121,7 +1121,8 @@ fn a_server_that_keeps_nothing_between_messages_still_gets_changes_whose_message
 fn messages_applied_in_steps_end_as_automerge_receives_them() {
     use automerge::sync::{ChunkList, MessageVersion};
 
-    for (visits, as_document) in [(600, false), (600, true), (3, true)] {
+    // A whole document is read as changes only past 64 KiB: 1,000 visits' is, 3 visits' not.
+    for (visits, as_document) in [(600, false), (1000, true), (3, true)] {
         let mut server = testing::new_case("case-1");
         let mut worker = phone(&mut server, 1);
         for minute in 0..visits {
@@ -1130,7 +1131,14 @@ fn messages_applied_in_steps_end_as_automerge_receives_them() {
                 .unwrap();
         }
         let (changes, version) = if as_document {
-            (ChunkList::from(worker.save()), MessageVersion::V2)
+            let document = worker.save();
+            assert_eq!(
+                document.len() > 64 * 1024,
+                visits > 3,
+                "{} bytes",
+                document.len()
+            );
+            (ChunkList::from(document), MessageVersion::V2)
         } else {
             let server_heads = server.heads();
             let mut changes: Vec<Vec<u8>> = worker
