@@ -140,14 +140,7 @@ async fn push_until_refused(peer: &mut Peer, replica: &mut Replica, code: u16) -
         if kind(&message) != "sync" {
             return expect_close_after(&mut peer.socket, message, code).await;
         }
-        let Some(Value::Bytes(data)) = message.get("data") else {
-            panic!("no data in {message:?}");
-        };
-        replica
-            .file
-            .receive_sync_message(&mut replica.state, data)
-            .unwrap();
-        peer.push(replica).await;
+        peer.answer(replica, &message).await;
     }
 }
 
@@ -255,6 +248,11 @@ impl Peer {
         assert_eq!(kind(&message), "sync", "{message:?}");
         assert_eq!(text(&message, "documentId"), replica.document_id);
         assert_eq!(text(&message, "targetId"), self.peer_id);
+        self.answer(replica, &message).await;
+    }
+
+    /// Applies a `sync` message to `replica` and answers as a repo would.
+    async fn answer(&mut self, replica: &mut Replica, message: &BTreeMap<String, Value>) {
         let Some(Value::Bytes(data)) = message.get("data") else {
             panic!("no data in {message:?}");
         };
@@ -687,14 +685,7 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
             .iter_mut()
             .find(|r| r.document_id == document_id)
             .expect("a sync for one of the open documents");
-        let Some(Value::Bytes(data)) = message.get("data") else {
-            panic!("no data in {message:?}");
-        };
-        replica
-            .file
-            .receive_sync_message(&mut replica.state, data)
-            .unwrap();
-        peer.push(replica).await;
+        peer.answer(replica, &message).await;
     }
     // The same heads on both sides, and each case's newest stored change is this device's.
     for replica in &replicas {
