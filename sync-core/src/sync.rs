@@ -107,10 +107,6 @@ impl CaseFile {
     /// nothing.
     pub fn receive_sync_message(&mut self, peer: &mut PeerState, message: &[u8]) -> Result<()> {
         let message = decode_message(message)?;
-        // Automerge 0.12 logs the patches of every applied change into the log it is given,
-        // active or not, and `AutoCommit`'s own log is never emptied unless someone asks it
-        // for patches: a document that kept receiving grew without bound (about 2 MiB after
-        // 200 visits, against 0.4 MiB loaded). A log of our own is dropped at once.
         receive_in_steps(&mut self.doc, &mut peer.0, message)
             .map_err(|e| CaseFileError::CorruptSyncMessage(e.to_string()))?;
         hold_back_nothing_unasked(self, peer);
@@ -360,7 +356,8 @@ const DOCUMENT_BYTES_TO_EXPAND: usize = 64 * 1024;
 /// each step is the same message with a share of the changes, in their order. Heads, needs and
 /// haves are read the same way every step, and a change whose dependencies come in a later step
 /// waits in the document's queue until they do, so the document and the peer state end as one
-/// receive leaves them. (A whole document sent as one chunk is applied at once.)
+/// receive leaves them. A large whole document sent in place of changes is applied as the
+/// changes it brings (see [`steps`]).
 ///
 /// A log of our own is given to Automerge and dropped: Automerge 0.12 logs the patches of every
 /// applied change into the log it is given, active or not, and `AutoCommit`'s own log is never
@@ -392,21 +389,22 @@ fn receive_in_steps(
 /// large whole document (which Automerge sends in place of more than a third of its changes),
 /// the changes of it that `doc` lacks. None when one receive of the message as sent does as well
 /// (few changes and no document) or knows better: bytes that are not whole chunks, a document
-/// that does not load (its receive says what is wrong), a document that brings nothing new.
+/// that does not load (its receive says what is wrong), a document that brings nothing new
+/// (rare: Automerge then loads it again).
 fn steps(doc: &mut AutoCommit, changes: &ChunkList) -> Option<Vec<Vec<u8>>> {
     let sent: Vec<&[u8]> = changes
         .iter()
         .map(split_chunks)
         .collect::<Option<Vec<_>>>()?
         .concat();
-    let is_document =
+    let to_expand =
         |chunk: &&[u8]| chunk[8] == DOCUMENT_CHUNK && chunk.len() > DOCUMENT_BYTES_TO_EXPAND;
-    if sent.len() <= CHANGES_PER_STEP && !sent.iter().any(is_document) {
+    if sent.len() <= CHANGES_PER_STEP && !sent.iter().any(to_expand) {
         return None;
     }
     let mut chunks: Vec<Cow<'_, [u8]>> = Vec::with_capacity(sent.len());
     for chunk in sent {
-        if !is_document(&chunk) {
+        if !to_expand(&chunk) {
             chunks.push(Cow::Borrowed(chunk));
             continue;
         }

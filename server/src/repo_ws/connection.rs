@@ -237,7 +237,7 @@ impl Connection {
                     // process (fifty clients' frames held while they waited were megabytes),
                     // and arrives in this batch.
                     let turn = match self.outbox {
-                        Some(_) => match sync_turn(&self.state).await {
+                        Some(_) => match wait_for_turn(&self.state).await {
                             Ok(turn) => Some(turn),
                             Err(close) => return Some(close),
                         },
@@ -438,7 +438,7 @@ impl Connection {
         }
         let turn = match turn {
             Some(turn) => turn,
-            None => sync_turn(&self.state).await?,
+            None => wait_for_turn(&self.state).await?,
         };
         self.sync_documents(work, turn).await
     }
@@ -733,9 +733,10 @@ impl Connection {
     }
 }
 
-/// Waits for a turn to sync, bounded like the HTTP sync (one per core). Taken before the
+/// Waits for a turn to sync, bounded like the HTTP sync (one per core; a WebSocket client is
+/// not told busy, it waits). Taken before the
 /// write lock, so that no sync ever holds the lock while it waits for its turn to compute.
-async fn sync_turn(state: &AppState) -> Result<SyncTurn, Close> {
+async fn wait_for_turn(state: &AppState) -> Result<SyncTurn, Close> {
     let turn = Arc::clone(&state.sync_compute).acquire_owned().await;
     turn.map(Arc::new).map_err(|_| Close::server())
 }
