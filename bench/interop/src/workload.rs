@@ -233,6 +233,7 @@ impl Bench {
         // Offline: every phone records its visits in each of its cases.
         let mut new_hashes: BTreeMap<String, BTreeMap<usize, Vec<ChangeHash>>> = BTreeMap::new();
         let mut outcome = Outcome::default();
+        let recording = Instant::now();
         for (p, phone) in phones.iter_mut().enumerate() {
             let user = phone.user_id.clone();
             for case_id in phone.cases.clone() {
@@ -244,6 +245,10 @@ impl Bench {
             }
             phone.reconnect();
         }
+        println!(
+            "  offline visits recorded: {:.1} s; every phone reconnects",
+            recording.elapsed().as_secs_f64()
+        );
         let goals: Vec<Goal> = (0..phones.len())
             .map(|p| Goal {
                 hold: phones[p]
