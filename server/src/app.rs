@@ -124,6 +124,7 @@ impl App {
         let notice = accounts.notice(addr);
         let config_cache_size = config.document_cache_size;
         let graph_cache_bytes = config.graph_cache_mib * 1024 * 1024;
+        let ws_answer_wait = std::time::Duration::from_millis(config.ws_answer_wait_ms);
         let state = AppState {
             config: Arc::new(config),
             storage,
@@ -137,7 +138,7 @@ impl App {
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             graphs: Arc::new(crate::graph_cache::GraphCache::new(graph_cache_bytes)),
             evidence: crate::evidence::Evidence::new(blob_store, receipt_signer),
-            repo: Arc::new(crate::repo_ws::RepoHub::new(storage_id)),
+            repo: Arc::new(crate::repo_ws::RepoHub::new(storage_id, ws_answer_wait)),
         };
         Ok(App {
             listener,

@@ -14,6 +14,12 @@ use clap::Parser;
 pub const DEFAULT_DOCUMENT_CACHE_SIZE: usize = 16;
 pub const DEFAULT_GRAPH_CACHE_MIB: usize = 4;
 
+/// A client that has the changes of a push already has nothing to answer; one that does not
+/// answers once it has applied them, which under load (fifty phones on the interop
+/// benchmark's two cores) takes seconds: with a 5 s wait some 700 pushes of a run still went
+/// out on the timer, one message each; with 15 s, about 30.
+pub const DEFAULT_WS_ANSWER_WAIT_MS: u64 = 15_000;
+
 /// Doorstep's central server: phones sync case files here; staff read the merged result.
 #[derive(Clone, Parser)]
 #[command(name = "doorstep-server", version, about)]
@@ -57,6 +63,12 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_GRAPH_CACHE_MIB", default_value_t = DEFAULT_GRAPH_CACHE_MIB)]
     pub graph_cache_mib: usize,
 
+    /// How long pushes to a WebSocket client wait for its answer to the last push that
+    /// carried changes, in milliseconds, before they go out anyway. Until then they are
+    /// gathered into one message (see `repo_ws::hub`).
+    #[arg(long, env = "DOORSTEP_WS_ANSWER_WAIT_MS", default_value_t = DEFAULT_WS_ANSWER_WAIT_MS)]
+    pub ws_answer_wait_ms: u64,
+
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "DOORSTEP_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
@@ -84,6 +96,7 @@ impl Config {
             request_timeout_secs: 30,
             document_cache_size: DEFAULT_DOCUMENT_CACHE_SIZE,
             graph_cache_mib: DEFAULT_GRAPH_CACHE_MIB,
+            ws_answer_wait_ms: DEFAULT_WS_ANSWER_WAIT_MS,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             evidence: crate::evidence::EvidenceConfig::default(),
@@ -133,6 +146,7 @@ impl fmt::Debug for Config {
             .field("signing_key_file", &self.signing_key_file())
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("ws_answer_wait_ms", &self.ws_answer_wait_ms)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field("evidence", &self.evidence)

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub ws_bytes_sent: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
     pub ws_closed_with_error: AtomicU64,
+    /// Pushes that waited the whole `ANSWER_WAIT` for the client's answer, then went out.
+    pub ws_pushes_sent_after_wait: AtomicU64,
 }
 
 impl Metrics {
@@ -177,6 +179,11 @@ impl Metrics {
                 "doorstep_ws_closed_with_error_total",
                 "WebSocket connections the server closed with an error.",
                 &self.ws_closed_with_error,
+            ),
+            (
+                "doorstep_ws_pushes_sent_after_wait_total",
+                "WebSocket pushes that waited the longest for the client's answer to the last one.",
+                &self.ws_pushes_sent_after_wait,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -691,6 +691,14 @@ impl Replier<'_> {
         }
     }
 
+    /// The heads of the version it replies from.
+    pub(crate) fn heads(&mut self) -> Vec<doorstep_sync_core::ChangeHash> {
+        match self {
+            Replier::Graph { graph, .. } => graph.heads(),
+            Replier::Document(file) => file.heads(),
+        }
+    }
+
     /// Whether the document holds every one of `heads`.
     pub(crate) fn contains_heads(&mut self, heads: &[doorstep_sync_core::ChangeHash]) -> bool {
         match self {

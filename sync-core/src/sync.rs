@@ -66,6 +66,12 @@ impl PeerState {
     pub fn last_sent_heads(&self) -> &[ChangeHash] {
         &self.0.last_sent_heads
     }
+
+    /// How many changes this side has sent that the peer has not yet been seen to hold: it
+    /// grows exactly when a generated message carries changes.
+    pub fn changes_in_flight(&self) -> usize {
+        self.0.sent_hashes.len()
+    }
 }
 
 impl CaseFile {

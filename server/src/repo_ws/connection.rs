@@ -210,6 +210,11 @@ impl Connection {
                             return Some(close);
                         }
                     }
+                    Some(Control::SendHeldBack { case_id }) => {
+                        if let Err(close) = self.send_held_back(case_id).await {
+                            return Some(close);
+                        }
+                    }
                     None => return None,
                 },
                 () = overflow(self.outbox.clone()) => {
@@ -443,6 +448,27 @@ impl Connection {
         self.sync_documents(work, turn).await
     }
 
+    /// Sends the push to `case_id` that waited the longest for the client's answer,
+    /// as the answer to an empty message would be (through the sync path, which re-checks the
+    /// caller and the allocation).
+    async fn send_held_back(&mut self, case_id: String) -> Result<(), Close> {
+        let Some(subscription) = self.subscriptions.get(&case_id) else {
+            return Ok(());
+        };
+        if !subscription.holds_back() {
+            // The client answered meanwhile, and the answer's reply carried it.
+            return Ok(());
+        }
+        let work = vec![DocumentWork {
+            document_id: subscription.document_id.clone(),
+            case_id,
+            messages: Vec::new(),
+        }];
+        Metrics::add(&self.state.metrics.ws_pushes_sent_after_wait, 1);
+        let turn = wait_for_turn(&self.state).await?;
+        self.sync_documents(work, turn).await
+    }
+
     /// Answers `join` with `peer` and starts the writer.
     fn join(&mut self, client_peer_id: &str, versions: &[&str]) -> Result<(), Close> {
         if !versions.contains(&PROTOCOL_VERSION) {
@@ -565,13 +591,12 @@ impl Connection {
                     // Open before the document is read, so that no commit in between is
                     // missed: a change committed before the read is in what is read, one
                     // committed after is pushed.
-                    let subscription = Arc::new(Subscription {
-                        connection: self.id,
-                        case_id: document.case_id.clone(),
-                        document_id: document.document_id.clone(),
-                        peer: std::sync::Mutex::new(None),
-                        outbox: Arc::clone(self.outbox()?),
-                    });
+                    let subscription = Arc::new(Subscription::new(
+                        self.id,
+                        document.case_id.clone(),
+                        document.document_id.clone(),
+                        Arc::clone(self.outbox()?),
+                    ));
                     self.hub.subscribe(Arc::clone(&subscription));
                     self.subscriptions
                         .insert(document.case_id.clone(), Arc::clone(&subscription));
@@ -698,6 +723,7 @@ impl Connection {
         // Committed: answer this client, push to the others, return the graphs.
         let hub = Arc::clone(&self.hub);
         let graphs = Arc::clone(&self.state.graphs);
+        let connection = self.id;
         tokio::task::spawn_blocking(move || {
             for mut outcome in outcomes {
                 let Some(graph) = outcome.graph else {
@@ -707,9 +733,9 @@ impl Connection {
                 let stored = outcome.stored.as_deref().unwrap_or_default();
                 let mut replier = sync::replier(&mut outcome.file, &graph, stored);
                 if changed.contains(&outcome.case_id) {
-                    hub.fan_out(&outcome.case_id, &mut replier, None);
+                    hub.fan_out(&outcome.case_id, &mut replier, Some(connection));
                 } else {
-                    hub.send_sync(&outcome.subscription, &mut replier);
+                    hub.send_sync(&outcome.subscription, &mut replier, true);
                 }
                 graphs.put(outcome.case_id, heads_key(&graph.heads()), graph);
             }
@@ -816,6 +842,9 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         Err(error) => return refused(subscription, error),
     };
     let mut guard = subscription.peer();
+    if !messages.is_empty() {
+        subscription.client_spoke();
+    }
     let peer = guard.get_or_insert_with(|| sync::saved_peer_state(&document));
     let mut file: Option<CaseFile> = None;
     let mut received = sync::Received::default();

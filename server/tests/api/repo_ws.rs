@@ -26,6 +26,7 @@ both_backends!(
     changes_over_websocket_are_stored_attributed_and_served_over_http,
     changes_reach_open_websocket_clients_at_once,
     changes_to_many_documents_sent_together_are_all_stored_and_answered,
+    pushes_wait_for_the_answer_to_the_last_and_go_out_together,
     actors_stay_bound_to_one_device,
     bad_frames_close_the_connection_and_change_nothing,
     refused_changes_close_the_connection_and_change_nothing,
@@ -696,6 +697,86 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
             Some(officer.device_id.as_str())
         );
     }
+}
+
+/// Changes committed while a client has not answered the last push that carried changes wait
+/// for its answer and reach it together in the reply; should no answer come, they go out
+/// when the answer wait ends.
+async fn pushes_wait_for_the_answer_to_the_last_and_go_out_together(backend: Backend) {
+    const ANSWER_WAIT: Duration = Duration::from_millis(2000);
+    let app = spawn_app_with(backend, |config| {
+        config.ws_answer_wait_ms = ANSWER_WAIT.as_millis() as u64;
+    })
+    .await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let worker = app.tokens("worker", &testing::actor(2)).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+    let mut a = Peer::connect(&app, &officer.access_token).await;
+    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&app, &mut a, &mut replica_a).await;
+    let mut b = Peer::connect(&app, &worker.access_token).await;
+    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
+    fetch(&app, &mut b, &mut replica_b).await;
+    let apply = |replica: &mut Replica, message: &BTreeMap<String, Value>| {
+        let Some(Value::Bytes(data)) = message.get("data") else {
+            panic!("no data in {message:?}");
+        };
+        replica
+            .file
+            .receive_sync_message(&mut replica.state, data)
+            .unwrap();
+    };
+
+    // B is pushed A's first contact, and does not answer yet.
+    let first = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(&app, &mut a, &mut replica_a).await;
+    let push = b.next().await.message();
+    // Two more are committed meanwhile: nothing more reaches B.
+    let second = replica_a.file.add(&contact(2), testing::at(2)).unwrap();
+    deliver(&app, &mut a, &mut replica_a).await;
+    let third = replica_a.file.add(&contact(3), testing::at(3)).unwrap();
+    deliver(&app, &mut a, &mut replica_a).await;
+    let quiet = tokio::time::timeout(Duration::from_millis(300), b.socket.next()).await;
+    assert!(quiet.is_err(), "pushed before B answered: {quiet:?}");
+
+    // B answers: the reply carries both.
+    apply(&mut replica_b, &push);
+    assert_eq!(replica_b.contacts(), vec![first.clone()]);
+    b.push(&mut replica_b).await;
+    let reply = b.next().await.message();
+    apply(&mut replica_b, &reply);
+    let mut expected = vec![first, second, third];
+    expected.sort();
+    let mut contacts = replica_b.contacts();
+    contacts.sort();
+    assert_eq!(contacts, expected);
+
+    // B never answers that reply: a fourth contact waits the whole wait, then goes out.
+    let committed_from = std::time::Instant::now();
+    let fourth = replica_a.file.add(&contact(4), testing::at(4)).unwrap();
+    deliver(&app, &mut a, &mut replica_a).await;
+    let late = b.next().await.message();
+    assert!(
+        committed_from.elapsed() >= ANSWER_WAIT,
+        "sent after {:?}",
+        committed_from.elapsed()
+    );
+    apply(&mut replica_b, &late);
+    assert!(replica_b.contacts().contains(&fourth));
+    assert_eq!(replica_b.heads(), stored(&app, &case_id).await.0);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("doorstep_ws_pushes_sent_after_wait_total 1\n"),
+        "{metrics}"
+    );
 }
 
 async fn actors_stay_bound_to_one_device(backend: Backend) {
