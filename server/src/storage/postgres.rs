@@ -14,6 +14,11 @@ pub struct PostgresStorage {
 }
 
 impl PostgresStorage {
+    /// PostgreSQL needs no writer turn: concurrent writers lock only the rows they touch.
+    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        None
+    }
+
     /// Connects to and migrates the database at `url` (`postgres://...`).
     pub async fn connect(url: &str) -> StorageResult<Self> {
         let pool = PgPoolOptions::new()

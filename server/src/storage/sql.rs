@@ -579,9 +579,12 @@ macro_rules! sql_storage {
             }
 
             async fn begin_sync(&self) -> StorageResult<Box<dyn SyncTransaction>> {
+                // The writer's turn first, then the database's write lock.
+                let writer = self.writer_turn().await;
                 Ok(Box::new($txn {
                     tx: self.begin_write().await?,
                     locking: true,
+                    _writer: writer,
                 }))
             }
 
@@ -589,6 +592,7 @@ macro_rules! sql_storage {
                 Ok(Box::new($txn {
                     tx: self.begin_read().await?,
                     locking: false,
+                    _writer: None,
                 }))
             }
         }
@@ -598,6 +602,9 @@ macro_rules! sql_storage {
             tx: sqlx::Transaction<'static, $db>,
             /// Whether documents are loaded with row locks (a write transaction).
             locking: bool,
+            /// The backend's writer turn, if it has one, held to the end of the
+            /// transaction (declared after `tx`, so released after it).
+            _writer: Option<tokio::sync::OwnedMutexGuard<()>>,
         }
 
         impl std::fmt::Debug for $txn {

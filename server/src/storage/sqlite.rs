@@ -2,11 +2,15 @@
 
 use std::borrow::Cow;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a write waits for SQLite's write lock before it fails ("database is locked").
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The page cache of each pooled connection, in KiB.
 const SQLITE_PAGE_CACHE_KIB: u32 = 512;
@@ -15,18 +19,29 @@ const SQLITE_PAGE_CACHE_KIB: u32 = 512;
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: sqlx::SqlitePool,
+    /// One sync transaction writes at a time (SQLite has one writer). A WebSocket batch holds
+    /// its write transaction through its Automerge work, seconds under load; a second one
+    /// waiting on SQLite's own lock gives up after the busy timeout ("database is locked",
+    /// seen on the interop benchmark's mass reconnect), while here it queues, in order.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStorage {
     /// Opens (creating it if missing) and migrates the database at `url` (`sqlite:path`).
     pub async fn connect(url: &str) -> StorageResult<Self> {
+        Self::connect_with_busy_timeout(url, BUSY_TIMEOUT).await
+    }
+
+    /// As [`SqliteStorage::connect`], with how long a write not in a sync transaction waits
+    /// for SQLite's write lock.
+    async fn connect_with_busy_timeout(url: &str, busy_timeout: Duration) -> StorageResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: a committed (acknowledged) sync survives power loss, not only a crash.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(busy_timeout)
             // Each pooled connection keeps its own page cache (2 MB by default): 16 MB of the
             // heap at a mass reconnect (heaptrack), for pages the OS's file cache holds anyway.
             .pragma("cache_size", format!("-{SQLITE_PAGE_CACHE_KIB}"));
@@ -35,7 +50,16 @@ impl SqliteStorage {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStorage { pool })
+        Ok(SqliteStorage {
+            pool,
+            writer: Arc::default(),
+        })
+    }
+}
+
+impl SqliteStorage {
+    async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Some(Arc::clone(&self.writer).lock_owned().await)
     }
 }
 
@@ -80,5 +104,38 @@ mod tests {
             assert_eq!(cache, -i64::from(SQLITE_PAGE_CACHE_KIB));
             held.push(connection);
         }
+    }
+
+    /// A sync transaction held open past the busy timeout: the next one waits its turn and
+    /// then writes, rather than failing with "database is locked".
+    #[tokio::test]
+    async fn a_sync_transaction_waits_for_the_one_writing_however_long() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite:{}", dir.path().join("doorstep.db").display());
+        let storage = SqliteStorage::connect_with_busy_timeout(&url, Duration::from_millis(50))
+            .await
+            .expect("the database opens");
+        // BEGIN IMMEDIATE: the first holds SQLite's write lock from here.
+        let first = storage.begin_sync().await.expect("the first begins");
+        let second = {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let mut second = storage.begin_sync().await?;
+                second
+                    .forget_sync_states("device-b", &["case-b".into()])
+                    .await?;
+                second.commit().await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !second.is_finished(),
+            "the second wrote while the first held the lock"
+        );
+        first.commit().await.expect("the first commits");
+        second
+            .await
+            .expect("the task ends")
+            .expect("the second waited, then wrote");
     }
 }
