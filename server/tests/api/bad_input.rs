@@ -8,7 +8,9 @@ use doorstep_sync_core::testing;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, Phone, TestApp, error_of, spawn_app, spawn_app_with, stored_heads};
+use crate::helpers::{
+    Backend, Phone, TestApp, error_of, metrics, spawn_app, spawn_app_with, stored_heads,
+};
 
 async fn assert_still_serving(app: &TestApp, phone: &Phone) {
     let ready = app.client.get(app.url("/ready")).send().await.unwrap();
@@ -252,15 +254,7 @@ async fn operations_endpoints_answer() {
     assert!(openapi["paths"]["/api/v1/sync"]["post"].is_object());
     let mut phone = Phone::sign_in(&app, "officer", 1).await;
     phone.sync_until_quiet(&app).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&app).await;
     assert!(metrics.contains("doorstep_sign_ins_total 1"), "{metrics}");
     assert!(
         metrics.contains("doorstep_http_responses_total{class=\"4xx\"} 1"),

@@ -453,3 +453,26 @@ impl Phone {
             .unwrap_or_else(|| panic!("{} does not hold {case_id}", self.username))
     }
 }
+
+/// The Prometheus text at /metrics.
+pub async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one counter from the Prometheus text at /metrics.
+pub async fn counter(app: &TestApp, name: &str) -> u64 {
+    metrics(app)
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap()
+        .parse()
+        .unwrap()
+}

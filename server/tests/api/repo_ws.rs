@@ -18,7 +18,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::helpers::{Backend, Phone, TestApp, both_backends, error_of, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Backend, Phone, TestApp, both_backends, counter, error_of, spawn_app, spawn_app_with,
+};
 
 both_backends!(
     join_is_answered_with_peer_and_the_token_may_come_either_way,
@@ -254,13 +256,7 @@ impl Peer {
 
     /// Applies a `sync` message to `replica` and answers as a repo would.
     async fn answer(&mut self, replica: &mut Replica, message: &BTreeMap<String, Value>) {
-        let Some(Value::Bytes(data)) = message.get("data") else {
-            panic!("no data in {message:?}");
-        };
-        replica
-            .file
-            .receive_sync_message(&mut replica.state, data)
-            .unwrap();
+        replica.apply(message);
         self.push(replica).await;
     }
 }
@@ -291,6 +287,16 @@ impl Replica {
 
     fn heads(&mut self) -> String {
         heads_key(&self.file.heads())
+    }
+
+    /// Applies a `sync` message, without answering.
+    fn apply(&mut self, message: &BTreeMap<String, Value>) {
+        let Some(Value::Bytes(data)) = message.get("data") else {
+            panic!("no data in {message:?}");
+        };
+        self.file
+            .receive_sync_message(&mut self.state, data)
+            .unwrap();
     }
 
     fn contacts(&self) -> Vec<String> {
@@ -348,6 +354,21 @@ async fn deliver(app: &TestApp, peer: &mut Peer, replica: &mut Replica) {
             return;
         }
     }
+}
+
+/// A new case allocated to the officer and the worker, each connected (A and B) with a
+/// replica that holds what the server holds.
+async fn two_clients_on_one_case(app: &TestApp) -> (String, (Peer, Replica), (Peer, Replica)) {
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let worker = app.tokens("worker", &testing::actor(2)).await;
+    let case_id = new_case(app, &["officer", "worker"]).await;
+    let mut a = Peer::connect(app, &officer.access_token).await;
+    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(app, &mut a, &mut replica_a).await;
+    let mut b = Peer::connect(app, &worker.access_token).await;
+    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
+    fetch(app, &mut b, &mut replica_b).await;
+    (case_id, (a, replica_a), (b, replica_b))
 }
 
 fn contact(minutes: i64) -> ContactEntry {
@@ -564,16 +585,8 @@ async fn changes_over_websocket_are_stored_attributed_and_served_over_http(backe
 
 async fn changes_reach_open_websocket_clients_at_once(backend: Backend) {
     let app = spawn_app(backend).await;
-    let officer = app.tokens("officer", &testing::actor(1)).await;
-    let worker = app.tokens("worker", &testing::actor(2)).await;
-    let case_id = new_case(&app, &["officer", "worker"]).await;
-
-    let mut a = Peer::connect(&app, &officer.access_token).await;
-    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
-    fetch(&app, &mut a, &mut replica_a).await;
-    let mut b = Peer::connect(&app, &worker.access_token).await;
-    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
-    fetch(&app, &mut b, &mut replica_b).await;
+    let (case_id, (mut a, mut replica_a), (mut b, mut replica_b)) =
+        two_clients_on_one_case(&app).await;
 
     // WebSocket to WebSocket: B is sent A's record without asking.
     let record = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
@@ -708,24 +721,8 @@ async fn pushes_wait_for_the_answer_to_the_last_and_go_out_together(backend: Bac
         config.ws_answer_wait_ms = ANSWER_WAIT.as_millis() as u64;
     })
     .await;
-    let officer = app.tokens("officer", &testing::actor(1)).await;
-    let worker = app.tokens("worker", &testing::actor(2)).await;
-    let case_id = new_case(&app, &["officer", "worker"]).await;
-    let mut a = Peer::connect(&app, &officer.access_token).await;
-    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
-    fetch(&app, &mut a, &mut replica_a).await;
-    let mut b = Peer::connect(&app, &worker.access_token).await;
-    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
-    fetch(&app, &mut b, &mut replica_b).await;
-    let apply = |replica: &mut Replica, message: &BTreeMap<String, Value>| {
-        let Some(Value::Bytes(data)) = message.get("data") else {
-            panic!("no data in {message:?}");
-        };
-        replica
-            .file
-            .receive_sync_message(&mut replica.state, data)
-            .unwrap();
-    };
+    let (case_id, (mut a, mut replica_a), (mut b, mut replica_b)) =
+        two_clients_on_one_case(&app).await;
 
     // B is pushed A's first contact, and does not answer yet.
     let first = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
@@ -740,11 +737,11 @@ async fn pushes_wait_for_the_answer_to_the_last_and_go_out_together(backend: Bac
     assert!(quiet.is_err(), "pushed before B answered: {quiet:?}");
 
     // B answers: the reply carries both.
-    apply(&mut replica_b, &push);
+    replica_b.apply(&push);
     assert_eq!(replica_b.contacts(), vec![first.clone()]);
     b.push(&mut replica_b).await;
     let reply = b.next().await.message();
-    apply(&mut replica_b, &reply);
+    replica_b.apply(&reply);
     let mut expected = vec![first, second, third];
     expected.sort();
     let mut contacts = replica_b.contacts();
@@ -761,21 +758,12 @@ async fn pushes_wait_for_the_answer_to_the_last_and_go_out_together(backend: Bac
         "sent after {:?}",
         committed_from.elapsed()
     );
-    apply(&mut replica_b, &late);
+    replica_b.apply(&late);
     assert!(replica_b.contacts().contains(&fourth));
     assert_eq!(replica_b.heads(), stored(&app, &case_id).await.0);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("doorstep_ws_pushes_sent_after_wait_total 1\n"),
-        "{metrics}"
+    assert_eq!(
+        counter(&app, "doorstep_ws_pushes_sent_after_wait_total").await,
+        1
     );
 }
 

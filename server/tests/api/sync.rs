@@ -10,7 +10,7 @@ use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::{CaseFile, testing};
 
-use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app, stored_heads};
+use crate::helpers::{Backend, Phone, both_backends, counter, spawn_app, stored_heads};
 
 both_backends!(
     a_phone_receives_exactly_its_allocated_cases,
@@ -344,24 +344,6 @@ async fn an_empty_request_lists_the_caseload() {
     assert_eq!(reply.allocated, ["case-demo-1", "case-demo-2"]);
     assert_eq!(reply.documents.len(), 2);
     assert!(reply.documents.iter().all(|d| d.message.is_some()));
-}
-
-/// The value of one counter from the Prometheus text at /metrics.
-async fn counter(app: &TestApp, name: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 async fn the_caches_serve_repeat_syncs_but_never_a_stale_document(backend: Backend) {
