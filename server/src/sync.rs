@@ -446,9 +446,9 @@ pub type SyncTurn = Arc<tokio::sync::OwnedSemaphorePermit>;
 /// Waits for a turn to run a sync. Parsed case files take megabytes each: only as many syncs
 /// run (read the request, compute, write) at once as there are cores, so memory stays bounded
 /// however many phones reconnect together; a turn is held until the writes commit. A phone
-/// that would wait past half the request timeout is told at once that the server is busy (503
-/// with `Retry-After`) before any work is done, so that under a burst no request is cut off by
-/// the timeout after the work was done for it.
+/// that has waited half the request timeout without a turn is told that the server is busy
+/// (503 with `Retry-After`) before any work is done, so that under a burst no request is cut
+/// off by the timeout after the work was done for it.
 pub async fn sync_turn(state: &AppState) -> Result<SyncTurn, ApiError> {
     let wait = state.config.request_timeout() / 2;
     let turn = Arc::clone(&state.sync_compute).acquire_owned();
