@@ -54,10 +54,6 @@ fn all_changes(file: &mut CaseFile) -> Vec<NewChange> {
     file.doc_mut()
         .get_changes(&[])
         .into_iter()
-        .map(|mut change| NewChange {
-            hash: change.hash().to_string(),
-            actor_id: change.actor_id().to_hex_string(),
-            bytes: change.bytes().to_vec(),
-        })
+        .map(|mut change| NewChange::from_change(&mut change))
         .collect()
 }

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use doorstep_sync_core::{
-    ActorId, Author, CaseFile, CaseFileError, ChangeGraph, PeerState, RefusedSync, brings_changes,
+    ActorId, Author, CaseFile, CaseFileError, ChangeGraph, GraphChange, PeerState, RefusedSync,
+    brings_changes,
 };
 
 use crate::app::AppState;
@@ -433,7 +434,7 @@ pub(crate) async fn sources(
         }
         None => {
             Metrics::add(&metrics.graph_cache_misses, 1);
-            GraphSource::Stored(tx.change_bytes(&document.case_id).await?)
+            GraphSource::Stored(tx.graph_changes(&document.case_id).await?)
         }
     };
     Ok((cached, graph))
@@ -591,6 +592,7 @@ pub(crate) fn receive_messages<'m>(
             received.changes.push(NewChange {
                 hash: change.hash.to_string(),
                 actor_id: hex,
+                deps: change.deps,
                 bytes: change.bytes,
             });
         }
@@ -642,8 +644,8 @@ pub(crate) fn stored_bytes(
 pub(crate) enum GraphSource {
     /// The cache had it at the stored heads.
     Cached(Arc<ChangeGraph>),
-    /// The bytes of every stored change, to build it from.
-    Stored(Vec<Vec<u8>>),
+    /// Every stored change, to build it from.
+    Stored(Vec<GraphChange>),
 }
 
 impl GraphSource {
@@ -654,7 +656,7 @@ impl GraphSource {
     ) -> Result<Arc<ChangeGraph>, DocumentError> {
         let graph = match self {
             GraphSource::Cached(graph) => return Ok(graph),
-            GraphSource::Stored(changes) => ChangeGraph::from_changes(changes),
+            GraphSource::Stored(changes) => ChangeGraph::from_graph_changes(changes),
         };
         match graph {
             Ok(graph) if heads_key(&graph.heads()) == document.heads => Ok(Arc::new(graph)),

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on purpose")]
 use automerge::sync::Message;
-use doorstep_sync_core::{ActorId, Author, CaseFile, ChangeGraph, PeerState, testing};
+use doorstep_sync_core::{ActorId, Author, CaseFile, ChangeGraph, GraphChange, PeerState, testing};
 use proptest::prelude::*;
 
 const PHONES: usize = 3;
@@ -56,9 +56,17 @@ struct World {
     minute: i64,
 }
 
+/// As the server builds it from its rows: every other change with the hash and dependencies
+/// stored beside it, the rest (rows stored before that column) read from their bytes.
 fn graph_of(file: &mut CaseFile) -> ChangeGraph {
     let changes = file.doc_mut().get_changes(&[]);
-    ChangeGraph::from_changes(changes.into_iter().map(|mut c| c.bytes().to_vec())).unwrap()
+    ChangeGraph::from_graph_changes(changes.into_iter().enumerate().map(|(i, mut change)| {
+        GraphChange {
+            known: (i % 2 == 0).then(|| (change.hash(), change.deps().to_vec())),
+            bytes: change.bytes().to_vec(),
+        }
+    }))
+    .unwrap()
 }
 
 impl World {
@@ -262,6 +270,19 @@ fn stored_changes_in_any_order_make_the_same_graph() {
     let graph = ChangeGraph::from_changes(changes.clone()).unwrap();
     assert_eq!(graph.heads(), file.heads());
     assert_eq!(graph.len(), changes.len());
+    // The same from hashes and dependencies stored beside the bytes.
+    let known = file
+        .doc_mut()
+        .get_changes(&[])
+        .into_iter()
+        .rev()
+        .map(|mut change| GraphChange {
+            known: Some((change.hash(), change.deps().to_vec())),
+            bytes: change.bytes().to_vec(),
+        });
+    let from_known = ChangeGraph::from_graph_changes(known).unwrap();
+    assert_eq!(from_known.heads(), file.heads());
+    assert_eq!(from_known.len(), changes.len());
 
     // Without the first change (the one every other depends on), it is not a whole document.
     changes.pop();

@@ -361,11 +361,7 @@ pub(crate) async fn server_edit<T: Send + 'static>(
             .doc_mut()
             .get_changes(&before)
             .into_iter()
-            .map(|mut change| NewChange {
-                hash: change.hash().to_string(),
-                actor_id: change.actor_id().to_hex_string(),
-                bytes: change.bytes().to_vec(),
-            })
+            .map(|mut change| NewChange::from_change(&mut change))
             .collect();
         let heads = heads_key(&file.heads());
         Ok::<_, CaseFileError>((value, file.save(), heads, changes, file))

@@ -19,6 +19,7 @@ mod postgres;
 mod sql;
 mod sqlite;
 
+pub use doorstep_sync_core::GraphChange;
 pub use evidence::{EvidenceChunk, EvidenceStorage, EvidenceUpload, StoredReceipt};
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
@@ -194,8 +195,22 @@ pub struct NewChange {
     pub hash: String,
     /// Actor id, hex.
     pub actor_id: String,
+    /// The hashes of the changes it depends on.
+    pub deps: Vec<doorstep_sync_core::ChangeHash>,
     /// The change's bytes (`Change::bytes`), enough to rebuild the document without snapshots.
     pub bytes: Vec<u8>,
+}
+
+impl NewChange {
+    /// The storage form of an Automerge change.
+    pub fn from_change(change: &mut automerge::Change) -> NewChange {
+        NewChange {
+            hash: change.hash().to_string(),
+            actor_id: change.actor_id().to_hex_string(),
+            deps: change.deps().to_vec(),
+            bytes: change.bytes().to_vec(),
+        }
+    }
 }
 
 /// A stored change with its provenance.
@@ -309,9 +324,9 @@ pub trait SyncTransaction: Send {
         case_ids: &[String],
     ) -> StorageResult<Vec<LoadedDocument>>;
 
-    /// The bytes of every stored change of a case (in no particular order): what its change
-    /// graph is built from.
-    async fn change_bytes(&mut self, case_id: &str) -> StorageResult<Vec<Vec<u8>>>;
+    /// Every stored change of a case (in no particular order), with its hash and
+    /// dependencies where they were stored: what its change graph is built from.
+    async fn graph_changes(&mut self, case_id: &str) -> StorageResult<Vec<GraphChange>>;
 
     /// Writes snapshots, changes (idempotently: a change already stored keeps its first
     /// provenance) and sync states.
@@ -436,6 +451,17 @@ pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {
     } else {
         Err(StorageError::UnsupportedUrl)
     }
+}
+
+/// Hashes stored one after another (32 bytes each); None if the bytes are not whole hashes.
+pub(crate) fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<doorstep_sync_core::ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|hash| hash.try_into().ok().map(doorstep_sync_core::ChangeHash))
+        .collect()
 }
 
 /// Sorted hex heads joined by commas: the form stored beside snapshots and sync states.

@@ -21,7 +21,7 @@ macro_rules! sql_storage {
         use sqlx::Row;
 
         use crate::storage::{
-            AllocatedDocument, Case, Device, DocumentWrite, LoadedDocument, NewChange, Provenance,
+            AllocatedDocument, Case, Device, DocumentWrite, GraphChange, LoadedDocument, NewChange, Provenance,
             RefreshToken, Role, Rotation, School, Storage, StorageError, StorageResult,
             StoredChange, StoredDocument, SyncTransaction, User, WebSession,
         };
@@ -83,8 +83,8 @@ macro_rules! sql_storage {
         ) -> StorageResult<()> {
             // A change already stored keeps its first provenance: retries are harmless.
             sqlx::query(&$sql(
-                "INSERT INTO changes (case_id, hash, actor_id, device_id, user_id, received_at, bytes)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO changes (case_id, hash, actor_id, device_id, user_id, received_at, bytes, deps)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (case_id, hash) DO NOTHING",
             ))
             .bind(case_id)
@@ -94,6 +94,7 @@ macro_rules! sql_storage {
             .bind(user_id)
             .bind(received_at)
             .bind(&change.bytes)
+            .bind(change.deps.iter().flat_map(|dep| dep.0).collect::<Vec<u8>>())
             .execute(&mut **tx)
             .await?;
             Ok(())
@@ -699,14 +700,27 @@ macro_rules! sql_storage {
                 Ok(loaded)
             }
 
-            async fn change_bytes(&mut self, case_id: &str) -> StorageResult<Vec<Vec<u8>>> {
+            async fn graph_changes(&mut self, case_id: &str) -> StorageResult<Vec<GraphChange>> {
+                use futures_util::TryStreamExt;
                 // Each row is decoded as it arrives, so that a case's rows and their bytes
                 // are not both held at once.
-                let bytes = sqlx::query_scalar(&$sql("SELECT bytes FROM changes WHERE case_id = $1"))
-                    .bind(case_id)
-                    .fetch_all(&mut *self.tx)
-                    .await?;
-                Ok(bytes)
+                let sql = $sql("SELECT hash, deps, bytes FROM changes WHERE case_id = $1");
+                let mut rows = sqlx::query(&sql).bind(case_id).fetch(&mut *self.tx);
+                let mut changes = Vec::new();
+                while let Some(row) = rows.try_next().await? {
+                    let hash: String = row.try_get("hash")?;
+                    let deps: Option<Vec<u8>> = row.try_get("deps")?;
+                    let known = deps.and_then(|deps| {
+                        let hash = hash.parse().ok()?;
+                        let deps = crate::storage::hashes_from_bytes(&deps)?;
+                        Some((hash, deps))
+                    });
+                    changes.push(GraphChange {
+                        known,
+                        bytes: row.try_get("bytes")?,
+                    });
+                }
+                Ok(changes)
             }
 
             async fn write_documents(

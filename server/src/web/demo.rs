@@ -56,11 +56,7 @@ pub async fn edit_stored_case(
         .doc_mut()
         .get_changes(&before)
         .into_iter()
-        .map(|mut change| NewChange {
-            hash: change.hash().to_string(),
-            actor_id: change.actor_id().to_hex_string(),
-            bytes: change.bytes().to_vec(),
-        })
+        .map(|mut change| NewChange::from_change(&mut change))
         .collect();
     let snapshot = file.save();
     let heads = heads_key(&file.heads());

@@ -5,7 +5,7 @@ use doorstep_server::storage::{
     Device, DocumentWrite, NewChange, Provenance, RefreshToken, Role, Rotation, School, Storage,
     StorageError, User,
 };
-use doorstep_sync_core::testing;
+use doorstep_sync_core::{ChangeHash, testing};
 
 use crate::helpers::{Backend, both_backends, test_storage};
 
@@ -365,8 +365,9 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         appended_changes: 0,
         snapshot: Some((vec![1, 2, 3], "h-new".into())),
         changes: vec![NewChange {
-            hash: "abc".into(),
+            hash: "ab".repeat(32),
             actor_id: "aa01".into(),
+            deps: vec![ChangeHash([7; 32]), ChangeHash([8; 32])],
             bytes: vec![9],
         }],
         sync_state: (vec![4, 5], "h-new".into()),
@@ -395,6 +396,21 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    // Every change comes back for the change graph with its hash and dependencies: the one
+    // written above, and those of the case's creation.
+    let mut tx = storage.begin_sync_read().await.unwrap();
+    let graph_changes = tx.graph_changes("c1").await.unwrap();
+    drop(tx);
+    assert_eq!(graph_changes.len(), before + 1);
+    assert!(graph_changes.iter().all(|c| c.known.is_some()));
+    let written = graph_changes.iter().find(|c| c.bytes == [9]).unwrap();
+    assert_eq!(
+        written.known,
+        Some((
+            ChangeHash([0xab; 32]),
+            vec![ChangeHash([7; 32]), ChangeHash([8; 32])]
+        ))
+    );
 
     // A write over heads that are no longer stored (someone wrote meanwhile) is refused and
     // writes nothing, not even its changes.
@@ -404,6 +420,7 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         changes: vec![NewChange {
             hash: "def".into(),
             actor_id: "aa01".into(),
+            deps: Vec::new(),
             bytes: vec![8],
         }],
         ..write.clone()
@@ -445,7 +462,7 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
 
     let changes = storage.changes("c1").await.unwrap();
     assert_eq!(changes.len(), before + 1);
-    let stored = changes.iter().find(|c| c.hash == "abc").unwrap();
+    let stored = changes.iter().find(|c| c.hash == "ab".repeat(32)).unwrap();
     assert_eq!(stored.received_at, 7_000);
     assert_eq!(stored.device_id.as_deref(), Some("d1"));
     assert_eq!(
