@@ -36,7 +36,8 @@ pub struct Metrics {
     pub ws_bytes_sent: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
     pub ws_closed_with_error: AtomicU64,
-    /// Pushes that waited the whole `ANSWER_WAIT` for the client's answer, then went out.
+    /// Pushes that waited the whole answer wait (`--ws-answer-wait-ms`) for the client's
+    /// answer, then went out.
     pub ws_pushes_sent_after_wait: AtomicU64,
 }
 

@@ -454,11 +454,20 @@ fn change_hash_and_deps(
         .ok()
         .and_then(|count| data[at..].get(..count.checked_mul(32)?))
         .ok_or_else(|| corrupt("bad dependencies"))?;
-    let deps = deps
-        .chunks_exact(32)
-        .map(|dep| ChangeHash(dep.try_into().unwrap_or_else(|_| unreachable!("32 bytes"))))
-        .collect();
+    let deps = hashes_from_bytes(deps).ok_or_else(|| corrupt("bad dependencies"))?;
     Ok((hash, deps))
+}
+
+/// Hashes written one after another, 32 bytes each (as a change lists its dependencies, and as
+/// the server stores them beside a change); None if the bytes are not whole hashes.
+pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|hash| hash.try_into().ok().map(ChangeHash))
+        .collect()
 }
 
 /// The chunks (changes, or a whole document) that `bytes` holds one after another, as a sync

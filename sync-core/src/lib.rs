@@ -28,7 +28,7 @@ pub use case_file::{
 };
 pub use conflicts::{Conflict, ConflictKind, ConflictTarget, ConflictValue, Resolution};
 pub use error::{CaseFileError, FieldError, Problem, Result, ValidationErrors};
-pub use graph::{ChangeGraph, GraphChange};
+pub use graph::{ChangeGraph, GraphChange, hashes_from_bytes};
 pub use records::{Collection, RecordBody};
 pub use sync::{AppliedChange, PeerState, RefusedSync, brings_changes, decode_message};
 pub use view::CaseView;

@@ -453,17 +453,6 @@ pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {
     }
 }
 
-/// Hashes stored one after another (32 bytes each); None if the bytes are not whole hashes.
-pub(crate) fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<doorstep_sync_core::ChangeHash>> {
-    if !bytes.len().is_multiple_of(32) {
-        return None;
-    }
-    bytes
-        .chunks_exact(32)
-        .map(|hash| hash.try_into().ok().map(doorstep_sync_core::ChangeHash))
-        .collect()
-}
-
 /// Sorted hex heads joined by commas: the form stored beside snapshots and sync states.
 pub fn heads_key(heads: &[doorstep_sync_core::ChangeHash]) -> String {
     let mut hex: Vec<String> = heads.iter().map(|h| h.to_string()).collect();

@@ -21,9 +21,9 @@ macro_rules! sql_storage {
         use sqlx::Row;
 
         use crate::storage::{
-            AllocatedDocument, Case, Device, DocumentWrite, GraphChange, LoadedDocument, NewChange, Provenance,
-            RefreshToken, Role, Rotation, School, Storage, StorageError, StorageResult,
-            StoredChange, StoredDocument, SyncTransaction, User, WebSession,
+            AllocatedDocument, Case, Device, DocumentWrite, GraphChange, LoadedDocument, NewChange,
+            Provenance, RefreshToken, Role, Rotation, School, Storage, StorageError,
+            StorageResult, StoredChange, StoredDocument, SyncTransaction, User, WebSession,
         };
 
         type DbRow = <$db as sqlx::Database>::Row;
@@ -712,7 +712,7 @@ macro_rules! sql_storage {
                     let deps: Option<Vec<u8>> = row.try_get("deps")?;
                     let known = deps.and_then(|deps| {
                         let hash = hash.parse().ok()?;
-                        let deps = crate::storage::hashes_from_bytes(&deps)?;
+                        let deps = doorstep_sync_core::hashes_from_bytes(&deps)?;
                         Some((hash, deps))
                     });
                     changes.push(GraphChange {
