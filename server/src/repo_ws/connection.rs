@@ -18,7 +18,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::document_id;
-use super::hub::{Control, Outbox, Outgoing, RepoHub, Subscription};
+use super::hub::{Control, Outbox, Outgoing, RepoHub, Subscription, SyncingGuard};
 use super::protocol::{self, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -211,8 +211,30 @@ impl Connection {
                         }
                     }
                     Some(Control::SendHeldBack { case_id }) => {
-                        if let Err(close) = self.send_held_back(case_id).await {
+                        // Pushes held for the syncs running alongside are released together:
+                        // one sync for all of them.
+                        let mut case_ids = vec![case_id];
+                        let mut next = None;
+                        while let Ok(command) = control.try_recv() {
+                            match command {
+                                Control::SendHeldBack { case_id } => case_ids.push(case_id),
+                                other => {
+                                    next = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        if let Err(close) = self.send_held_back(case_ids).await {
                             return Some(close);
+                        }
+                        match next {
+                            Some(Control::Revoked) => return Some(Close::revoked()),
+                            Some(Control::AllocationsChanged) => {
+                                if let Err(close) = self.recheck_allocations().await {
+                                    return Some(close);
+                                }
+                            }
+                            Some(Control::SendHeldBack { .. }) | None => {}
                         }
                     }
                     None => return None,
@@ -242,7 +264,7 @@ impl Connection {
                     // process (fifty clients' frames held while they waited were megabytes),
                     // and arrives in this batch.
                     let turn = match self.outbox {
-                        Some(_) => match wait_for_turn(&self.state).await {
+                        Some(_) => match wait_for_turn(&self.state, &self.hub).await {
                             Ok(turn) => Some(turn),
                             Err(close) => return Some(close),
                         },
@@ -357,7 +379,7 @@ impl Connection {
     async fn handle_batch(
         &mut self,
         frames: Vec<bytes::Bytes>,
-        turn: Option<SyncTurn>,
+        turn: Option<Turn>,
     ) -> Result<(), Close> {
         let mut work: Vec<DocumentWork> = Vec::new();
         for frame in &frames {
@@ -443,29 +465,40 @@ impl Connection {
         }
         let turn = match turn {
             Some(turn) => turn,
-            None => wait_for_turn(&self.state).await?,
+            None => wait_for_turn(&self.state, &self.hub).await?,
         };
         self.sync_documents(work, turn).await
     }
 
-    /// Sends the push to `case_id` that waited the longest for the client's answer,
-    /// as the answer to an empty message would be (through the sync path, which re-checks the
+    /// Sends the pushes to `case_ids` that waited for the client's answer or for other syncs,
+    /// as the answers to empty messages would be (through the sync path, which re-checks the
     /// caller and the allocation).
-    async fn send_held_back(&mut self, case_id: String) -> Result<(), Close> {
-        let Some(subscription) = self.subscriptions.get(&case_id) else {
-            return Ok(());
-        };
-        if !subscription.holds_back() {
-            // The client answered meanwhile, and the answer's reply carried it.
+    async fn send_held_back(&mut self, case_ids: Vec<String>) -> Result<(), Close> {
+        let mut work = Vec::new();
+        for case_id in case_ids {
+            let Some(subscription) = self.subscriptions.get(&case_id) else {
+                continue;
+            };
+            // Not holding back: the client answered meanwhile, and the answer's reply carried
+            // it.
+            if subscription.holds_back()
+                && !work.iter().any(|w: &DocumentWork| w.case_id == case_id)
+            {
+                work.push(DocumentWork {
+                    document_id: subscription.document_id.clone(),
+                    case_id,
+                    messages: Vec::new(),
+                });
+            }
+        }
+        if work.is_empty() {
             return Ok(());
         }
-        let work = vec![DocumentWork {
-            document_id: subscription.document_id.clone(),
-            case_id,
-            messages: Vec::new(),
-        }];
-        Metrics::add(&self.state.metrics.ws_pushes_sent_after_wait, 1);
-        let turn = wait_for_turn(&self.state).await?;
+        Metrics::add(
+            &self.state.metrics.ws_pushes_sent_after_wait,
+            work.len() as u64,
+        );
+        let turn = wait_for_turn(&self.state, &self.hub).await?;
         self.sync_documents(work, turn).await
     }
 
@@ -563,11 +596,7 @@ impl Connection {
     /// the replies, and pushes to the other connections that have a changed document open.
     /// Syncs a batch's documents in `turn`, which is held until the commit (and, by each
     /// group's computation, while it runs, should the connection drop meanwhile).
-    async fn sync_documents(
-        &mut self,
-        work: Vec<DocumentWork>,
-        turn: SyncTurn,
-    ) -> Result<(), Close> {
+    async fn sync_documents(&mut self, work: Vec<DocumentWork>, turn: Turn) -> Result<(), Close> {
         self.check_caller().await?;
         let storage = Arc::clone(&self.state.storage);
         let allocated: HashSet<String> = storage
@@ -651,7 +680,7 @@ impl Connection {
                 sender.clone(),
                 rule.clone(),
                 Arc::clone(&self.state.documents),
-                Arc::clone(&turn),
+                Arc::clone(&turn.permit),
             );
             outcomes.extend(computed.await?);
         }
@@ -735,7 +764,7 @@ impl Connection {
                 if changed.contains(&outcome.case_id) {
                     hub.fan_out(&outcome.case_id, &mut replier, Some(connection));
                 } else {
-                    hub.send_sync(&outcome.subscription, &mut replier, true);
+                    hub.send_sync(&outcome.subscription, &mut replier, true, false);
                 }
                 graphs.put(outcome.case_id, heads_key(&graph.heads()), graph);
             }
@@ -759,12 +788,24 @@ impl Connection {
     }
 }
 
+/// A WebSocket sync's turn, and its place in the hub's count of syncs (which holds pushes back
+/// while others run). The permit is given back first.
+struct Turn {
+    permit: SyncTurn,
+    _syncing: SyncingGuard,
+}
+
 /// Waits for a turn to sync, bounded like the HTTP sync (one per core; a WebSocket client is
-/// not told busy, it waits). Taken before the
-/// write lock, so that no sync ever holds the lock while it waits for its turn to compute.
-async fn wait_for_turn(state: &AppState) -> Result<SyncTurn, Close> {
-    let turn = Arc::clone(&state.sync_compute).acquire_owned().await;
-    turn.map(Arc::new).map_err(|_| Close::server())
+/// not told busy, it waits). Taken before the write lock, so that no sync ever holds the lock
+/// while it waits for its turn to compute.
+async fn wait_for_turn(state: &AppState, hub: &Arc<RepoHub>) -> Result<Turn, Close> {
+    let syncing = hub.syncing();
+    let permit = Arc::clone(&state.sync_compute).acquire_owned().await;
+    let permit = permit.map(Arc::new).map_err(|_| Close::server())?;
+    Ok(Turn {
+        permit,
+        _syncing: syncing,
+    })
 }
 
 /// One document of a group: its subscription, stored state, cached sources and messages.
