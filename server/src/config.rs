@@ -64,8 +64,9 @@ pub struct Config {
     pub graph_cache_mib: usize,
 
     /// How long pushes to a WebSocket client wait for its answer to the last push that
-    /// carried changes, in milliseconds, before they go out anyway. Until then they are
-    /// gathered into one message (see `repo_ws::hub`).
+    /// carried changes, or for the other WebSocket syncs running alongside to end, in
+    /// milliseconds, before they go out anyway. Until then they are gathered into one message
+    /// (see `repo_ws::hub`).
     #[arg(long, env = "DOORSTEP_WS_ANSWER_WAIT_MS", default_value_t = DEFAULT_WS_ANSWER_WAIT_MS)]
     pub ws_answer_wait_ms: u64,
 
