@@ -36,8 +36,9 @@ pub struct Metrics {
     pub ws_bytes_sent: AtomicU64,
     pub ws_protocol_errors: AtomicU64,
     pub ws_closed_with_error: AtomicU64,
-    /// Pushes that waited the whole answer wait (`--ws-answer-wait-ms`) for the client's
-    /// answer, then went out.
+    /// Held pushes that went out on their own, not in the reply to a client's message: after
+    /// the whole answer wait (`--ws-answer-wait-ms`), or when the other syncs they waited for
+    /// ended.
     pub ws_pushes_sent_after_wait: AtomicU64,
 }
 
@@ -183,7 +184,7 @@ impl Metrics {
             ),
             (
                 "doorstep_ws_pushes_sent_after_wait_total",
-                "WebSocket pushes that waited the longest for the client's answer to the last one.",
+                "Held WebSocket pushes sent on their own (after the answer wait, or when the syncs they waited for ended).",
                 &self.ws_pushes_sent_after_wait,
             ),
         ] {
