@@ -203,42 +203,13 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                command = control.recv() => match command {
-                    Some(Control::Revoked) => return Some(Close::revoked()),
-                    Some(Control::AllocationsChanged) => {
-                        if let Err(close) = self.recheck_allocations().await {
-                            return Some(close);
-                        }
+                command = control.recv() => {
+                    // Nothing can reach this connection any more: it ends, quietly.
+                    let command = command?;
+                    if let Err(close) = self.act_on(command, control).await {
+                        return Some(close);
                     }
-                    Some(Control::SendHeldBack { case_id }) => {
-                        // Pushes held for the syncs running alongside are released together:
-                        // one sync for all of them.
-                        let mut case_ids = vec![case_id];
-                        let mut next = None;
-                        while let Ok(command) = control.try_recv() {
-                            match command {
-                                Control::SendHeldBack { case_id } => case_ids.push(case_id),
-                                other => {
-                                    next = Some(other);
-                                    break;
-                                }
-                            }
-                        }
-                        if let Err(close) = self.send_held_back(case_ids).await {
-                            return Some(close);
-                        }
-                        match next {
-                            Some(Control::Revoked) => return Some(Close::revoked()),
-                            Some(Control::AllocationsChanged) => {
-                                if let Err(close) = self.recheck_allocations().await {
-                                    return Some(close);
-                                }
-                            }
-                            Some(Control::SendHeldBack { .. }) | None => {}
-                        }
-                    }
-                    None => return None,
-                },
+                }
                 () = overflow(self.outbox.clone()) => {
                     tracing::warn!(connection = self.id, "websocket client is not reading: closing");
                     // It is not reading: nothing more is sent, not even an error.
@@ -470,10 +441,40 @@ impl Connection {
         self.sync_documents(work, turn).await
     }
 
+    /// Acts on `first` and on whatever other controls are already queued: a revocation first
+    /// (nothing more is sent), then allocation changes (which drop documents no longer
+    /// allocated), then every held push at once, in one sync.
+    async fn act_on(
+        &mut self,
+        first: Control,
+        control: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> Result<(), Close> {
+        let mut commands = vec![first];
+        while let Ok(command) = control.try_recv() {
+            commands.push(command);
+        }
+        if commands.contains(&Control::Revoked) {
+            return Err(Close::revoked());
+        }
+        if commands.contains(&Control::AllocationsChanged) {
+            self.recheck_allocations().await?;
+        }
+        let held: Vec<String> = commands
+            .into_iter()
+            .filter_map(|command| match command {
+                Control::SendHeldBack { case_id } => Some(case_id),
+                Control::Revoked | Control::AllocationsChanged => None,
+            })
+            .collect();
+        self.send_held_back(held).await
+    }
+
     /// Sends the pushes to `case_ids` that waited for the client's answer or for other syncs,
     /// as the answers to empty messages would be (through the sync path, which re-checks the
     /// caller and the allocation).
-    async fn send_held_back(&mut self, case_ids: Vec<String>) -> Result<(), Close> {
+    async fn send_held_back(&mut self, mut case_ids: Vec<String>) -> Result<(), Close> {
+        case_ids.sort();
+        case_ids.dedup();
         let mut work = Vec::new();
         for case_id in case_ids {
             let Some(subscription) = self.subscriptions.get(&case_id) else {
@@ -481,9 +482,7 @@ impl Connection {
             };
             // Not holding back: the client answered meanwhile, and the answer's reply carried
             // it.
-            if subscription.holds_back()
-                && !work.iter().any(|w: &DocumentWork| w.case_id == case_id)
-            {
+            if subscription.holds_back() {
                 work.push(DocumentWork {
                     document_id: subscription.document_id.clone(),
                     case_id,
