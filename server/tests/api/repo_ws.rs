@@ -28,6 +28,7 @@ both_backends!(
     changes_over_websocket_are_stored_attributed_and_served_over_http,
     changes_reach_open_websocket_clients_at_once,
     changes_to_many_documents_sent_together_are_all_stored_and_answered,
+    two_clients_writing_the_same_cases_at_once_both_land,
     pushes_wait_for_the_answer_to_the_last_and_go_out_together,
     actors_stay_bound_to_one_device,
     bad_frames_close_the_connection_and_change_nothing,
@@ -709,6 +710,113 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
             newest.device_id.as_deref(),
             Some(officer.device_id.as_str())
         );
+    }
+}
+
+/// Two clients send new records for the same cases (more than one group of eight) at the
+/// same moment, for several rounds: their syncs compute side by side, and whichever commits a
+/// document second finds it moved and runs again. Every record of both lands, attributed to
+/// its device, and both clients end with what the server holds.
+async fn two_clients_writing_the_same_cases_at_once_both_land(backend: Backend) {
+    const CASES: usize = 11;
+    const ROUNDS: i64 = 3;
+    let app = spawn_app(backend).await;
+    let officer = app.tokens("officer", &testing::actor(1)).await;
+    let worker = app.tokens("worker", &testing::actor(2)).await;
+    let mut a = Peer::connect(&app, &officer.access_token).await;
+    let mut b = Peer::connect(&app, &worker.access_token).await;
+    let (mut replicas_a, mut replicas_b) = (Vec::new(), Vec::new());
+    for _ in 0..CASES {
+        let case_id = new_case(&app, &["officer", "worker"]).await;
+        let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+        fetch(&app, &mut a, &mut replica).await;
+        replicas_a.push(replica);
+        let mut replica = Replica::new(&case_id, &worker.user.id, &worker.device_id);
+        fetch(&app, &mut b, &mut replica).await;
+        replicas_b.push(replica);
+    }
+
+    let mut records = Vec::new();
+    for round in 0..ROUNDS {
+        let mut frames = (Vec::new(), Vec::new());
+        for (peer, replicas, frames, offset) in [
+            (&a, &mut replicas_a, &mut frames.0, 0),
+            (&b, &mut replicas_b, &mut frames.1, 500),
+        ] {
+            for replica in replicas.iter_mut() {
+                let minutes = offset + round * 100 + records.len() as i64;
+                records.push(
+                    replica
+                        .file
+                        .add(&contact(minutes), testing::at(minutes))
+                        .unwrap(),
+                );
+                let message = replica
+                    .file
+                    .generate_sync_message(&mut replica.state)
+                    .expect("a new record to send");
+                frames.push(peer.sync_frame("sync", &replica.document_id, message));
+            }
+        }
+        // Both bursts go out together.
+        tokio::join!(send_all(&mut a, frames.0), send_all(&mut b, frames.1));
+        let expected = &records;
+        tokio::join!(
+            answer_until_all_held(&app, &mut a, &mut replicas_a, expected),
+            answer_until_all_held(&app, &mut b, &mut replicas_b, expected),
+        );
+    }
+
+    for (replica_a, replica_b) in replicas_a.iter_mut().zip(&mut replicas_b) {
+        assert_eq!(replica_a.heads(), replica_b.heads());
+        let changes = app.storage().changes(&replica_a.case_id).await.unwrap();
+        for device in [&officer.device_id, &worker.device_id] {
+            let written = changes
+                .iter()
+                .filter(|c| c.device_id.as_deref() == Some(device.as_str()))
+                .count();
+            assert_eq!(written, ROUNDS as usize, "changes stored for {device}");
+        }
+    }
+}
+
+async fn send_all(peer: &mut Peer, frames: Vec<Vec<u8>>) {
+    for frame in frames {
+        peer.socket
+            .feed(WsMessage::Binary(frame.into()))
+            .await
+            .unwrap();
+    }
+    peer.socket.flush().await.unwrap();
+}
+
+/// Answers whatever arrives until the replicas hold `records` between them (each record is in
+/// one case) and the server holds exactly what each replica holds.
+async fn answer_until_all_held(
+    app: &TestApp,
+    peer: &mut Peer,
+    replicas: &mut [Replica],
+    records: &[String],
+) {
+    loop {
+        let mut held = 0;
+        let mut same_as_server = true;
+        for replica in replicas.iter_mut() {
+            let contacts = replica.contacts();
+            held += records.iter().filter(|r| contacts.contains(r)).count();
+            same_as_server &= stored(app, &replica.case_id).await.0 == replica.heads();
+        }
+        if held == records.len() && same_as_server {
+            return;
+        }
+        let message = peer.next().await.message();
+        assert_eq!(kind(&message), "sync", "{message:?}");
+        let document_id = text(&message, "documentId");
+        let replica = replicas
+            .iter_mut()
+            .find(|r| r.document_id == document_id)
+            .expect("a sync for one of the open documents");
+        peer.answer(replica, &message).await;
     }
 }
 
