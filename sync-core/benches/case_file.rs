@@ -1,7 +1,8 @@
 //! What a case file costs: time to record one visit, time to load a case holding 1,000 and
 //! 10,000 visits (bytes to document, and bytes to a typed list of visits), and saved bytes per
 //! visit; and time to rebuild a 200-visit case's change graph from its stored changes (what a
-//! server does when its cache does not hold the graph), against decoding each change in full.
+//! server does when its cache does not hold the graph), against decoding each change in full;
+//! and the server's checked receive of a phone's 20 new visits onto a 200-visit case.
 //! Notes are plain strings of 500 characters (DESIGN.md "Measured here").
 //!
 //! Run: `cargo bench -p doorstep-sync-core --bench case_file`
@@ -11,7 +12,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::testing::{self, at};
-use doorstep_sync_core::{CaseFile, ChangeGraph, Collection};
+use doorstep_sync_core::{CaseFile, ChangeGraph, Collection, PeerState, brings_changes};
 
 const NOTE_CHARS: usize = 500;
 
@@ -93,6 +94,52 @@ fn bench(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The server's side of a reconnect: a phone's message bringing 20 visits, received with
+    // every check (attribution, validation) onto the 200-visit case as stored.
+    let stored = case_with_visits(200).save();
+    let mut phone = CaseFile::load(
+        &stored,
+        testing::author("user-2", "phone-2"),
+        testing::actor(2),
+    )
+    .unwrap_or_else(|e| unreachable!("the benchmark's document loads: {e}"));
+    for i in 0..20 {
+        let started = at(1_000_000 + i * 60);
+        let _ = phone.add(&testing::visit("user-2", started, NOTE_CHARS), started);
+    }
+    let mut server = open(&stored);
+    let (mut at_server, mut at_phone) = (PeerState::new(), PeerState::new());
+    let message = loop {
+        let to_server = phone
+            .generate_sync_message(&mut at_phone)
+            .unwrap_or_else(|| unreachable!("the phone has visits to send"));
+        if brings_changes(&to_server) {
+            break to_server;
+        }
+        server
+            .receive_sync_message(&mut at_server, &to_server)
+            .unwrap_or_else(|e| unreachable!("the server takes the phone's heads: {e}"));
+        if let Some(to_phone) = server.generate_sync_message(&mut at_server) {
+            phone
+                .receive_sync_message(&mut at_phone, &to_phone)
+                .unwrap_or_else(|e| unreachable!("the phone takes the server's heads: {e}"));
+        }
+    };
+    let sender = testing::author("user-2", "phone-2");
+    c.bench_function("checked receive of 20 visits onto a 200-visit case", |b| {
+        b.iter_batched(
+            || (open(&stored), at_server.clone()),
+            |(mut file, mut peer)| {
+                let applied = file
+                    .receive_sync_message_checked(&mut peer, &message, &sender, |_| true)
+                    .unwrap_or_else(|e| unreachable!("the phone's visits are accepted: {e:?}"));
+                assert_eq!(applied.len(), 20);
+                black_box(applied)
+            },
+            BatchSize::SmallInput,
+        )
+    });
 }
 
 criterion_group!(benches, bench);
