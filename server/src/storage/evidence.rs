@@ -155,6 +155,8 @@ macro_rules! evidence_sql {
             #[async_trait]
             impl EvidenceStorage for $storage {
                 async fn create_evidence_upload(&self, u: &EvidenceUpload) -> StorageResult<()> {
+                    // SQLite: one writer at a time, queued with the syncs (PostgreSQL: no turn).
+                    let _turn = self.writer_turn().await;
                     sqlx::query(&sql(&format!(
                         "INSERT INTO evidence_uploads ({UPLOAD_COLUMNS})
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -208,6 +210,7 @@ macro_rules! evidence_sql {
                     chunk: &EvidenceChunk,
                     at: i64,
                 ) -> StorageResult<bool> {
+                    let _turn = self.writer_turn().await;
                     let mut tx = self.begin_write().await?;
                     let updated = sqlx::query(&sql(
                         "UPDATE evidence_uploads
@@ -257,6 +260,7 @@ macro_rules! evidence_sql {
                 }
 
                 async fn delete_evidence_upload(&self, id: &str) -> StorageResult<()> {
+                    let _turn = self.writer_turn().await;
                     let mut tx = self.begin_write().await?;
                     sqlx::query(&sql("DELETE FROM evidence_upload_chunks WHERE upload_id = $1"))
                         .bind(id)
@@ -297,6 +301,7 @@ macro_rules! evidence_sql {
                     &self,
                     r: &StoredReceipt,
                 ) -> StorageResult<StoredReceipt> {
+                    let _turn = self.writer_turn().await;
                     let mut tx = self.begin_write().await?;
                     sqlx::query(&sql(
                         "INSERT INTO evidence_blobs (sha256, size, stored_at) VALUES ($1, $2, $3)

@@ -108,6 +108,8 @@ macro_rules! sql_storage {
             }
 
             async fn create_school(&self, school: &School) -> StorageResult<()> {
+                // SQLite: one writer at a time, queued with the syncs (PostgreSQL: no turn).
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql("INSERT INTO schools (id, name, created_at) VALUES ($1, $2, $3)"))
                     .bind(&school.id)
                     .bind(&school.name)
@@ -133,6 +135,7 @@ macro_rules! sql_storage {
             }
 
             async fn create_user(&self, user: &User) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "INSERT INTO users (id, school_id, username, display_name, role, password_hash,
                         created_at, disabled_at)
@@ -174,6 +177,7 @@ macro_rules! sql_storage {
             }
 
             async fn disable_user(&self, id: &str, at: i64) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 let mut tx = self.begin_write().await?;
                 let updated = sqlx::query(&$sql(
                     "UPDATE users SET disabled_at = COALESCE(disabled_at, $2) WHERE id = $1",
@@ -199,6 +203,7 @@ macro_rules! sql_storage {
             }
 
             async fn create_device(&self, device: &Device) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 let mut tx = self.begin_write().await?;
                 sqlx::query(&$sql(
                     "INSERT INTO devices (id, user_id, actor_id, name, created_at, revoked_at)
@@ -245,6 +250,7 @@ macro_rules! sql_storage {
             }
 
             async fn revoke_device(&self, id: &str, at: i64) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 let mut tx = self.begin_write().await?;
                 let updated = sqlx::query(&$sql(
                     "UPDATE devices SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1",
@@ -269,6 +275,7 @@ macro_rules! sql_storage {
             }
 
             async fn insert_refresh_token(&self, token: &RefreshToken) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "INSERT INTO refresh_tokens (id, device_id, family_id, token_hash, created_at,
                         expires_at, used_at, revoked_at)
@@ -293,6 +300,7 @@ macro_rules! sql_storage {
                 replacement: &RefreshToken,
                 now: i64,
             ) -> StorageResult<Rotation> {
+                let _turn = self.writer_turn().await;
                 let mut tx = self.begin_write().await?;
                 let row = sqlx::query(&$sql(
                     "SELECT device_id, family_id, expires_at FROM refresh_tokens
@@ -358,6 +366,7 @@ macro_rules! sql_storage {
                 changes: &[NewChange],
                 created_by: Option<&str>,
             ) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 let mut tx = self.begin_write().await?;
                 sqlx::query(&$sql("INSERT INTO cases (id, school_id, created_at) VALUES ($1, $2, $3)"))
                     .bind(&case.id)
@@ -427,6 +436,7 @@ macro_rules! sql_storage {
             }
 
             async fn allocate(&self, case_id: &str, user_id: &str, at: i64) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "INSERT INTO allocations (case_id, user_id, allocated_at) VALUES ($1, $2, $3)
                      ON CONFLICT (case_id, user_id) DO NOTHING",
@@ -440,6 +450,7 @@ macro_rules! sql_storage {
             }
 
             async fn deallocate(&self, case_id: &str, user_id: &str) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql("DELETE FROM allocations WHERE case_id = $1 AND user_id = $2"))
                     .bind(case_id)
                     .bind(user_id)
@@ -499,6 +510,7 @@ macro_rules! sql_storage {
             }
 
             async fn create_web_session(&self, session: &WebSession) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "INSERT INTO web_sessions (token_hash, user_id, csrf_token, created_at, expires_at)
                      VALUES ($1, $2, $3, $4, $5)",
@@ -539,6 +551,7 @@ macro_rules! sql_storage {
             }
 
             async fn delete_web_session(&self, token_hash: &str, now: i64) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "DELETE FROM web_sessions WHERE token_hash = $1 OR expires_at <= $2",
                 ))
@@ -555,6 +568,7 @@ macro_rules! sql_storage {
                 case_id: &str,
                 at: i64,
             ) -> StorageResult<()> {
+                let _turn = self.writer_turn().await;
                 sqlx::query(&$sql(
                     "INSERT INTO case_views (user_id, case_id, viewed_at) VALUES ($1, $2, $3)
                      ON CONFLICT (user_id, case_id) DO UPDATE SET viewed_at = excluded.viewed_at",

@@ -22,10 +22,13 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct SqliteStorage {
     pool: sqlx::SqlitePool,
-    /// One sync transaction writes at a time (SQLite has one writer). A WebSocket batch holds
-    /// its write transaction through its Automerge work, seconds under load; a second one
-    /// waiting on SQLite's own lock gives up after the busy timeout ("database is locked",
-    /// seen on the interop benchmark's mass reconnect), while here it queues, in order.
+    /// One transaction writes at a time (SQLite has one writer), sync or not. A WebSocket
+    /// batch holds its write transaction through its Automerge work, seconds under load; a
+    /// second one waiting on SQLite's own lock gives up after the busy timeout ("database is
+    /// locked", seen on the interop benchmark's mass reconnect), while here it queues, in
+    /// order. Every other write (a sign-in's token, a staff edit) queues here too: SQLite's
+    /// busy handler retries at its own times and could find the lock taken by the next sync
+    /// each time.
     writer: Arc<tokio::sync::Mutex<()>>,
     /// The background checkpointer, stopped when the last clone of this storage is dropped.
     _checkpointer: Arc<Checkpointer>,
@@ -184,6 +187,43 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A write outside any sync (a sign-in storing its refresh token) while a sync holds the
+    /// lock past the busy timeout: it waits its turn, then writes.
+    #[tokio::test]
+    async fn other_writes_wait_for_the_sync_writing_however_long() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite:{}", dir.path().join("doorstep.db").display());
+        let storage = SqliteStorage::connect_with_busy_timeout(&url, Duration::from_millis(50))
+            .await
+            .expect("the database opens");
+        let sync = storage.begin_sync().await.expect("the sync begins");
+        let write = {
+            let storage = storage.clone();
+            tokio::spawn(async move {
+                let school = crate::storage::School {
+                    id: "school-invented".into(),
+                    name: "Invented Primary".into(),
+                    created_at: 0,
+                };
+                storage.create_school(&school).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!write.is_finished(), "the write did not wait for the sync");
+        sync.commit().await.expect("the sync commits");
+        write
+            .await
+            .expect("the task ends")
+            .expect("the write waited, then wrote");
+        assert!(
+            storage
+                .school("school-invented")
+                .await
+                .expect("reads")
+                .is_some()
+        );
     }
 
     /// A sync transaction held open past the busy timeout: the next one waits its turn and
