@@ -189,27 +189,24 @@ mod tests {
         }
     }
 
-    /// A write outside any sync (a sign-in storing its refresh token) while a sync holds the
-    /// lock past the busy timeout: it waits its turn, then writes.
-    #[tokio::test]
-    async fn other_writes_wait_for_the_sync_writing_however_long() {
+    /// Runs `write` in a task while a sync transaction holds SQLite's write lock past the busy
+    /// timeout (50 ms): it must wait its turn (still running after 500 ms), then succeed once
+    /// the sync commits, rather than fail with "database is locked". Returns the storage and
+    /// its folder.
+    async fn waits_for_a_sync_however_long<F>(
+        write: impl FnOnce(SqliteStorage) -> F,
+    ) -> (tempfile::TempDir, SqliteStorage)
+    where
+        F: std::future::Future<Output = StorageResult<()>> + Send + 'static,
+    {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let url = format!("sqlite:{}", dir.path().join("doorstep.db").display());
         let storage = SqliteStorage::connect_with_busy_timeout(&url, Duration::from_millis(50))
             .await
             .expect("the database opens");
+        // BEGIN IMMEDIATE: the sync holds SQLite's write lock from here.
         let sync = storage.begin_sync().await.expect("the sync begins");
-        let write = {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                let school = crate::storage::School {
-                    id: "school-invented".into(),
-                    name: "Invented Primary".into(),
-                    created_at: 0,
-                };
-                storage.create_school(&school).await
-            })
-        };
+        let write = tokio::spawn(write(storage.clone()));
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!write.is_finished(), "the write did not wait for the sync");
         sync.commit().await.expect("the sync commits");
@@ -217,45 +214,35 @@ mod tests {
             .await
             .expect("the task ends")
             .expect("the write waited, then wrote");
-        assert!(
-            storage
-                .school("school-invented")
-                .await
-                .expect("reads")
-                .is_some()
-        );
+        (dir, storage)
     }
 
-    /// A sync transaction held open past the busy timeout: the next one waits its turn and
-    /// then writes, rather than failing with "database is locked".
+    /// A write outside any sync (a sign-in storing its refresh token) waits for the sync.
+    #[tokio::test]
+    async fn other_writes_wait_for_the_sync_writing_however_long() {
+        let (_dir, storage) = waits_for_a_sync_however_long(|storage| async move {
+            let school = crate::storage::School {
+                id: "school-invented".into(),
+                name: "Invented Primary".into(),
+                created_at: 0,
+            };
+            storage.create_school(&school).await
+        })
+        .await;
+        let stored = storage.school("school-invented").await.expect("reads");
+        assert!(stored.is_some());
+    }
+
+    /// A second sync transaction waits for the first.
     #[tokio::test]
     async fn a_sync_transaction_waits_for_the_one_writing_however_long() {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let url = format!("sqlite:{}", dir.path().join("doorstep.db").display());
-        let storage = SqliteStorage::connect_with_busy_timeout(&url, Duration::from_millis(50))
-            .await
-            .expect("the database opens");
-        // BEGIN IMMEDIATE: the first holds SQLite's write lock from here.
-        let first = storage.begin_sync().await.expect("the first begins");
-        let second = {
-            let storage = storage.clone();
-            tokio::spawn(async move {
-                let mut second = storage.begin_sync().await?;
-                second
-                    .forget_sync_states("device-b", &["case-b".into()])
-                    .await?;
-                second.commit().await
-            })
-        };
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            !second.is_finished(),
-            "the second wrote while the first held the lock"
-        );
-        first.commit().await.expect("the first commits");
-        second
-            .await
-            .expect("the task ends")
-            .expect("the second waited, then wrote");
+        waits_for_a_sync_however_long(|storage| async move {
+            let mut second = storage.begin_sync().await?;
+            second
+                .forget_sync_states("device-b", &["case-b".into()])
+                .await?;
+            second.commit().await
+        })
+        .await;
     }
 }

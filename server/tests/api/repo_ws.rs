@@ -255,6 +255,18 @@ impl Peer {
         self.answer(replica, &message).await;
     }
 
+    /// Reads the next `sync` message, for whichever of `replicas` it is, and answers it.
+    async fn answer_next(&mut self, replicas: &mut [Replica]) {
+        let message = self.next().await.message();
+        assert_eq!(kind(&message), "sync", "{message:?}");
+        let document_id = text(&message, "documentId");
+        let replica = replicas
+            .iter_mut()
+            .find(|r| r.document_id == document_id)
+            .expect("a sync for one of the open documents");
+        self.answer(replica, &message).await;
+    }
+
     /// Applies a `sync` message to `replica` and answers as a repo would.
     async fn answer(&mut self, replica: &mut Replica, message: &BTreeMap<String, Value>) {
         replica.apply(message);
@@ -676,13 +688,7 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
             peer.sync_frame("sync", &replica.document_id, message)
         })
         .collect();
-    for frame in frames {
-        peer.socket
-            .feed(WsMessage::Binary(frame.into()))
-            .await
-            .unwrap();
-    }
-    peer.socket.flush().await.unwrap();
+    send_all(&mut peer, frames).await;
 
     // Answer whatever arrives, for whichever document, until the server holds every record.
     loop {
@@ -693,14 +699,7 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
         if stored_all {
             break;
         }
-        let message = peer.next().await.message();
-        assert_eq!(kind(&message), "sync", "{message:?}");
-        let document_id = text(&message, "documentId");
-        let replica = replicas
-            .iter_mut()
-            .find(|r| r.document_id == document_id)
-            .expect("a sync for one of the open documents");
-        peer.answer(replica, &message).await;
+        peer.answer_next(replicas.as_mut_slice()).await;
     }
     // The same heads on both sides, and each case's newest stored change is this device's.
     for replica in &replicas {
@@ -809,14 +808,7 @@ async fn answer_until_all_held(
         if held == records.len() && same_as_server {
             return;
         }
-        let message = peer.next().await.message();
-        assert_eq!(kind(&message), "sync", "{message:?}");
-        let document_id = text(&message, "documentId");
-        let replica = replicas
-            .iter_mut()
-            .find(|r| r.document_id == document_id)
-            .expect("a sync for one of the open documents");
-        peer.answer(replica, &message).await;
+        peer.answer_next(replicas).await;
     }
 }
 
