@@ -10,7 +10,10 @@ use rand::seq::SliceRandom;
 
 use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app, spawn_app_with};
 
-both_backends!(several_phones_sync_at_once_and_in_random_orders_and_converge);
+both_backends!(
+    several_phones_sync_at_once_and_in_random_orders_and_converge,
+    two_phones_syncing_many_shared_cases_at_once_lose_nothing,
+);
 
 /// Each phone records one visit in every case it holds.
 fn record_visits(phones: &mut [Phone], round: i64) -> usize {
@@ -122,6 +125,76 @@ async fn several_phones_sync_at_once_and_in_random_orders_and_converge(backend: 
         phone.doc("case-demo-2").list::<HomeVisit>().unwrap().len(),
         12
     );
+}
+
+/// Two phones share more cases than a sync reads and commits at once (groups of eight) and
+/// sync all of them at the same moment, round after round: whichever commits a group second
+/// finds a document moved and runs again (the groups it committed before stay committed).
+/// Every visit lands; both phones end with what the server holds.
+async fn two_phones_syncing_many_shared_cases_at_once_lose_nothing(backend: Backend) {
+    const CASES: usize = 19;
+    const ROUNDS: i64 = 3;
+    let app = spawn_app(backend).await;
+    for n in 0..CASES {
+        let case_id = format!("case-shared-{n:02}");
+        doorstep_server::cases::create_case(
+            app.storage(),
+            &case_id,
+            "school-riverside",
+            &testing::case_details(),
+            "user-lead",
+            testing::at(0),
+            |_| Ok(()),
+        )
+        .await
+        .unwrap();
+        for user in ["user-officer", "user-worker"] {
+            app.storage().allocate(&case_id, user, 1).await.unwrap();
+        }
+    }
+    let mut phones = vec![
+        Phone::sign_in(&app, "officer", 1).await,
+        Phone::sign_in(&app, "worker", 2).await,
+    ];
+    for phone in &mut phones {
+        phone.sync_until_quiet(&app).await;
+        assert!(
+            phone.docs.len() >= CASES,
+            "{} holds every case",
+            phone.username
+        );
+    }
+    let mut recorded = 0;
+    for round in 0..ROUNDS {
+        recorded += record_visits(&mut phones, round);
+        let [a, b] = &mut phones[..] else {
+            unreachable!()
+        };
+        let (ra, rb) = tokio::join!(a.sync_round(&app), b.sync_round(&app));
+        for document in ra.0.documents.iter().chain(&rb.0.documents) {
+            assert!(
+                document.error.is_none(),
+                "{}: {:?}",
+                document.case_id,
+                document.error
+            );
+        }
+        let mut rng = StdRng::seed_from_u64(round as u64);
+        sync_in_random_order(&[&app], &mut phones, &mut rng).await;
+    }
+    assert_converged(&app, &mut phones).await;
+    let mut on_server = 0;
+    for phone in &mut phones {
+        for (case_id, doc) in &mut phone.docs {
+            if case_id.starts_with("case-shared-") {
+                on_server += doc.list::<HomeVisit>().unwrap().len();
+            }
+        }
+    }
+    // Each phone holds every visit of every shared case: both phones' visits, twice over.
+    let shared_recorded = 2 * CASES * ROUNDS as usize;
+    assert_eq!(on_server, 2 * shared_recorded);
+    assert!(recorded >= shared_recorded);
 }
 
 /// Two stateless instances on one PostgreSQL database, sharing the signing key: phones sync
