@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::helpers::{Backend, Phone, TestApp, both_backends, spawn_app, spawn_app_with};
+use crate::helpers::{Backend, Phone, TestApp, both_backends, new_case, spawn_app, spawn_app_with};
 
 both_backends!(
     several_phones_sync_at_once_and_in_random_orders_and_converge,
@@ -135,22 +135,9 @@ async fn two_phones_syncing_many_shared_cases_at_once_lose_nothing(backend: Back
     const CASES: usize = 19;
     const ROUNDS: i64 = 3;
     let app = spawn_app(backend).await;
-    for n in 0..CASES {
-        let case_id = format!("case-shared-{n:02}");
-        doorstep_server::cases::create_case(
-            app.storage(),
-            &case_id,
-            "school-riverside",
-            &testing::case_details(),
-            "user-lead",
-            testing::at(0),
-            |_| Ok(()),
-        )
-        .await
-        .unwrap();
-        for user in ["user-officer", "user-worker"] {
-            app.storage().allocate(&case_id, user, 1).await.unwrap();
-        }
+    let mut shared = Vec::with_capacity(CASES);
+    for _ in 0..CASES {
+        shared.push(new_case(&app, &["officer", "worker"]).await);
     }
     let mut phones = vec![
         Phone::sign_in(&app, "officer", 1).await,
@@ -186,7 +173,7 @@ async fn two_phones_syncing_many_shared_cases_at_once_lose_nothing(backend: Back
     let mut on_server = 0;
     for phone in &mut phones {
         for (case_id, doc) in &mut phone.docs {
-            if case_id.starts_with("case-shared-") {
+            if shared.contains(case_id) {
                 on_server += doc.list::<HomeVisit>().unwrap().len();
             }
         }

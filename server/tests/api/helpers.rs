@@ -286,6 +286,29 @@ impl Endpoint for TestApp {
     }
 }
 
+/// Creates a case with a `case-<uuid>` id (as the staff API does) allocated to `users`.
+pub async fn new_case(app: &TestApp, users: &[&str]) -> String {
+    let case_id = format!("case-{}", uuid::Uuid::new_v4());
+    doorstep_server::cases::create_case(
+        app.storage(),
+        &case_id,
+        "school-riverside",
+        &testing::case_details(),
+        "user-lead",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    for user in users {
+        app.storage()
+            .allocate(&case_id, &format!("user-{user}"), 1)
+            .await
+            .unwrap();
+    }
+    case_id
+}
+
 /// The error code and status of a JSON error response.
 /// The heads of a case as stored.
 pub async fn stored_heads(app: &TestApp, case_id: &str) -> String {

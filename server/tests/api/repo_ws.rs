@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::helpers::{
-    Backend, Phone, TestApp, both_backends, counter, error_of, spawn_app, spawn_app_with,
+    Backend, Phone, TestApp, both_backends, counter, error_of, new_case, spawn_app, spawn_app_with,
 };
 
 both_backends!(
@@ -317,29 +317,6 @@ impl Replica {
             .record_ids(Collection::Contacts)
             .unwrap_or_default()
     }
-}
-
-/// Creates a case with a `case-<uuid>` id (as the staff API does) allocated to `users`.
-async fn new_case(app: &TestApp, users: &[&str]) -> String {
-    let case_id = format!("case-{}", uuid::Uuid::new_v4());
-    doorstep_server::cases::create_case(
-        app.storage(),
-        &case_id,
-        "school-riverside",
-        &testing::case_details(),
-        "user-lead",
-        testing::at(0),
-        |_| Ok(()),
-    )
-    .await
-    .unwrap();
-    for user in users {
-        app.storage()
-            .allocate(&case_id, &format!("user-{user}"), 1)
-            .await
-            .unwrap();
-    }
-    case_id
 }
 
 /// What the server holds of a case: heads and stored changes.
