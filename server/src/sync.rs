@@ -265,10 +265,14 @@ async fn sync_attempt(
             Arc::clone(turn),
         );
         let (group_writes, group_replies, group_push) = computed.await?;
-        if optimistic {
+        if !optimistic {
+            writes.extend(group_writes);
+            to_push.extend(group_push);
+        } else if !group_writes.is_empty() {
             // Committed group by group: a document another sync moved meanwhile costs this
             // request its attempt from here, not the Automerge work of every group before
             // (run again, those find their changes stored and the parsed documents cached).
+            // A group with nothing to write (only unasked documents) takes no write turn.
             let mut writing = storage.begin_sync().await?;
             match writing.write_documents(&provenance, &group_writes).await {
                 Err(StorageError::DocumentChanged(_)) => return Err(AttemptError::DocumentChanged),
@@ -277,9 +281,6 @@ async fn sync_attempt(
             writing.commit().await?;
             push_committed(state, group_push);
             applied += count_changes(&group_writes);
-        } else {
-            writes.extend(group_writes);
-            to_push.extend(group_push);
         }
         replies.extend(group_replies);
     }
@@ -294,19 +295,20 @@ async fn sync_attempt(
         );
     }
 
+    // The last attempt writes everything here, in its one transaction; an optimistic one has
+    // committed its groups, and is left only with forgetting dropped cases.
     let tx = match tx {
         Some(tx) if !optimistic => Some(tx),
-        Some(read) => {
-            read.commit().await?;
-            None
+        read => {
+            if let Some(read) = read {
+                read.commit().await?;
+            }
+            if forgotten.is_empty() {
+                None
+            } else {
+                Some(storage.begin_sync().await?)
+            }
         }
-        None => None,
-    };
-    // Optimistic: the groups are committed; what is left is forgetting dropped cases.
-    let tx = match tx {
-        Some(tx) => Some(tx),
-        None if !forgotten.is_empty() => Some(storage.begin_sync().await?),
-        None => None,
     };
     if let Some(mut tx) = tx {
         match tx.write_documents(&provenance, &writes).await {
