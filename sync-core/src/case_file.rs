@@ -758,7 +758,9 @@ impl CaseFile {
                 invalid(format!("{collection}.{id}"), e.to_string());
             }
         }
-        if let Some(path) = self.first_text_object_in(scope)? {
+        if scope.may_hold_text
+            && let Some(path) = self.first_text_object_in(scope)?
+        {
             invalid(
                 path,
                 "text must be a plain string, not an Automerge Text object".into(),

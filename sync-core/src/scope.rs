@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use automerge::legacy::{Key, ObjectId, OpId, OpType};
-use automerge::{ChangeHash, ExpandedChange, Prop, ROOT, ReadDoc};
+use automerge::{ChangeHash, ExpandedChange, ObjType, Prop, ROOT, ReadDoc};
 
 use crate::case_file::CaseFile;
 use crate::error::Result;
@@ -31,6 +31,12 @@ pub(crate) struct Scope {
     pub attendance: BTreeSet<String>,
     /// Other root keys (`schema_version`, `case_id`, keys a newer schema writes).
     pub root: BTreeSet<String>,
+    /// Whether these parts may hold an Automerge Text object, which the checks refuse: always
+    /// for a whole check; for the parts changes touched, only when one of their operations
+    /// made one. A document the checks let in holds none, so a Text object can only come with
+    /// an operation that makes it, and looking for one in every touched record costs about a
+    /// sixth of a checked receive.
+    pub may_hold_text: bool,
 }
 
 impl Scope {
@@ -40,6 +46,7 @@ impl Scope {
             case: true,
             actors: true,
             resolutions: true,
+            may_hold_text: true,
             ..Scope::default()
         };
         for collection in Collection::ALL {
@@ -91,7 +98,8 @@ impl Scope {
                     Key::Seq(_) => None,
                 };
                 let place = parent.child(key)?;
-                if matches!(op.action, OpType::Make(_)) {
+                if let OpType::Make(kind) = op.action {
+                    scope.may_hold_text |= kind == ObjType::Text;
                     let id = OpId(
                         change.start_op.get() + offset as u64,
                         change.actor_id.clone(),
@@ -199,7 +207,6 @@ fn is_layout_key(key: &str) -> bool {
 mod tests {
     use super::*;
     use crate::testing;
-    use automerge::ObjType;
     use automerge::transaction::Transactable;
 
     /// The scope of what `file` did since `before`, as a receiver would read it.
@@ -237,6 +244,31 @@ mod tests {
         file.update_details(&details, at).unwrap();
         let scope = touched_since(&mut file, &before).unwrap();
         assert!(scope.case && scope.records.is_empty());
+    }
+
+    #[test]
+    fn only_changes_that_make_a_text_object_may_bring_text() {
+        let mut file = testing::new_case("case-scope");
+        let at = testing::at(0);
+        let before = file.heads();
+        let visit = file.add(&testing::visit("user-1", at, 40), at).unwrap();
+        assert!(!touched_since(&mut file, &before).unwrap().may_hold_text);
+        assert!(Scope::whole(&file, None).unwrap().may_hold_text);
+
+        let before = file.heads();
+        let doc = file.doc_mut();
+        let (_, visits) = doc.get(ROOT, "visits").unwrap().unwrap();
+        let (_, record) = doc.get(&visits, visit.as_str()).unwrap().unwrap();
+        let (_, body) = doc.get(&record, "body").unwrap().unwrap();
+        let list = doc.put_object(&body, "extra", ObjType::List).unwrap();
+        doc.insert_object(&list, 0, ObjType::Text).unwrap();
+        doc.commit();
+        let scope = touched_since(&mut file, &before).unwrap();
+        assert!(scope.may_hold_text);
+        assert_eq!(
+            scope.records.into_iter().collect::<Vec<_>>(),
+            vec![(Collection::Visits, visit)]
+        );
     }
 
     #[test]
