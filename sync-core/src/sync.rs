@@ -24,16 +24,18 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{
-    ActorId, AutoCommit, Automerge, AutomergeError, Change, ChangeHash, PatchLog, ROOT, ReadDoc,
+    ActorId, AutoCommit, Automerge, AutomergeError, Change, ChangeHash, ObjId, PatchLog, ROOT,
+    ReadDoc,
     sync::{ChunkList, Message, State, SyncDoc},
 };
 
 use crate::case_file::{Author, CaseFile};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
 use crate::graph::{DOCUMENT_CHUNK, split_chunks};
+use crate::records::Collection;
 use crate::scope::Scope;
 use crate::value::{map_at_version, str_at, str_at_version};
 
@@ -197,25 +199,51 @@ impl CaseFile {
             None => Scope::whole(self, Some(before)).map_err(RefusedSync::Invalid)?,
         };
         self.validate_scope(&scope).map_err(RefusedSync::Invalid)?;
-        self.check_none_removed(before, &scope)
+        let earlier = self.records_at(before, &scope);
+        self.check_none_removed(&earlier)
             .map_err(RefusedSync::Invalid)?;
         let actors: BTreeSet<&ActorId> = applied.iter().map(|c| &c.actor).collect();
-        self.check_attribution(before, &scope, sender, &actors)
+        self.check_attribution(before, &scope, &earlier, sender, &actors)
             .map_err(RefusedSync::Misattributed)?;
         Ok(applied)
     }
 
+    /// The records of `scope` that were there at the heads `before`, with their objects then:
+    /// looked up once for both checks that need them, each collection's map once (reading an
+    /// earlier version is the costly part).
+    fn records_at<'s>(
+        &self,
+        before: &[ChangeHash],
+        scope: &'s Scope,
+    ) -> BTreeMap<&'s (Collection, String), ObjId> {
+        let then = Some(before);
+        let mut collections: BTreeMap<Collection, Option<ObjId>> = BTreeMap::new();
+        let mut earlier = BTreeMap::new();
+        for record in &scope.records {
+            let (collection, id) = record;
+            let records = collections
+                .entry(*collection)
+                .or_insert_with(|| map_at_version(&self.doc, &ROOT, collection.key(), then));
+            if let Some(obj) = records
+                .as_ref()
+                .and_then(|records| map_at_version(&self.doc, records, id, then))
+            {
+                earlier.insert(record, obj);
+            }
+        }
+        earlier
+    }
+
     /// Records are never removed (the document's history would keep them, but every reader
-    /// would lose them): refuses changes that removed a record of `scope` that was there at
-    /// `before`.
-    fn check_none_removed(&self, before: &[ChangeHash], scope: &Scope) -> crate::Result<()> {
+    /// would lose them): refuses changes that removed one of the `earlier` records (those of
+    /// the scope that were there before the changes).
+    fn check_none_removed(
+        &self,
+        earlier: &BTreeMap<&(Collection, String), ObjId>,
+    ) -> crate::Result<()> {
         let mut errors = ValidationErrors::default();
-        for (collection, id) in &scope.records {
-            let existed = map_at_version(&self.doc, &ROOT, collection.key(), Some(before))
-                .is_some_and(|records| {
-                    map_at_version(&self.doc, &records, id, Some(before)).is_some()
-                });
-            if existed && self.record_obj(*collection, id).is_err() {
+        for (collection, id) in earlier.keys() {
+            if self.record_obj(*collection, id).is_err() {
                 errors.push(
                     format!("{collection}.{id}"),
                     Problem::Invalid {
@@ -253,6 +281,7 @@ impl CaseFile {
         &self,
         before: &[ChangeHash],
         scope: &Scope,
+        earlier: &BTreeMap<&(Collection, String), ObjId>,
         sender: &Author,
         actors: &BTreeSet<&ActorId>,
     ) -> Result<(), String> {
@@ -292,7 +321,8 @@ impl CaseFile {
                 }
             }
         }
-        for (collection, id) in &scope.records {
+        for record in &scope.records {
+            let (collection, id) = record;
             let what = format!("{collection}/{id}");
             let Ok(new_obj) = self.record_obj(*collection, id) else {
                 continue; // removed
@@ -300,9 +330,9 @@ impl CaseFile {
             let Some(new) = self.record_stamp(&new_obj, None) else {
                 continue; // no meta: the validation refuses it
             };
-            let old = map_at_version(doc, &ROOT, collection.key(), then)
-                .and_then(|records| map_at_version(doc, &records, id, then))
-                .and_then(|old_obj| self.record_stamp(&old_obj, then));
+            let old = earlier
+                .get(record)
+                .and_then(|old_obj| self.record_stamp(old_obj, then));
             if old.as_ref() == Some(&new) {
                 continue; // untouched as far as attribution goes (an edit of the body)
             }
