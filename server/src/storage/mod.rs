@@ -245,9 +245,11 @@ impl fmt::Debug for WebSession {
     }
 }
 
-/// A case file's compacted snapshot.
+/// A case file as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredDocument {
+    /// Its bytes: the last full save followed by the changes received since (Automerge loads
+    /// the concatenation).
     pub snapshot: Vec<u8>,
     /// Sorted hex heads joined by commas.
     pub heads: String,
@@ -267,6 +269,7 @@ pub struct AllocatedDocument {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedDocument {
     pub case_id: String,
+    /// Its bytes: the last full save followed by the changes received since.
     pub snapshot: Vec<u8>,
     /// The stored document's heads (sorted hex joined by commas): what a cached parse of the
     /// document is checked against.
@@ -287,7 +290,9 @@ pub struct DocumentWrite {
     /// The new stored bytes and heads, when changes were applied: the old bytes with the new
     /// changes appended, or a full save (see [`crate::sync::stored_bytes`]).
     pub snapshot: Option<(Vec<u8>, String)>,
-    /// Raw changes appended since the last full save, in the new bytes.
+    /// Raw changes appended since the last full save, in the new bytes; 0 when they are a new
+    /// full save. Only a full save is written as bytes: appended changes are rows of
+    /// `changes` already, and the document names them.
     pub appended_changes: i64,
     pub changes: Vec<NewChange>,
     /// The device's new sync state and the heads it is known to have.

@@ -100,6 +100,50 @@ macro_rules! sql_storage {
             Ok(())
         }
 
+        /// A document's stored bytes: its last full save, `snapshot`, followed by the bytes of
+        /// the changes appended since (`appended_hashes`: hex hashes, each followed by a comma,
+        /// in the order appended), which are rows of `changes`. Change rows are never changed
+        /// and are committed with (or before) the document row that names them, so this reads
+        /// a consistent document outside a transaction too.
+        async fn document_bytes<'c, E>(
+            executor: E,
+            case_id: &str,
+            mut snapshot: Vec<u8>,
+            appended_hashes: &str,
+        ) -> StorageResult<Vec<u8>>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
+            let hashes: Vec<&str> = appended_hashes.split(',').filter(|h| !h.is_empty()).collect();
+            if hashes.is_empty() {
+                return Ok(snapshot);
+            }
+            // At most `COMPACT_AFTER_CHANGES` hashes: a full save empties the list.
+            let placeholders: Vec<String> = (2..hashes.len() + 2).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "SELECT hash, bytes FROM changes WHERE case_id = $1 AND hash IN ({})",
+                placeholders.join(", ")
+            );
+            let sql = $sql(&sql);
+            let mut query = sqlx::query(&sql).bind(case_id);
+            for hash in &hashes {
+                query = query.bind(*hash);
+            }
+            let mut bytes_of = std::collections::HashMap::new();
+            for row in query.fetch_all(executor).await? {
+                let hash: String = row.try_get("hash")?;
+                let bytes: Vec<u8> = row.try_get("bytes")?;
+                bytes_of.insert(hash, bytes);
+            }
+            for hash in hashes {
+                let bytes = bytes_of.get(hash).ok_or_else(|| {
+                    StorageError::Corrupt(format!("case {case_id}: appended change {hash} is not stored"))
+                })?;
+                snapshot.extend_from_slice(bytes);
+            }
+            Ok(snapshot)
+        }
+
         #[async_trait]
         impl Storage for $storage {
             async fn ping(&self) -> StorageResult<()> {
@@ -473,19 +517,22 @@ macro_rules! sql_storage {
 
             async fn document(&self, case_id: &str) -> StorageResult<Option<StoredDocument>> {
                 let row = sqlx::query(&$sql(
-                    "SELECT snapshot, heads, updated_at FROM documents WHERE case_id = $1",
+                    "SELECT snapshot, appended_hashes, heads, updated_at FROM documents
+                     WHERE case_id = $1",
                 ))
                 .bind(case_id)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|row| {
-                    Ok(StoredDocument {
-                        snapshot: row.try_get("snapshot")?,
-                        heads: row.try_get("heads")?,
-                        updated_at: row.try_get("updated_at")?,
-                    })
-                })
-                .transpose()
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                let appended: String = row.try_get("appended_hashes")?;
+                Ok(Some(StoredDocument {
+                    snapshot: document_bytes(&self.pool, case_id, row.try_get("snapshot")?, &appended)
+                        .await?,
+                    heads: row.try_get("heads")?,
+                    updated_at: row.try_get("updated_at")?,
+                }))
             }
 
             async fn changes(&self, case_id: &str) -> StorageResult<Vec<StoredChange>> {
@@ -682,14 +729,14 @@ macro_rules! sql_storage {
                 let mut loaded = Vec::with_capacity(sorted.len());
                 let query = if self.locking {
                     concat!(
-                        "SELECT d.snapshot, d.heads, d.appended_changes, s.state
+                        "SELECT d.snapshot, d.appended_hashes, d.heads, d.appended_changes, s.state
                          FROM documents d
                          LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                          WHERE d.case_id = $1",
                         $lock
                     )
                 } else {
-                    "SELECT d.snapshot, d.heads, d.appended_changes, s.state
+                    "SELECT d.snapshot, d.appended_hashes, d.heads, d.appended_changes, s.state
                      FROM documents d
                      LEFT JOIN sync_states s ON s.case_id = d.case_id AND s.device_id = $2
                      WHERE d.case_id = $1"
@@ -703,9 +750,13 @@ macro_rules! sql_storage {
                     let Some(row) = row else {
                         return Err(StorageError::NotFound);
                     };
+                    let appended: String = row.try_get("appended_hashes")?;
+                    let snapshot =
+                        document_bytes(&mut *self.tx, case_id, row.try_get("snapshot")?, &appended)
+                            .await?;
                     loaded.push(LoadedDocument {
                         case_id: case_id.clone(),
-                        snapshot: row.try_get("snapshot")?,
+                        snapshot,
                         heads: row.try_get("heads")?,
                         sync_state: row.try_get("state")?,
                         appended_changes: row.try_get("appended_changes")?,
@@ -744,19 +795,41 @@ macro_rules! sql_storage {
             ) -> StorageResult<()> {
                 for write in writes {
                     if let Some((snapshot, heads)) = &write.snapshot {
-                        let updated = sqlx::query(&$sql(
-                            "UPDATE documents
-                             SET snapshot = $2, heads = $3, updated_at = $4, appended_changes = $6
-                             WHERE case_id = $1 AND heads = $5",
-                        ))
-                        .bind(&write.case_id)
-                        .bind(snapshot)
-                        .bind(heads)
-                        .bind(provenance.received_at)
-                        .bind(&write.loaded_heads)
-                        .bind(write.appended_changes)
-                        .execute(&mut *self.tx)
-                        .await?;
+                        let updated = if write.appended_changes == 0 {
+                            // A full save.
+                            sqlx::query(&$sql(
+                                "UPDATE documents
+                                 SET snapshot = $2, heads = $3, updated_at = $4,
+                                     appended_changes = 0, appended_hashes = ''
+                                 WHERE case_id = $1 AND heads = $5",
+                            ))
+                            .bind(&write.case_id)
+                            .bind(snapshot)
+                            .bind(heads)
+                            .bind(provenance.received_at)
+                            .bind(&write.loaded_heads)
+                            .execute(&mut *self.tx)
+                            .await?
+                        } else {
+                            // The new bytes are the stored ones with these changes after them:
+                            // the changes are written below, so only their hashes are here.
+                            let appended: String =
+                                write.changes.iter().map(|c| format!("{},", c.hash)).collect();
+                            sqlx::query(&$sql(
+                                "UPDATE documents
+                                 SET heads = $2, updated_at = $3, appended_changes = $4,
+                                     appended_hashes = appended_hashes || $5
+                                 WHERE case_id = $1 AND heads = $6",
+                            ))
+                            .bind(&write.case_id)
+                            .bind(heads)
+                            .bind(provenance.received_at)
+                            .bind(write.appended_changes)
+                            .bind(appended)
+                            .bind(&write.loaded_heads)
+                            .execute(&mut *self.tx)
+                            .await?
+                        };
                         if updated.rows_affected() == 0 {
                             return Err(StorageError::DocumentChanged(write.case_id.clone()));
                         }
@@ -802,7 +875,8 @@ macro_rules! sql_storage {
             ) -> StorageResult<()> {
                 sqlx::query(&$sql(
                     "UPDATE documents
-                     SET snapshot = $2, heads = $3, updated_at = $4, appended_changes = 0
+                     SET snapshot = $2, heads = $3, updated_at = $4, appended_changes = 0,
+                         appended_hashes = ''
                      WHERE case_id = $1",
                 ))
                 .bind(case_id)

@@ -16,6 +16,7 @@ both_backends!(
     revoking_devices_and_users_revokes_their_tokens,
     cases_allocations_and_documents,
     sync_transaction_commits_idempotently_and_rolls_back_when_dropped,
+    appended_changes_are_written_once_and_read_after_the_last_full_save,
 );
 
 fn user(id: &str, username: &str, role: Role) -> User {
@@ -485,4 +486,126 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         Err(StorageError::NotFound)
     ));
     tx.commit().await.unwrap();
+}
+
+/// The `snapshot` column itself, as the database holds it (not the document's bytes).
+async fn snapshot_column(url: &str, backend: Backend, case_id: &str) -> Vec<u8> {
+    let sql = "SELECT snapshot FROM documents WHERE case_id = $1";
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_scalar(&sql.replace('$', "?"))
+                .bind(case_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .bind(case_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    }
+}
+
+async fn appended_changes_are_written_once_and_read_after_the_last_full_save(backend: Backend) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_people(storage).await;
+    cases::create_case(
+        storage,
+        "c1",
+        "school-a",
+        &testing::case_details(),
+        "u2",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+    let created = storage.document("c1").await.unwrap().unwrap();
+    let provenance = &Provenance {
+        device_id: "d1".into(),
+        user_id: "u1".into(),
+        received_at: 7_000,
+    };
+    let change = |n: u8, bytes: Vec<u8>| NewChange {
+        hash: format!("{n:02x}").repeat(32),
+        actor_id: "aa01".into(),
+        deps: Vec::new(),
+        bytes,
+    };
+    let write = |loaded: &str, heads: &str, appended: i64, bytes: Vec<u8>, changes| DocumentWrite {
+        case_id: "c1".into(),
+        loaded_heads: loaded.into(),
+        appended_changes: appended,
+        snapshot: Some((bytes, heads.into())),
+        changes,
+        sync_state: (vec![1], heads.into()),
+    };
+    let commit = |write: DocumentWrite| async move {
+        let mut tx = storage.begin_sync().await.unwrap();
+        tx.write_documents(provenance, &[write]).await.unwrap();
+        tx.commit().await.unwrap();
+    };
+    let read = || async {
+        let stored = storage.document("c1").await.unwrap().unwrap().snapshot;
+        let mut tx = storage.begin_sync_read().await.unwrap();
+        let loaded = tx.load_documents("d1", &["c1".to_string()]).await.unwrap();
+        assert_eq!(loaded[0].snapshot, stored, "both reads give the same bytes");
+        stored
+    };
+
+    // Two syncs append changes: the stored bytes are the full save and the changes in the
+    // order appended, and the full save is not written again.
+    let mut expected = created.snapshot.clone();
+    expected.extend([0xa1, 0xa2, 0xa3]);
+    commit(write(
+        &created.heads,
+        "h1",
+        2,
+        expected.clone(),
+        vec![change(1, vec![0xa1]), change(2, vec![0xa2, 0xa3])],
+    ))
+    .await;
+    assert_eq!(read().await, expected);
+    expected.push(0xa4);
+    commit(write(
+        "h1",
+        "h2",
+        3,
+        expected.clone(),
+        vec![change(3, vec![0xa4])],
+    ))
+    .await;
+    assert_eq!(read().await, expected);
+    assert_eq!(
+        snapshot_column(&test.url, backend, "c1").await,
+        created.snapshot
+    );
+
+    // A full save replaces everything.
+    commit(write(
+        "h2",
+        "h3",
+        0,
+        vec![5, 5, 5],
+        vec![change(4, vec![0xa5])],
+    ))
+    .await;
+    assert_eq!(read().await, [5, 5, 5]);
+    assert_eq!(snapshot_column(&test.url, backend, "c1").await, [5, 5, 5]);
+    // Appending goes on after it.
+    commit(write(
+        "h3",
+        "h4",
+        1,
+        vec![5, 5, 5, 0xa6],
+        vec![change(6, vec![0xa6])],
+    ))
+    .await;
+    assert_eq!(read().await, [5, 5, 5, 0xa6]);
 }
