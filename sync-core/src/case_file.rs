@@ -618,6 +618,12 @@ impl CaseFile {
     /// One record, untyped, with its current value.
     pub fn raw_record(&self, collection: Collection, id: &str) -> Result<RawRecord> {
         let record = self.record_obj(collection, id)?;
+        self.raw_record_at(collection, id, &record)
+    }
+
+    /// [`CaseFile::raw_record`] of the record object `record`, already looked up.
+    fn raw_record_at(&self, collection: Collection, id: &str, record: &ObjId) -> Result<RawRecord> {
+        let record = record.clone();
         let meta_obj = map_at(&self.doc, &record, "meta")
             .ok_or_else(|| CaseFileError::NotACaseFile(format!("{collection}/{id} has no meta")))?;
         let meta: RecordMeta =
@@ -746,13 +752,28 @@ impl CaseFile {
         {
             invalid("case".into(), e.to_string());
         }
+        let mut collections = BTreeMap::new();
         for (collection, id) in &scope.records {
-            let records = self.root_map(collection.key())?;
-            if self.doc.get(&records, id.as_str())?.is_none() {
-                continue; // removed
-            }
+            let records = match collections.entry(*collection) {
+                std::collections::btree_map::Entry::Occupied(known) => known.into_mut(),
+                std::collections::btree_map::Entry::Vacant(new) => {
+                    new.insert(self.root_map(collection.key())?)
+                }
+            };
+            let record = match self.doc.get(records, id.as_str())? {
+                Some((automerge::Value::Object(ObjType::Map), record)) => record,
+                None => continue, // removed
+                Some(_) => {
+                    let error = CaseFileError::UnknownRecord {
+                        collection: *collection,
+                        id: id.clone(),
+                    };
+                    invalid(format!("{collection}.{id}"), error.to_string());
+                    continue;
+                }
+            };
             let outcome = self
-                .raw_record(*collection, id)
+                .raw_record_at(*collection, id, &record)
                 .and_then(|raw| validate_raw_body(*collection, Json::Object(raw.body)));
             if let Err(e) = outcome {
                 invalid(format!("{collection}.{id}"), e.to_string());

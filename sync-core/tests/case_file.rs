@@ -1010,6 +1010,21 @@ fn marks_and_root_values_are_checked_where_they_change() {
     );
     assert_eq!(server.heads(), before);
 
+    // A record that is a plain value, not a map.
+    let mut scalar_record = phone(&mut server, 1);
+    let visits = collection_obj(&scalar_record, "visits");
+    scalar_record
+        .doc_mut()
+        .put(&visits, "visit-scalar", "not a record")
+        .unwrap();
+    scalar_record.doc_mut().commit();
+    let refused = checked_sync(&mut server, &mut scalar_record, &sender);
+    assert!(
+        matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("visits.visit-scalar")),
+        "{refused:?}"
+    );
+    assert_eq!(server.heads(), before);
+
     let mut text_at_root = phone(&mut server, 1);
     let text = text_at_root
         .doc_mut()
