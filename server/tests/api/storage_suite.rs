@@ -83,6 +83,22 @@ async fn seed_people(storage: &dyn Storage) {
         .unwrap();
 }
 
+/// The people of `seed_people` and case c1, created by u2.
+async fn seed_case_c1(storage: &dyn Storage) {
+    seed_people(storage).await;
+    cases::create_case(
+        storage,
+        "c1",
+        "school-a",
+        &testing::case_details(),
+        "u2",
+        testing::at(0),
+        |_| Ok(()),
+    )
+    .await
+    .unwrap();
+}
+
 async fn migrations_are_idempotent(backend: Backend) {
     let test = test_storage(backend).await;
     seed_people(test.storage.as_ref()).await;
@@ -341,18 +357,7 @@ async fn cases_allocations_and_documents(backend: Backend) {
 async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backend: Backend) {
     let test = test_storage(backend).await;
     let storage = test.storage.as_ref();
-    seed_people(storage).await;
-    cases::create_case(
-        storage,
-        "c1",
-        "school-a",
-        &testing::case_details(),
-        "u2",
-        testing::at(0),
-        |_| Ok(()),
-    )
-    .await
-    .unwrap();
+    seed_case_c1(storage).await;
     storage.allocate("c1", "u1", 1).await.unwrap();
     let provenance = Provenance {
         device_id: "d1".into(),
@@ -514,18 +519,7 @@ async fn snapshot_column(url: &str, backend: Backend, case_id: &str) -> Vec<u8> 
 async fn appended_changes_are_written_once_and_read_after_the_last_full_save(backend: Backend) {
     let test = test_storage(backend).await;
     let storage = test.storage.as_ref();
-    seed_people(storage).await;
-    cases::create_case(
-        storage,
-        "c1",
-        "school-a",
-        &testing::case_details(),
-        "u2",
-        testing::at(0),
-        |_| Ok(()),
-    )
-    .await
-    .unwrap();
+    seed_case_c1(storage).await;
     let created = storage.document("c1").await.unwrap().unwrap();
     let provenance = &Provenance {
         device_id: "d1".into(),
