@@ -80,5 +80,32 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(workload::run(args))
+    runtime.block_on(async {
+        tokio::select! {
+            outcome = workload::run(args) => outcome,
+            // The run is dropped first, and with it the servers under test (each is killed
+            // when its `ServerProcess` drops): stopping the benchmark leaves none running.
+            // The signal is seen when the run next yields (recording the offline visits, up
+            // to some 20 s, does not).
+            signal = stop_signal() => anyhow::bail!("stopped by {signal}; the servers under test were stopped too"),
+        }
+    })
+}
+
+/// Waits for Ctrl-C (SIGINT), SIGTERM or SIGHUP, and names it.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut hangup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        // Without handlers the default actions apply; Ctrl-C is still caught below.
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+        _ = hangup.recv() => "SIGHUP",
+    }
 }
