@@ -623,13 +623,12 @@ impl CaseFile {
 
     /// [`CaseFile::raw_record`] of the record object `record`, already looked up.
     fn raw_record_at(&self, collection: Collection, id: &str, record: &ObjId) -> Result<RawRecord> {
-        let record = record.clone();
-        let meta_obj = map_at(&self.doc, &record, "meta")
+        let meta_obj = map_at(&self.doc, record, "meta")
             .ok_or_else(|| CaseFileError::NotACaseFile(format!("{collection}/{id} has no meta")))?;
         let meta: RecordMeta =
             from_json_named(Json::Object(read_map(&self.doc, &meta_obj)), "record meta")?;
-        let amendments = self.amendments(&record);
-        let (body, finalised) = match self.stored_finalisation(&record) {
+        let amendments = self.amendments(record);
+        let (body, finalised) = match self.stored_finalisation(record) {
             Some(stored) => {
                 let mut body = stored.content;
                 apply_amendments(&mut body, &amendments);
@@ -642,7 +641,7 @@ impl CaseFile {
                 )
             }
             None => {
-                let body_obj = self.body_obj(collection, id, &record)?;
+                let body_obj = self.body_obj(collection, id, record)?;
                 (read_map(&self.doc, &body_obj), None)
             }
         };
