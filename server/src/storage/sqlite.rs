@@ -37,9 +37,8 @@ pub struct SqliteStorage {
 /// Copies the write-ahead log into the database file in the background. SQLite's automatic
 /// checkpoint runs inside the commit that fills the log past 1,000 pages, and a sync storing
 /// a large case fills it often: a phone's one new visit waited about 6 ms longer for its
-/// commit (interop bench, scenario 2: 18.5-21 ms, 11-13 ms with checkpoints off the commit). A
-/// passive
-/// checkpoint takes no lock that writers or readers wait for.
+/// commit (interop bench, scenario 2: 18.5-21 ms, 11-13 ms with checkpoints off the commit).
+/// A passive checkpoint takes no lock that writers or readers wait for.
 #[derive(Debug)]
 struct Checkpointer(tokio::task::JoinHandle<()>);
 

@@ -309,7 +309,6 @@ pub async fn new_case(app: &TestApp, users: &[&str]) -> String {
     case_id
 }
 
-/// The error code and status of a JSON error response.
 /// The heads of a case as stored.
 pub async fn stored_heads(app: &TestApp, case_id: &str) -> String {
     app.storage()
@@ -320,6 +319,7 @@ pub async fn stored_heads(app: &TestApp, case_id: &str) -> String {
         .heads
 }
 
+/// The status and error code of a JSON error response.
 pub async fn error_of(response: reqwest::Response) -> (StatusCode, String) {
     let status = response.status();
     let body: Value = response.json().await.unwrap();

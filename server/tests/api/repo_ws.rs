@@ -690,8 +690,8 @@ async fn changes_to_many_documents_sent_together_are_all_stored_and_answered(bac
 }
 
 /// Two clients send new records for the same cases (more than one group of eight) at the
-/// same moment, for several rounds: their syncs compute side by side, and whichever commits a
-/// document second finds it moved and runs again. Every record of both lands, attributed to
+/// same moment, for several rounds: their batches queue for the sync turn, and the second
+/// reads and applies to what the first committed. Every record of both lands, attributed to
 /// its device, and both clients end with what the server holds.
 async fn two_clients_writing_the_same_cases_at_once_both_land(backend: Backend) {
     const CASES: usize = 11;
