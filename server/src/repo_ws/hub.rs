@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use doorstep_sync_core::{CaseFile, ChangeHash, PeerState};
+use rand::RngCore;
 use tokio::sync::{Notify, mpsc};
 
 use super::protocol::{self, Message, SyncFields};
@@ -210,6 +211,14 @@ impl Drop for SyncingGuard {
     }
 }
 
+/// A new peer id for this process: it travels in every message to and from each client, so it
+/// is kept short (`doorstep-` and 64 random bits in base58, 20 characters at most).
+fn new_peer_id() -> String {
+    let mut random = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut random);
+    format!("doorstep-{}", bs58::encode(random).into_string())
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section leaves the maps whole: a panic elsewhere cannot tear them.
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -220,7 +229,7 @@ impl RepoHub {
     /// so that a client that keeps sync states reuses them whichever instance it reaches.
     pub fn new(storage_id: String, answer_wait: Duration) -> RepoHub {
         RepoHub {
-            peer_id: format!("doorstep-server-{}", uuid::Uuid::new_v4()),
+            peer_id: new_peer_id(),
             storage_id,
             subscriptions: Mutex::new(HashMap::new()),
             connections: Mutex::new(HashMap::new()),
@@ -583,5 +592,22 @@ mod tests {
         hub.fan_out(case_id, &mut Replier::Document(&mut file), Some(999));
         assert!(matches!(outbox.try_recv(), Ok(Outgoing::Frame(_))));
         drop(own);
+    }
+
+    #[test]
+    fn each_hub_has_its_own_short_peer_id() {
+        let ids: Vec<String> = (0..50)
+            .map(|_| {
+                RepoHub::new("storage".into(), Duration::from_secs(1))
+                    .peer_id()
+                    .into()
+            })
+            .collect();
+        for id in &ids {
+            assert!(id.starts_with("doorstep-"), "{id}");
+            assert!(id.len() <= 20, "{id} is {} bytes", id.len());
+        }
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
     }
 }
