@@ -54,6 +54,12 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
 
+    /// Time limit for one sync request (`POST /api/v1/sync`), in seconds. Longer than other
+    /// requests: when many phones reconnect at once, a sync waits for its turn, and a phone
+    /// told busy must send everything again. Kept under the phones' own 60 s limit.
+    #[arg(long, env = "DOORSTEP_SYNC_TIMEOUT_SECS", default_value_t = 55)]
+    pub sync_timeout_secs: u64,
+
     /// How many parsed case files the sync path keeps in memory (0 turns the cache off).
     #[arg(long, env = "DOORSTEP_DOCUMENT_CACHE_SIZE", default_value_t = DEFAULT_DOCUMENT_CACHE_SIZE)]
     pub document_cache_size: usize,
@@ -95,6 +101,7 @@ impl Config {
             signing_key_file: None,
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 30,
+            sync_timeout_secs: 55,
             document_cache_size: DEFAULT_DOCUMENT_CACHE_SIZE,
             graph_cache_mib: DEFAULT_GRAPH_CACHE_MIB,
             ws_answer_wait_ms: DEFAULT_WS_ANSWER_WAIT_MS,
@@ -119,6 +126,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn sync_timeout(&self) -> Duration {
+        Duration::from_secs(self.sync_timeout_secs)
     }
 }
 
@@ -147,6 +158,7 @@ impl fmt::Debug for Config {
             .field("signing_key_file", &self.signing_key_file())
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("sync_timeout_secs", &self.sync_timeout_secs)
             .field("ws_answer_wait_ms", &self.ws_answer_wait_ms)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)

@@ -40,11 +40,23 @@ pub struct Metrics {
     /// the whole answer wait (`--ws-answer-wait-ms`), or when the other syncs they waited for
     /// ended.
     pub ws_pushes_sent_after_wait: AtomicU64,
+    /// HTTP syncs' waits for a turn: the sum, and the longest (microseconds).
+    sync_turn_wait_micros_total: AtomicU64,
+    sync_turn_wait_micros_max: AtomicU64,
 }
 
 impl Metrics {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// One HTTP sync's wait for its turn (whether it got one or was told busy).
+    pub fn record_turn_wait(&self, waited: std::time::Duration) {
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.sync_turn_wait_micros_total
+            .fetch_add(micros, Ordering::Relaxed);
+        self.sync_turn_wait_micros_max
+            .fetch_max(micros, Ordering::Relaxed);
     }
 
     fn record_response(&self, status: u16, micros: u64) {
@@ -86,6 +98,26 @@ impl Metrics {
             load(&self.request_micros_total) as f64 / 1e6
         );
         let _ = writeln!(out, "doorstep_http_request_duration_seconds_count {total}");
+        let _ = writeln!(
+            out,
+            "# HELP doorstep_sync_turn_wait_seconds_total Time HTTP syncs waited for a turn to run."
+        );
+        let _ = writeln!(out, "# TYPE doorstep_sync_turn_wait_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "doorstep_sync_turn_wait_seconds_total {}",
+            load(&self.sync_turn_wait_micros_total) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "# HELP doorstep_sync_turn_wait_seconds_max The longest an HTTP sync waited for a turn since the server started."
+        );
+        let _ = writeln!(out, "# TYPE doorstep_sync_turn_wait_seconds_max gauge");
+        let _ = writeln!(
+            out,
+            "doorstep_sync_turn_wait_seconds_max {}",
+            load(&self.sync_turn_wait_micros_max) as f64 / 1e6
+        );
         for (name, help, counter) in [
             (
                 "doorstep_sync_requests_total",

@@ -1,5 +1,6 @@
 //! The servers under test, each its own child process, and what /proc says about it.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +92,27 @@ fn cpu_seconds(path: &str, ticks_per_second: f64) -> f64 {
     (ticks(11) + ticks(12)) / ticks_per_second
 }
 
+/// The command that starts a server under test so that it dies with the benchmark, however
+/// the benchmark ends (a SIGKILL runs no handler or destructor): through util-linux's
+/// `setpriv --pdeathsig KILL`, which then runs the server in its place, where it is installed.
+/// The kernel sends that signal when the thread that started the process ends: the benchmark
+/// starts its servers from its main thread (the future `block_on` runs).
+fn server_command(program: impl AsRef<OsStr>) -> Command {
+    let setpriv = Command::new("setpriv")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if setpriv {
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -114,7 +136,7 @@ pub fn doorstep(
     database_url: &str,
     dir: tempfile::TempDir,
 ) -> anyhow::Result<ServerProcess> {
-    let mut command = Command::new(binary);
+    let mut command = server_command(binary);
     command
         .args(["--listen", "127.0.0.1:0", "--demo", "--data-dir"])
         .arg(dir.path().join("data"))
@@ -145,7 +167,7 @@ pub fn npm(npm_dir: &Path, launcher: &Path) -> anyhow::Result<ServerProcess> {
         "{} is missing: run scripts/bench-interop.sh",
         entry.display()
     );
-    let mut command = Command::new("node");
+    let mut command = server_command("node");
     command
         .arg(launcher)
         .arg(&entry)
@@ -160,7 +182,7 @@ pub fn npm(npm_dir: &Path, launcher: &Path) -> anyhow::Result<ServerProcess> {
 
 pub fn samod(binary: &Path) -> anyhow::Result<ServerProcess> {
     let dir = tempfile::tempdir()?;
-    let mut command = Command::new(binary);
+    let mut command = server_command(binary);
     command.arg("127.0.0.1:0");
     ServerProcess::start("samod", command, dir, |line| {
         line.strip_prefix("listening on ")

@@ -5,6 +5,8 @@ pub(crate) mod cases;
 mod health;
 mod sync;
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -31,9 +33,10 @@ pub use sync::{SyncDocumentIn, SyncDocumentOut, SyncRequest, SyncResponse, WireE
 pub const MAX_SYNC_DOCUMENTS: usize = 1000;
 
 pub fn router(state: AppState) -> Router {
-    let timeout = state.config.request_timeout();
-    let body_limit = state.config.max_body_bytes;
-    Router::new()
+    // The sync has its own, longer time limit (see `Config::sync_timeout_secs`).
+    let sync = Router::new().route("/api/v1/sync", post(sync::sync));
+    let sync = with_common_layers(sync, &state, state.config.sync_timeout());
+    let rest = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(crate::metrics::metrics))
@@ -46,7 +49,6 @@ pub fn router(state: AppState) -> Router {
             post(auth::revoke_device),
         )
         .route("/api/v1/users/{user_id}/revoke", post(auth::revoke_user))
-        .route("/api/v1/sync", post(sync::sync))
         .route("/api/v1/repo/ws", get(crate::repo_ws::upgrade))
         .route(
             "/api/v1/cases",
@@ -83,8 +85,20 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/cases/{case_id}/evidence/{sha256}",
             get(evidence::download),
         )
-        .fallback(|| async { ApiError::NotFound })
-        .layer(DefaultBodyLimit::max(body_limit))
+        .fallback(|| async { ApiError::NotFound });
+    let rest = with_common_layers(rest, &state, state.config.request_timeout());
+    rest.merge(sync).with_state(state)
+}
+
+/// What every API route gets: the body limit, panics caught, tracing, metrics and the time
+/// limit `timeout`.
+fn with_common_layers(
+    routes: Router<AppState>,
+    state: &AppState,
+    timeout: Duration,
+) -> Router<AppState> {
+    routes
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(
             ServiceBuilder::new()
                 .layer(CatchPanicLayer::custom(|_| {
@@ -107,7 +121,6 @@ pub fn router(state: AppState) -> Router {
                 .layer(HandleErrorLayer::new(timeout_error))
                 .timeout(timeout),
         )
-        .with_state(state)
 }
 
 /// The OpenAPI document, written by hand beside the routes; a test keeps the two in step.

@@ -317,7 +317,7 @@ async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
     // The turn bounds how many syncs compute at once (each holds parsed documents): a request
     // cut off by the time limit must not give its turn back while its computation still runs
     // on a blocking thread, or a burst of slow syncs would pile computations up.
-    let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 1).await;
+    let app = spawn_app_with(Backend::Sqlite, |config| config.sync_timeout_secs = 1).await;
     let (mut officer, before) = synced_officer(&app).await;
     let case_id = "case-demo-1";
     // Enough visits that checking them takes longer than the time limit.
@@ -369,8 +369,9 @@ async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
 #[tokio::test]
 async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     // Every sync turn is taken (as when many phones reconnect at once): a sync that would wait
-    // past half the request time limit is answered 503 busy with Retry-After, before any work.
-    let app = spawn_app_with(Backend::Sqlite, |config| config.request_timeout_secs = 2).await;
+    // past its wait budget (here half its 2 s limit) is answered 503 busy with Retry-After,
+    // before any work.
+    let app = spawn_app_with(Backend::Sqlite, |config| config.sync_timeout_secs = 2).await;
     let (mut officer, before) = synced_officer(&app).await;
     let case_id = "case-demo-1";
     officer
@@ -399,6 +400,55 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     officer.sync_until_quiet(&app).await;
     let synced = stored_heads(&app, case_id).await;
     assert_eq!(synced, heads_key(&officer.doc(case_id).heads()));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sync_waits_for_its_turn_past_the_time_limit_of_other_requests() {
+    // A busy answer makes the phone send everything again: the sync has its own, longer time
+    // limit, so in a burst it waits for its turn where another request would be cut off.
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.request_timeout_secs = 1;
+        config.sync_timeout_secs = 30;
+    })
+    .await;
+    let (mut officer, _) = synced_officer(&app).await;
+    let case_id = "case-demo-1";
+    officer
+        .doc(case_id)
+        .add(
+            &testing::visit("user-officer", testing::at(1), 20),
+            testing::at(1),
+        )
+        .unwrap();
+    let turns = app.state.sync_compute.available_permits() as u32;
+    let taken = std::sync::Arc::clone(&app.state.sync_compute)
+        .acquire_many_owned(turns)
+        .await
+        .unwrap();
+    let held_for = std::time::Duration::from_millis(2500);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(held_for).await;
+        drop(taken);
+    });
+    let (request, _) = officer.next_request();
+    let started = std::time::Instant::now();
+    officer.send(&app, &request).await;
+    assert!(started.elapsed() >= held_for, "it waited for the turns");
+    release.await.unwrap();
+    officer.sync_until_quiet(&app).await;
+    assert_eq!(
+        stored_heads(&app, case_id).await,
+        heads_key(&officer.doc(case_id).heads())
+    );
+    let metrics = metrics(&app).await;
+    let longest: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("doorstep_sync_turn_wait_seconds_max "))
+        .expect("the turn wait metric")
+        .parse()
+        .unwrap();
+    assert!(longest >= 2.0, "{metrics}");
     app.shutdown().await;
 }
 
