@@ -312,11 +312,17 @@ impl Bench {
         let goals = writer_and_readers(target, big.len(), &big_case, &hashes);
         let (_big, single) = self.phase(target, &server, big, goals, 1).await?;
         println!(
-            "  one new visit on the {}-visit case reached {} subscribers: {:.1} ms, {} bytes",
+            "  one new visit on the {}-visit case reached {} subscribers: {:.1} ms, {} bytes \
+             ({} up, from the phones: the upload and the answers; {} down, from the server), \
+             {} / {} messages",
             args.big_visits,
             args.per_case - 1,
             single.seconds * 1000.0,
-            single.bytes()
+            single.bytes(),
+            single.bytes_up,
+            single.bytes_down,
+            single.messages_up,
+            single.messages_down,
         );
         outcome.single = single;
         outcome.peak_mib = server.peak_memory_mib();
