@@ -1,7 +1,7 @@
 //! Prometheus metrics, kept in the app state (no global registry) and rendered in the text
 //! exposition format at `GET /metrics`. Counters only carry counts, never ids or personal data.
 
-use std::fmt::Write;
+use std::fmt::{Display, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -98,25 +98,20 @@ impl Metrics {
             load(&self.request_micros_total) as f64 / 1e6
         );
         let _ = writeln!(out, "doorstep_http_request_duration_seconds_count {total}");
-        let _ = writeln!(
-            out,
-            "# HELP doorstep_sync_turn_wait_seconds_total Time HTTP syncs waited for a turn to run."
+        let seconds = |micros: &AtomicU64| load(micros) as f64 / 1e6;
+        write_metric(
+            &mut out,
+            "doorstep_sync_turn_wait_seconds_total",
+            "counter",
+            "Time HTTP syncs waited for a turn to run.",
+            seconds(&self.sync_turn_wait_micros_total),
         );
-        let _ = writeln!(out, "# TYPE doorstep_sync_turn_wait_seconds_total counter");
-        let _ = writeln!(
-            out,
-            "doorstep_sync_turn_wait_seconds_total {}",
-            load(&self.sync_turn_wait_micros_total) as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "# HELP doorstep_sync_turn_wait_seconds_max The longest an HTTP sync waited for a turn since the server started."
-        );
-        let _ = writeln!(out, "# TYPE doorstep_sync_turn_wait_seconds_max gauge");
-        let _ = writeln!(
-            out,
-            "doorstep_sync_turn_wait_seconds_max {}",
-            load(&self.sync_turn_wait_micros_max) as f64 / 1e6
+        write_metric(
+            &mut out,
+            "doorstep_sync_turn_wait_seconds_max",
+            "gauge",
+            "The longest an HTTP sync waited for a turn since the server started.",
+            seconds(&self.sync_turn_wait_micros_max),
         );
         for (name, help, counter) in [
             (
@@ -220,12 +215,17 @@ impl Metrics {
                 &self.ws_pushes_sent_after_wait,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} counter");
-            let _ = writeln!(out, "{name} {}", load(counter));
+            write_metric(&mut out, name, "counter", help, load(counter));
         }
         out
     }
+}
+
+/// One metric with one value, in the Prometheus text format.
+fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Counts every response and its handling time.
