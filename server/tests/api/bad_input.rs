@@ -312,20 +312,6 @@ async fn synced_officer(app: &TestApp) -> (Phone, String) {
     (officer, stored_heads(app, "case-demo-1").await)
 }
 
-/// The synced officer with one new visit to case-demo-1, not yet sent, and the stored heads
-/// of that case.
-async fn officer_with_a_new_visit(app: &TestApp) -> (Phone, String) {
-    let (mut officer, before) = synced_officer(app).await;
-    officer
-        .doc("case-demo-1")
-        .add(
-            &testing::visit("user-officer", testing::at(1), 20),
-            testing::at(1),
-        )
-        .unwrap();
-    (officer, before)
-}
-
 #[tokio::test]
 async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
     // The turn bounds how many syncs compute at once (each holds parsed documents): a request
@@ -386,7 +372,7 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     // past its wait budget (here half its 2 s limit) is answered 503 busy with Retry-After,
     // before any work.
     let app = spawn_app_with(Backend::Sqlite, |config| config.sync_timeout_secs = 2).await;
-    let (mut officer, before) = officer_with_a_new_visit(&app).await;
+    let (mut officer, before) = phone_with_pending_change(&app).await;
     let case_id = "case-demo-1";
     let (request, _) = officer.next_request();
     let turns = app.state.sync_compute.available_permits() as u32;
@@ -419,7 +405,7 @@ async fn a_sync_waits_for_its_turn_past_the_time_limit_of_other_requests() {
         config.sync_timeout_secs = 30;
     })
     .await;
-    let (mut officer, _) = officer_with_a_new_visit(&app).await;
+    let (mut officer, _) = phone_with_pending_change(&app).await;
     let case_id = "case-demo-1";
     let turns = app.state.sync_compute.available_permits() as u32;
     let taken = std::sync::Arc::clone(&app.state.sync_compute)
