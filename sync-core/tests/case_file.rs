@@ -996,14 +996,16 @@ fn marks_and_root_values_are_checked_where_they_change() {
     let mut server = testing::new_case("case-1");
     let before = server.heads();
 
-    let mut bad_mark = phone(&mut server, 1);
-    let attendance = collection_obj(&bad_mark, "attendance");
-    bad_mark
-        .doc_mut()
-        .put(&attendance, "child-1|2026-01-05|AM", "??")
-        .unwrap();
-    bad_mark.doc_mut().commit();
-    let refused = checked_sync(&mut server, &mut bad_mark, &sender);
+    // A phone puts a string under `key` in `collection`; the server's checked sync answers.
+    let put_string = |server: &mut CaseFile, collection: &str, key: &str, value: &str| {
+        let mut edited = phone(server, 1);
+        let map = collection_obj(&edited, collection);
+        edited.doc_mut().put(&map, key, value).unwrap();
+        edited.doc_mut().commit();
+        checked_sync(server, &mut edited, &sender)
+    };
+
+    let refused = put_string(&mut server, "attendance", "child-1|2026-01-05|AM", "??");
     assert!(
         matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("child-1|2026-01-05|AM")),
         "{refused:?}"
@@ -1011,14 +1013,7 @@ fn marks_and_root_values_are_checked_where_they_change() {
     assert_eq!(server.heads(), before);
 
     // A record that is a plain value, not a map.
-    let mut scalar_record = phone(&mut server, 1);
-    let visits = collection_obj(&scalar_record, "visits");
-    scalar_record
-        .doc_mut()
-        .put(&visits, "visit-scalar", "not a record")
-        .unwrap();
-    scalar_record.doc_mut().commit();
-    let refused = checked_sync(&mut server, &mut scalar_record, &sender);
+    let refused = put_string(&mut server, "visits", "visit-scalar", "not a record");
     assert!(
         matches!(&refused, Some(RefusedSync::Invalid(e)) if e.to_string().contains("visits.visit-scalar")),
         "{refused:?}"
