@@ -403,7 +403,7 @@ pub struct GraphChange {
 const CHUNK_MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
 /// Chunk types: a change, and a change whose data is DEFLATE-compressed (how Automerge encodes
 /// a change for storage once it is large enough).
-const CHANGE_CHUNK: u8 = 1;
+pub(crate) const CHANGE_CHUNK: u8 = 1;
 const COMPRESSED_CHANGE_CHUNK: u8 = 2;
 /// And a whole document, which a sync message may carry in place of its changes.
 pub(crate) const DOCUMENT_CHUNK: u8 = 0;

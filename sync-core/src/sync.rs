@@ -34,7 +34,7 @@ use automerge::{
 
 use crate::case_file::{Author, CaseFile};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
-use crate::graph::{DOCUMENT_CHUNK, split_chunks};
+use crate::graph::{CHANGE_CHUNK, DOCUMENT_CHUNK, split_chunks};
 use crate::records::Collection;
 use crate::scope::Scope;
 use crate::value::{map_at_version, str_at, str_at_version};
@@ -105,10 +105,9 @@ pub struct AppliedChange {
 impl CaseFile {
     /// The next message for the peer, or None when there is nothing to send.
     pub fn generate_sync_message(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
-        self.doc
-            .sync()
-            .generate_sync_message(&mut peer.0)
-            .map(Message::encode)
+        let mut message = self.doc.sync().generate_sync_message(&mut peer.0)?;
+        compress_changes(&mut message.changes);
+        Some(message.encode())
     }
 
     /// Applies a message from the peer. Corrupted or truncated bytes give an error and change
@@ -478,6 +477,29 @@ fn hold_back_nothing_unasked(file: &mut CaseFile, peer: &mut PeerState) {
     if file.holds_back_changes() {
         peer.0.needs_reset = true;
     }
+}
+
+/// Compresses the change chunks of an outgoing message. Automerge sends changes as they are
+/// held, uncompressed, and a phone's upload is what a weak signal must carry: a visit with a
+/// 500-character note is 1,241 bytes raw and 715 compressed. The chunk keeps its hash (that
+/// is taken of the uncompressed change) and every Automerge reads it; chunks too small to
+/// gain, whole documents (already compressed) and anything that does not parse as a change
+/// go as they are.
+fn compress_changes(changes: &mut ChunkList) {
+    let is_raw_change = |chunk: &[u8]| chunk.len() > 8 && chunk[8] == CHANGE_CHUNK;
+    if !changes.iter().any(is_raw_change) {
+        return;
+    }
+    let compressed: Vec<Vec<u8>> = changes
+        .iter()
+        .map(|chunk| {
+            if !is_raw_change(chunk) {
+                return chunk.to_vec();
+            }
+            Change::try_from(chunk).map_or_else(|_| chunk.to_vec(), |mut c| c.bytes().into_owned())
+        })
+        .collect();
+    *changes = ChunkList::from(compressed);
 }
 
 /// Why a checked receive refused a message.

@@ -1204,3 +1204,50 @@ fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], 
     assert!(ours.is_some());
     assert_eq!(ours, theirs);
 }
+
+#[test]
+fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
+    use automerge::sync::Message;
+
+    let mut server = testing::new_case("case-1");
+    for minute in 0..10 {
+        server
+            .add(&testing::visit("user-9", at(minute), 100), at(minute))
+            .unwrap();
+    }
+    let mut worker = phone(&mut server, 1);
+    let before = worker.heads();
+    worker
+        .add(&testing::visit("user-1", at(60), 500), at(60))
+        .unwrap();
+    let mut change = worker.doc_mut().get_changes(&before).remove(0);
+    let raw = change.raw_bytes().len();
+
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    let opening = server.generate_sync_message(&mut server_state).unwrap();
+    worker
+        .receive_sync_message(&mut phone_state, &opening)
+        .unwrap();
+    let upload = worker.generate_sync_message(&mut phone_state).unwrap();
+    let decoded = Message::decode(&upload).unwrap();
+    let chunks: Vec<&[u8]> = decoded.changes.iter().collect();
+    assert_eq!(chunks.len(), 1, "one change, not the whole document");
+    assert_eq!(chunks[0], change.bytes().as_ref());
+    assert!(
+        chunks[0].len() * 10 < raw * 7,
+        "{} bytes sent for a {raw}-byte change",
+        chunks[0].len()
+    );
+
+    let applied = server
+        .receive_sync_message_checked(
+            &mut server_state,
+            &upload,
+            &testing::author("user-1", "phone-1"),
+            |actor| *actor == testing::actor(1),
+        )
+        .unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].hash, change.hash());
+    assert_eq!(server.heads(), worker.heads());
+}
