@@ -6,14 +6,17 @@
 //!
 //! [`ChangeGraph::generate_sync_message`] and [`ChangeGraph::receive_sync_message`] follow
 //! Automerge's own `generate_sync_message` and `receive_sync_message` (automerge 0.12) step by
-//! step and leave a [`PeerState`] exactly as they would; the tests check this message by
-//! message against Automerge.
+//! step and leave a [`PeerState`] exactly as they would, with the one addition that
+//! `CaseFile::generate_sync_message` makes (a first message carries the few changes made since
+//! the last sync unasked); the tests check this message by message against a `CaseFile`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{
     ChangeHash,
-    sync::{BloomFilter, Capability, ChunkList, Have, Message, MessageFlags, MessageVersion},
+    sync::{
+        BloomFilter, Capability, ChunkList, Have, Message, MessageFlags, MessageVersion, State,
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -166,6 +169,21 @@ impl ChangeGraph {
         (0..self.nodes.len()).filter(|n| !seen[*n]).collect()
     }
 
+    /// The changes a message to a peer not heard from this session carries unasked: those made
+    /// since the shared heads and not sent yet, if they are at most a third of the document
+    /// (as `CaseFile::generate_sync_message` decides).
+    fn unasked(&self, state: &State) -> Vec<usize> {
+        if state.shared_heads.is_empty() || !unheard(state) {
+            return Vec::new();
+        }
+        let mut chosen = self.changes_since(&state.shared_heads);
+        chosen.retain(|n| !state.sent_hashes.contains(&self.nodes[*n].hash));
+        if chosen.len() > self.nodes.len() / 3 {
+            chosen.clear();
+        }
+        chosen
+    }
+
     /// Automerge's choice of changes for a peer that has `have` and asked for `need`.
     fn changes_to_send(&self, have: &[Have], need: &[ChangeHash]) -> Vec<usize> {
         let need: Vec<usize> = need
@@ -266,7 +284,8 @@ impl ChangeGraph {
     }
 
     /// The next message for the peer, or None when there is nothing to send, exactly as
-    /// Automerge's `generate_sync_message` would decide it. Where Automerge would send the
+    /// `CaseFile::generate_sync_message` would decide it (Automerge's, and the unasked changes
+    /// of a first message). Where Automerge would send the
     /// whole document, `whole_document` gives its bytes: any concatenation of a save and
     /// change chunks holding exactly this graph's changes (the stored form does).
     pub fn generate_sync_message(
@@ -342,7 +361,7 @@ impl ChangeGraph {
                 }
             }
         } else {
-            Outgoing::none(v2)
+            Outgoing::changes(self, &self.unasked(state), v2)
         };
 
         let heads_unchanged = state.last_sent_heads == our_heads;
@@ -468,6 +487,12 @@ pub fn hashes_from_bytes(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
         .chunks_exact(32)
         .map(|hash| hash.try_into().ok().map(ChangeHash))
         .collect()
+}
+
+/// Whether nothing has been heard from the peer since the state was loaded: Automerge then
+/// knows neither what the peer has nor what it needs, and sends no changes of its own accord.
+pub(crate) fn unheard(state: &State) -> bool {
+    state.their_have.is_none() || state.their_need.is_none()
 }
 
 /// The chunks (changes, or a whole document) that `bytes` holds one after another, as a sync

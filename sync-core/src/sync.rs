@@ -29,12 +29,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::{
     ActorId, AutoCommit, Automerge, AutomergeError, Change, ChangeHash, ObjId, PatchLog, ROOT,
     ReadDoc,
-    sync::{ChunkList, Message, State, SyncDoc},
+    sync::{ChunkList, Message, MessageVersion, State, SyncDoc},
 };
 
 use crate::case_file::{Author, CaseFile};
 use crate::error::{CaseFileError, Problem, Result, ValidationErrors};
-use crate::graph::{CHANGE_CHUNK, DOCUMENT_CHUNK, split_chunks};
+use crate::graph::{CHANGE_CHUNK, DOCUMENT_CHUNK, split_chunks, unheard};
 use crate::records::Collection;
 use crate::scope::Scope;
 use crate::value::{map_at_version, str_at, str_at_version};
@@ -103,9 +103,16 @@ pub struct AppliedChange {
 }
 
 impl CaseFile {
-    /// The next message for the peer, or None when there is nothing to send.
+    /// The next message for the peer, or None when there is nothing to send. As Automerge
+    /// generates it, except that its changes go compressed, and that the first message of a
+    /// session already carries the few changes made since the last one (see
+    /// [`send_unasked`]).
     pub fn generate_sync_message(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
+        let unheard = unheard(&peer.0);
         let mut message = self.doc.sync().generate_sync_message(&mut peer.0)?;
+        if unheard {
+            send_unasked(&mut self.doc, &mut peer.0, &mut message);
+        }
         compress_changes(&mut message.changes);
         Some(message.encode())
     }
@@ -477,6 +484,42 @@ fn hold_back_nothing_unasked(file: &mut CaseFile, peer: &mut PeerState) {
     if file.holds_back_changes() {
         peer.0.needs_reset = true;
     }
+}
+
+/// Puts into a message sent before the peer has said anything this session the changes made
+/// since the heads the last session left shared. Automerge sends only heads and a summary
+/// then, and the changes follow once the peer has answered: a phone reconnecting on a weak
+/// signal pays that round trip for every case it changed. A peer that holds them already
+/// ignores them; one that lacks their dependencies asks for those. Only as many as Automerge
+/// would send as changes (a third of the document's): more go as a whole document, which
+/// waits until the peer has said it reads that format.
+///
+/// The server's [`crate::ChangeGraph`] answers by the same rule.
+fn send_unasked(doc: &mut AutoCommit, state: &mut State, message: &mut Message) {
+    if state.shared_heads.is_empty() || state.peer_read_only || !message.changes.is_empty() {
+        return;
+    }
+    let unsent = |hash: &ChangeHash| !state.sent_hashes.contains(hash);
+    let new = doc
+        .get_changes_meta(&state.shared_heads)
+        .iter()
+        .filter(|change| unsent(&change.hash))
+        .count();
+    if new == 0 || new > doc.get_changes_meta(&[]).len() / 3 {
+        return;
+    }
+    let mut changes = doc.get_changes(&state.shared_heads);
+    changes.retain(|change| unsent(&change.hash()));
+    let chunks: Vec<Vec<u8>> = changes
+        .iter_mut()
+        .map(|change| change.bytes().into_owned())
+        .collect();
+    state.sent_hashes.extend(changes.iter().map(Change::hash));
+    message.changes = match message.version {
+        // A version 2 message carries its changes as one chunk.
+        MessageVersion::V2 => ChunkList::from(chunks.concat()),
+        MessageVersion::V1 => ChunkList::from(chunks),
+    };
 }
 
 /// Compresses the change chunks of an outgoing message. Automerge sends changes as they are

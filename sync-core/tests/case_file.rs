@@ -1251,3 +1251,62 @@ fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
     assert_eq!(applied[0].hash, change.hash());
     assert_eq!(server.heads(), worker.heads());
 }
+
+#[test]
+fn a_reconnecting_phone_sends_its_few_new_changes_in_its_first_message() {
+    use automerge::sync::Message;
+
+    let mut server = testing::new_case("case-1");
+    for minute in 0..10 {
+        server
+            .add(&testing::visit("user-9", at(minute), 100), at(minute))
+            .unwrap();
+    }
+    let mut worker = phone(&mut server, 1);
+    let sender = testing::author("user-1", "phone-1");
+    let bound = |actor: &doorstep_sync_core::ActorId| *actor == testing::actor(1);
+    // A first session leaves the heads both hold in each side's stored state.
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    for _ in 0..5 {
+        if let Some(m) = server.generate_sync_message(&mut server_state) {
+            worker.receive_sync_message(&mut phone_state, &m).unwrap();
+        }
+        if let Some(m) = worker.generate_sync_message(&mut phone_state) {
+            server
+                .receive_sync_message_checked(&mut server_state, &m, &sender, bound)
+                .unwrap();
+        }
+    }
+    assert_eq!(phone_state.shared_heads(), server.heads());
+    let restart = |state: &PeerState| PeerState::decode(&state.encode()).unwrap();
+
+    // One new visit goes in the next session's first message, and one answer ends it.
+    worker
+        .add(&testing::visit("user-1", at(60), 500), at(60))
+        .unwrap();
+    let (mut server_state, mut phone_state) = (restart(&server_state), restart(&phone_state));
+    let first = worker.generate_sync_message(&mut phone_state).unwrap();
+    assert_eq!(Message::decode(&first).unwrap().changes.len(), 1);
+    let applied = server
+        .receive_sync_message_checked(&mut server_state, &first, &sender, bound)
+        .unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(server.heads(), worker.heads());
+    let answer = server.generate_sync_message(&mut server_state).unwrap();
+    worker
+        .receive_sync_message(&mut phone_state, &answer)
+        .unwrap();
+    assert_eq!(phone_state.shared_heads(), worker.heads());
+    assert!(worker.generate_sync_message(&mut phone_state).is_none());
+
+    // More than a third of the document waits for the server's answer, as Automerge sends
+    // that much as a whole document.
+    for minute in 100..120 {
+        worker
+            .add(&testing::visit("user-1", at(minute), 10), at(minute))
+            .unwrap();
+    }
+    let mut phone_state = restart(&phone_state);
+    let first = worker.generate_sync_message(&mut phone_state).unwrap();
+    assert!(Message::decode(&first).unwrap().changes.is_empty());
+}

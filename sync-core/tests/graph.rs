@@ -1,7 +1,8 @@
-//! The change graph speaks Automerge's sync protocol exactly as Automerge does: message by
+//! The change graph speaks Automerge's sync protocol exactly as a case file does: message by
 //! message, a server answering from a [`ChangeGraph`] (and applying changes to a document only
 //! when a message brings some) leaves the same sync state and sends the same heads, needs,
-//! bloom filters and flags as a server answering from the document with Automerge itself.
+//! bloom filters and flags as a server answering from the document (Automerge itself, and the
+//! unasked changes of a first message).
 
 #![allow(clippy::unwrap_used, reason = "a test fails loudly on purpose")]
 use automerge::sync::Message;
@@ -43,7 +44,7 @@ struct Phone {
 }
 
 struct World {
-    /// The server as Automerge would run it: one document, Automerge's own sync.
+    /// The server as a case file runs it: one document, its own sync.
     reference: CaseFile,
     reference_states: Vec<PeerState>,
     /// The server under test: a graph for the protocol, a document for received changes.
