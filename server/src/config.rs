@@ -60,6 +60,13 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_SYNC_TIMEOUT_SECS", default_value_t = 55)]
     pub sync_timeout_secs: u64,
 
+    /// Seconds a sync waiting for its turn leaves the request body unread (so that waiting
+    /// phones hold no body in memory); past that the body is read and the wait goes on. A
+    /// client aborts a send the server does not take within its TCP user timeout (30 s in
+    /// reqwest, which the mobile bridge uses), so this stays under it.
+    #[arg(long, env = "DOORSTEP_SYNC_BODY_UNREAD_SECS", default_value_t = 20)]
+    pub sync_body_unread_secs: u64,
+
     /// How many parsed case files the sync path keeps in memory (0 turns the cache off).
     #[arg(long, env = "DOORSTEP_DOCUMENT_CACHE_SIZE", default_value_t = DEFAULT_DOCUMENT_CACHE_SIZE)]
     pub document_cache_size: usize,
@@ -102,6 +109,7 @@ impl Config {
             max_body_bytes: 8 * 1024 * 1024,
             request_timeout_secs: 30,
             sync_timeout_secs: 55,
+            sync_body_unread_secs: 20,
             document_cache_size: DEFAULT_DOCUMENT_CACHE_SIZE,
             graph_cache_mib: DEFAULT_GRAPH_CACHE_MIB,
             ws_answer_wait_ms: DEFAULT_WS_ANSWER_WAIT_MS,
@@ -131,6 +139,10 @@ impl Config {
     pub fn sync_timeout(&self) -> Duration {
         Duration::from_secs(self.sync_timeout_secs)
     }
+
+    pub fn sync_body_unread(&self) -> Duration {
+        Duration::from_secs(self.sync_body_unread_secs)
+    }
 }
 
 /// A database URL with any password replaced, fit for logs.
@@ -159,6 +171,7 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("sync_timeout_secs", &self.sync_timeout_secs)
+            .field("sync_body_unread_secs", &self.sync_body_unread_secs)
             .field("ws_answer_wait_ms", &self.ws_answer_wait_ms)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)

@@ -481,28 +481,49 @@ pub(crate) async fn sources(
 /// and given back when both are done.
 pub type SyncTurn = Arc<tokio::sync::OwnedSemaphorePermit>;
 
-/// Waits for a turn to run a sync. Parsed case files take megabytes each: only as many syncs
-/// run (read the request, compute, write) at once as there are cores, so memory stays bounded
-/// however many phones reconnect together; a turn is held until the writes commit. A phone
-/// that has waited past [`turn_wait_budget`] of the sync time limit without a turn is told
-/// that the server is busy (503 with `Retry-After`) before any work is done, so that under a
-/// burst no request is cut off by the time limit after the work was done for it.
-pub async fn sync_turn(state: &AppState) -> Result<SyncTurn, ApiError> {
-    let wait = turn_wait_budget(state.config.sync_timeout());
+/// Waits for a turn to run a sync, and reads the request's body with `read_body`. Parsed case
+/// files take megabytes each: only as many syncs run (read the request, compute, write) at
+/// once as there are cores, so memory stays bounded however many phones reconnect together;
+/// a turn is held until the writes commit. The body is read once the turn comes, so that
+/// waiting phones hold none in memory, or after the sync has waited
+/// `Config::sync_body_unread` (a client gives up on a send the server leaves untaken for long;
+/// the place in the queue is kept meanwhile). A phone that has waited past
+/// [`turn_wait_budget`] of the sync time limit without a turn is told that the server is busy
+/// (503 with `Retry-After`) before any work is done, so that under a burst no request is cut
+/// off by the time limit after the work was done for it.
+pub async fn sync_turn<T>(
+    state: &AppState,
+    read_body: impl Future<Output = Result<T, ApiError>>,
+) -> Result<(SyncTurn, T), ApiError> {
     let started = std::time::Instant::now();
-    let turn = Arc::clone(&state.sync_compute).acquire_owned();
-    let outcome = tokio::time::timeout(wait, turn).await;
+    let budget = turn_wait_budget(state.config.sync_timeout());
+    let mut turn = std::pin::pin!(Arc::clone(&state.sync_compute).acquire_owned());
+    let mut read_body = std::pin::pin!(read_body);
+    let (waited, body) =
+        match tokio::time::timeout(state.config.sync_body_unread().min(budget), &mut turn).await {
+            Ok(waited) => (Ok(waited), None),
+            Err(_) => {
+                let body = read_body.as_mut().await?;
+                let left = budget.saturating_sub(started.elapsed());
+                (tokio::time::timeout(left, &mut turn).await, Some(body))
+            }
+        };
     state.metrics.record_turn_wait(started.elapsed());
-    match outcome {
-        Ok(Ok(permit)) => Ok(Arc::new(permit)),
-        Ok(Err(_)) => Err(ApiError::Internal("the sync limiter is closed".into())),
+    let turn = match waited {
+        Ok(Ok(permit)) => Arc::new(permit),
+        Ok(Err(_)) => return Err(ApiError::Internal("the sync limiter is closed".into())),
         Err(_) => {
             Metrics::add(&state.metrics.sync_busy, 1);
-            Err(ApiError::Busy {
+            return Err(ApiError::Busy {
                 retry_after_secs: BUSY_RETRY_AFTER_SECS,
-            })
+            });
         }
-    }
+    };
+    let body = match body {
+        Some(body) => body,
+        None => read_body.as_mut().await?,
+    };
+    Ok((turn, body))
 }
 
 /// What a sync that got its turn keeps of its time limit for its own work.

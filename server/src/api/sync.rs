@@ -82,10 +82,14 @@ pub async fn sync(
     caller: Caller,
     request: axum::extract::Request,
 ) -> Result<Json<SyncResponse>, ApiError> {
-    // The turn first, then the body: phones waiting for a turn hold no request body (an
-    // upload after a day offline is megabytes per phone, and they reconnect together).
-    let turn = sync::sync_turn(&state).await?;
-    let JsonBody(request) = JsonBody::<SyncRequest>::from_request(request, &state).await?;
+    // The turn first, then the body (see `sync_turn`): phones waiting for a turn hold no
+    // request body (an upload after a day offline is megabytes per phone, and they reconnect
+    // together).
+    let read_body = async {
+        let JsonBody(request) = JsonBody::<SyncRequest>::from_request(request, &state).await?;
+        Ok(request)
+    };
+    let (turn, request) = sync::sync_turn(&state, read_body).await?;
     let incoming = check_request(request)?;
     let reply = sync::sync(&state, &caller, incoming, now_ms(), turn).await?;
     Ok(Json(SyncResponse {

@@ -439,6 +439,56 @@ async fn a_sync_waits_for_its_turn_past_the_time_limit_of_other_requests() {
 }
 
 #[tokio::test]
+async fn a_sync_waiting_long_for_its_turn_takes_its_body_before_the_client_gives_up() {
+    // A client aborts a send the server leaves untaken for its TCP user timeout (reqwest's
+    // default, which the mobile bridge keeps, is 30 s): past `sync_body_unread_secs` a waiting
+    // sync reads its body, and keeps its place in the queue.
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.sync_body_unread_secs = 1;
+        config.sync_timeout_secs = 30;
+    })
+    .await;
+    let (mut officer, _) = phone_with_pending_change(&app).await;
+    let case_id = "case-demo-1";
+    let turns = app.state.sync_compute.available_permits() as u32;
+    let taken = std::sync::Arc::clone(&app.state.sync_compute)
+        .acquire_many_owned(turns)
+        .await
+        .unwrap();
+    let held_for = std::time::Duration::from_secs(4);
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(held_for).await;
+        drop(taken);
+    });
+    // Larger than the socket buffers can hold (JSON allows the trailing spaces), from a
+    // client that gives up on a send left untaken for 2 s.
+    let (request, _) = officer.next_request();
+    let mut body = serde_json::to_vec(&request).unwrap();
+    body.resize(body.len() + (6 << 20), b' ');
+    let impatient = reqwest::Client::builder()
+        .tcp_user_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = impatient
+        .post(app.url("/api/v1/sync"))
+        .bearer_auth(officer.access_token())
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("the connection outlived the wait for a turn");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(started.elapsed() >= held_for, "it waited for the turns");
+    release.await.unwrap();
+    assert_eq!(
+        stored_heads(&app, case_id).await,
+        heads_key(&officer.doc(case_id).heads())
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn headers_larger_than_a_connection_buffer_get_431() {
     let app = spawn_app(Backend::Sqlite).await;
     let (phone, heads) = phone_with_pending_change(&app).await;
