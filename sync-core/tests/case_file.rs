@@ -1205,17 +1205,23 @@ fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], 
     assert_eq!(ours, theirs);
 }
 
-#[test]
-fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
-    use automerge::sync::Message;
-
+/// A case holding ten visits, and a phone (user-1, actor 1) that holds it too.
+fn case_of_ten_visits_and_a_phone() -> (CaseFile, CaseFile) {
     let mut server = testing::new_case("case-1");
     for minute in 0..10 {
         server
             .add(&testing::visit("user-9", at(minute), 100), at(minute))
             .unwrap();
     }
-    let mut worker = phone(&mut server, 1);
+    let worker = phone(&mut server, 1);
+    (server, worker)
+}
+
+#[test]
+fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
+    use automerge::sync::Message;
+
+    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
     let before = worker.heads();
     worker
         .add(&testing::visit("user-1", at(60), 500), at(60))
@@ -1256,13 +1262,7 @@ fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
 fn a_reconnecting_phone_sends_its_few_new_changes_in_its_first_message() {
     use automerge::sync::Message;
 
-    let mut server = testing::new_case("case-1");
-    for minute in 0..10 {
-        server
-            .add(&testing::visit("user-9", at(minute), 100), at(minute))
-            .unwrap();
-    }
-    let mut worker = phone(&mut server, 1);
+    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
     let sender = testing::author("user-1", "phone-1");
     let bound = |actor: &doorstep_sync_core::ActorId| *actor == testing::actor(1);
     // A first session leaves the heads both hold in each side's stored state.

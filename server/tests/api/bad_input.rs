@@ -396,6 +396,22 @@ async fn a_sync_that_cannot_get_a_turn_is_told_busy_and_changes_nothing() {
     app.shutdown().await;
 }
 
+/// Takes every sync turn and gives them back after `held_for`; the handle ends then.
+async fn hold_every_sync_turn(
+    app: &TestApp,
+    held_for: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let turns = app.state.sync_compute.available_permits() as u32;
+    let taken = std::sync::Arc::clone(&app.state.sync_compute)
+        .acquire_many_owned(turns)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        tokio::time::sleep(held_for).await;
+        drop(taken);
+    })
+}
+
 #[tokio::test]
 async fn a_sync_waits_for_its_turn_past_the_time_limit_of_other_requests() {
     // A busy answer makes the phone send everything again: the sync has its own, longer time
@@ -407,16 +423,8 @@ async fn a_sync_waits_for_its_turn_past_the_time_limit_of_other_requests() {
     .await;
     let (mut officer, _) = phone_with_pending_change(&app).await;
     let case_id = "case-demo-1";
-    let turns = app.state.sync_compute.available_permits() as u32;
-    let taken = std::sync::Arc::clone(&app.state.sync_compute)
-        .acquire_many_owned(turns)
-        .await
-        .unwrap();
     let held_for = std::time::Duration::from_millis(2500);
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(held_for).await;
-        drop(taken);
-    });
+    let release = hold_every_sync_turn(&app, held_for).await;
     let (request, _) = officer.next_request();
     let started = std::time::Instant::now();
     officer.send(&app, &request).await;
@@ -450,16 +458,8 @@ async fn a_sync_waiting_long_for_its_turn_takes_its_body_before_the_client_gives
     .await;
     let (mut officer, _) = phone_with_pending_change(&app).await;
     let case_id = "case-demo-1";
-    let turns = app.state.sync_compute.available_permits() as u32;
-    let taken = std::sync::Arc::clone(&app.state.sync_compute)
-        .acquire_many_owned(turns)
-        .await
-        .unwrap();
     let held_for = std::time::Duration::from_secs(4);
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(held_for).await;
-        drop(taken);
-    });
+    let release = hold_every_sync_turn(&app, held_for).await;
     // Larger than the socket buffers can hold (JSON allows the trailing spaces), from a
     // client that gives up on a send left untaken for 2 s.
     let (request, _) = officer.next_request();
