@@ -523,23 +523,30 @@ fn send_unasked(doc: &mut AutoCommit, state: &mut State, message: &mut Message) 
 }
 
 /// Compresses the change chunks of an outgoing message. Automerge sends changes as they are
-/// held, uncompressed, and a phone's upload is what a weak signal must carry: a visit with a
-/// 500-character note is 1,241 bytes raw and 715 compressed. The chunk keeps its hash (that
-/// is taken of the uncompressed change) and every Automerge reads it; chunks too small to
-/// gain, whole documents (already compressed) and anything that does not parse as a change
-/// go as they are.
+/// held, uncompressed (one chunk each in a version 1 message, one after another in a version 2
+/// one), and a phone's upload is what a weak signal must carry: a visit with a 500-character
+/// note is 1,241 bytes raw and 715 compressed. A chunk keeps its hash (that is taken of the
+/// uncompressed change) and every Automerge reads it; chunks too small to gain, whole
+/// documents (already compressed) and bytes that are not whole changes go as they are.
 fn compress_changes(changes: &mut ChunkList) {
     let is_raw_change = |chunk: &[u8]| chunk.len() > 8 && chunk[8] == CHANGE_CHUNK;
-    if !changes.iter().any(is_raw_change) {
+    let compress = |chunk: &[u8]| -> Vec<u8> {
+        if !is_raw_change(chunk) {
+            return chunk.to_vec();
+        }
+        Change::try_from(chunk).map_or_else(|_| chunk.to_vec(), |mut c| c.bytes().into_owned())
+    };
+    let raw = |item: &[u8]| {
+        split_chunks(item).is_some_and(|chunks| chunks.into_iter().any(is_raw_change))
+    };
+    if !changes.iter().any(raw) {
         return;
     }
     let compressed: Vec<Vec<u8>> = changes
         .iter()
-        .map(|chunk| {
-            if !is_raw_change(chunk) {
-                return chunk.to_vec();
-            }
-            Change::try_from(chunk).map_or_else(|_| chunk.to_vec(), |mut c| c.bytes().into_owned())
+        .map(|item| match split_chunks(item) {
+            Some(chunks) => chunks.into_iter().flat_map(compress).collect(),
+            None => item.to_vec(),
         })
         .collect();
     *changes = ChunkList::from(compressed);

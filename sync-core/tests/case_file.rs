@@ -1256,6 +1256,42 @@ fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0].hash, change.hash());
     assert_eq!(server.heads(), worker.heads());
+
+    // Once the server has answered, Automerge sends several changes one after another in one
+    // chunk list entry (a version 2 message): each goes compressed all the same.
+    let answer = server.generate_sync_message(&mut server_state).unwrap();
+    worker
+        .receive_sync_message(&mut phone_state, &answer)
+        .unwrap();
+    let before = worker.heads();
+    for minute in [61, 62] {
+        worker
+            .add(&testing::visit("user-1", at(minute), 500), at(minute))
+            .unwrap();
+    }
+    let compressed: usize = worker
+        .doc_mut()
+        .get_changes(&before)
+        .iter_mut()
+        .map(|change| change.bytes().len())
+        .sum();
+    let upload = worker.generate_sync_message(&mut phone_state).unwrap();
+    let sent: usize = Message::decode(&upload)
+        .unwrap()
+        .changes
+        .iter()
+        .map(<[u8]>::len)
+        .sum();
+    assert_eq!(sent, compressed);
+    server
+        .receive_sync_message_checked(
+            &mut server_state,
+            &upload,
+            &testing::author("user-1", "phone-1"),
+            |actor| *actor == testing::actor(1),
+        )
+        .unwrap();
+    assert_eq!(server.heads(), worker.heads());
 }
 
 #[test]
