@@ -121,7 +121,7 @@ impl CaseFile {
     /// nothing.
     pub fn receive_sync_message(&mut self, peer: &mut PeerState, message: &[u8]) -> Result<()> {
         let message = decode_message(message)?;
-        receive_in_steps(&mut self.doc, &mut peer.0, message)
+        receive_in_steps(&mut self.doc, &mut peer.0, message, false)
             .map_err(|e| CaseFileError::CorruptSyncMessage(e.to_string()))?;
         hold_back_nothing_unasked(self, peer);
         Ok(())
@@ -157,8 +157,14 @@ impl CaseFile {
         // their operations touched; a refusal then rolls the document back. (A trial copy
         // would cost as much as the whole document on every message.)
         let before = self.doc.get_heads();
-        let received = receive_in_steps(&mut self.doc, &mut trial_peer.0, message).map_err(corrupt);
-        let outcome = received.and_then(|()| self.check_received(&before, sender, &actor_allowed));
+        let changes_before = self.doc.stats().num_changes;
+        let received =
+            receive_in_steps(&mut self.doc, &mut trial_peer.0, message, true).map_err(corrupt);
+        let outcome = received.and_then(|offered| {
+            let applied = offered
+                .and_then(|offered| applied_from_offer(&mut self.doc, offered, changes_before));
+            self.check_received(&before, applied, sender, &actor_allowed)
+        });
         match outcome {
             Ok(applied) => {
                 hold_back_nothing_unasked(self, &mut trial_peer);
@@ -173,14 +179,15 @@ impl CaseFile {
     }
 
     /// The checks of a checked receive, on the document after it applied the changes made
-    /// since `before`.
+    /// since `before` (`applied`, where the receive could tell them without the document).
     fn check_received(
         &mut self,
         before: &[ChangeHash],
+        applied: Option<Vec<Change>>,
         sender: &Author,
         actor_allowed: &impl Fn(&ActorId) -> bool,
     ) -> Result<Vec<AppliedChange>, RefusedSync> {
-        let mut changes = self.doc.get_changes(before);
+        let mut changes = applied.unwrap_or_else(|| self.doc.get_changes(before));
         if let Some(foreign) = changes.iter().find(|c| !actor_allowed(c.actor_id())) {
             return Err(RefusedSync::ForeignActor(
                 foreign.actor_id().to_hex_string(),
@@ -390,16 +397,21 @@ impl CaseFile {
 /// a 2,000-visit message took about 26 MB at once on the server.
 const CHANGES_PER_STEP: usize = 256;
 
-/// A whole document smaller than this is left to Automerge's receive: reading it as changes
-/// costs more time (about a tenth), and its changes are few enough to apply at once.
+/// A whole document smaller than this is left to Automerge's receive where its changes are
+/// not wanted (a phone's receive): reading it as changes costs more time, and its changes are
+/// few enough to apply at once.
 const DOCUMENT_BYTES_TO_EXPAND: usize = 64 * 1024;
 
 /// Receives `message` as Automerge does, applying its changes [`CHANGES_PER_STEP`] at a time:
 /// each step is the same message with a share of the changes, in their order. Heads, needs and
 /// haves are read the same way every step, and a change whose dependencies come in a later step
 /// waits in the document's queue until they do, so the document and the peer state end as one
-/// receive leaves them. A large whole document sent in place of changes is applied as the
-/// changes it brings (see [`steps`]).
+/// receive leaves them. A whole document sent in place of changes is applied as the changes of
+/// it that `doc` lacks (see [`Offer`]).
+///
+/// With `keep_offered`, returns the changes the message offered that `doc` lacked, parsed
+/// (None where the message could not be read as changes), so that a checked receive need not
+/// rebuild them from the document.
 ///
 /// A log of our own is given to Automerge and dropped: Automerge 0.12 logs the patches of every
 /// applied change into the log it is given, active or not, and `AutoCommit`'s own log is never
@@ -409,69 +421,170 @@ fn receive_in_steps(
     doc: &mut AutoCommit,
     peer: &mut State,
     mut message: Message,
-) -> std::result::Result<(), AutomergeError> {
-    let Some(steps) = steps(doc, &message.changes) else {
-        return doc.sync().receive_sync_message_log_patches(
-            peer,
-            message,
-            &mut PatchLog::inactive(),
-        );
+    keep_offered: bool,
+) -> std::result::Result<Option<Vec<Change>>, AutomergeError> {
+    let sent = std::mem::replace(&mut message.changes, ChunkList::empty());
+    let Some(offer) = Offer::read(doc, &sent, keep_offered) else {
+        message.changes = sent;
+        doc.sync()
+            .receive_sync_message_log_patches(peer, message, &mut PatchLog::inactive())?;
+        return Ok(None);
     };
-    message.changes = ChunkList::empty();
-    for changes in steps {
+    let Offer {
+        chunks,
+        expanded,
+        lacked,
+    } = offer;
+    // Few changes as sent, or a document that brings nothing new (Automerge then loads it
+    // again, rare): one receive of the message as sent.
+    if chunks.is_empty() || (!expanded && chunks.len() <= CHANGES_PER_STEP) {
+        drop(chunks);
+        message.changes = sent;
+        doc.sync()
+            .receive_sync_message_log_patches(peer, message, &mut PatchLog::inactive())?;
+        return Ok(Some(lacked));
+    }
+    for changes in chunks.chunks(CHANGES_PER_STEP) {
         let mut step = message.clone();
-        step.changes = ChunkList::from(changes);
+        step.changes = ChunkList::from(changes.concat());
         doc.sync()
             .receive_sync_message_log_patches(peer, step, &mut PatchLog::inactive())?;
     }
-    Ok(())
+    Ok(Some(lacked))
 }
 
-/// A message's changes in steps of [`CHANGES_PER_STEP`] change chunks: as sent, or, for a
-/// large whole document (which Automerge sends in place of more than a third of its changes),
-/// the changes of it that `doc` lacks. None when one receive of the message as sent does as well
-/// (few changes and no document) or knows better: bytes that are not whole chunks, a document
-/// that does not load (its receive says what is wrong), a document that brings nothing new
-/// (rare: Automerge then loads it again).
-fn steps(doc: &mut AutoCommit, changes: &ChunkList) -> Option<Vec<Vec<u8>>> {
-    let sent: Vec<&[u8]> = changes
-        .iter()
-        .map(split_chunks)
-        .collect::<Option<Vec<_>>>()?
-        .concat();
-    let to_expand =
-        |chunk: &&[u8]| chunk[8] == DOCUMENT_CHUNK && chunk.len() > DOCUMENT_BYTES_TO_EXPAND;
-    if sent.len() <= CHANGES_PER_STEP && !sent.iter().any(to_expand) {
+/// What a message's changes offer a document.
+struct Offer<'m> {
+    /// The change chunks to apply, in the message's order: as sent, with each whole document
+    /// replaced by the changes of it that the document lacks.
+    chunks: Vec<Cow<'m, [u8]>>,
+    /// Whether a whole document was read as changes.
+    expanded: bool,
+    /// The offered changes the document lacked, parsed, each once, in the message's order
+    /// (gathered only when asked for: a phone's receive does not need them).
+    lacked: Vec<Change>,
+}
+
+impl<'m> Offer<'m> {
+    /// None when the bytes are not whole chunks, or a chunk does not parse or load (the
+    /// receive of the message as sent then says what is wrong).
+    fn read(doc: &mut AutoCommit, changes: &'m ChunkList, keep_lacked: bool) -> Option<Self> {
+        let sent: Vec<&[u8]> = changes
+            .iter()
+            .map(split_chunks)
+            .collect::<Option<Vec<_>>>()?
+            .concat();
+        let mut offer = Offer {
+            chunks: Vec::with_capacity(sent.len()),
+            expanded: false,
+            lacked: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        for chunk in sent {
+            // A small whole document is left to Automerge's receive unless its changes are
+            // wanted: reading it as changes costs a little more.
+            let small = chunk.len() <= DOCUMENT_BYTES_TO_EXPAND && !keep_lacked;
+            if chunk[8] != DOCUMENT_CHUNK || small {
+                offer.chunks.push(Cow::Borrowed(chunk));
+                if keep_lacked {
+                    // Parsed as Automerge will parse it (a change keeps the compressed form
+                    // it came in, which is what storage keeps).
+                    let change = Change::try_from(chunk).ok()?;
+                    if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
+                        offer.lacked.push(change);
+                    }
+                }
+                continue;
+            }
+            // Automerge would load it too; its changes are then applied as any others.
+            offer.expanded = true;
+            let document = Automerge::load(chunk).ok()?;
+            let known: Vec<ChangeHash> = doc
+                .get_heads()
+                .into_iter()
+                .filter(|hash| !lacks_in(&document, hash))
+                .collect();
+            for change in document.get_changes(&known) {
+                if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
+                    offer.chunks.push(Cow::Owned(change.raw_bytes().to_vec()));
+                    if keep_lacked {
+                        offer.lacked.push(change);
+                    }
+                }
+            }
+        }
+        Some(offer)
+    }
+}
+
+/// Whether `doc` has neither applied nor held back the change `hash` (cheap: rebuilding the
+/// change, as `get_change_by_hash` does, costs as much as the change's operations).
+fn lacks(doc: &mut AutoCommit, hash: &ChangeHash) -> bool {
+    doc.get_missing_deps(&[*hash]).contains(hash)
+}
+
+fn lacks_in(doc: &Automerge, hash: &ChangeHash) -> bool {
+    doc.get_missing_deps(&[*hash]).contains(hash)
+}
+
+/// The changes a receive applied, taken from those the message offered (`offered`, which the
+/// document lacked before) without rebuilding them from the document, in an order in which
+/// each comes after its dependencies. None unless they account for every change the document
+/// gained (`changes_before` it had before; one held back by an earlier message and applied now
+/// was not offered), or if the document now holds changes back (it would not say which of the
+/// offered ones).
+fn applied_from_offer(
+    doc: &mut AutoCommit,
+    offered: Vec<Change>,
+    changes_before: u64,
+) -> Option<Vec<Change>> {
+    if !doc.get_missing_deps(&[]).is_empty() {
         return None;
     }
-    let mut chunks: Vec<Cow<'_, [u8]>> = Vec::with_capacity(sent.len());
-    for chunk in sent {
-        if !to_expand(&chunk) {
-            chunks.push(Cow::Borrowed(chunk));
-            continue;
-        }
-        // Automerge would load it too; its changes are then applied as any others.
-        let document = Automerge::load(chunk).ok()?;
-        let known: Vec<ChangeHash> = doc
-            .get_heads()
-            .into_iter()
-            .filter(|hash| document.get_change_by_hash(hash).is_some())
-            .collect();
-        for change in document.get_changes(&known) {
-            if doc.get_change_by_hash(&change.hash()).is_none() {
-                chunks.push(Cow::Owned(change.raw_bytes().to_vec()));
+    let gained = doc.stats().num_changes.checked_sub(changes_before)?;
+    let applied: Vec<Change> = offered
+        .into_iter()
+        .filter(|change| !lacks(doc, &change.hash()))
+        .collect();
+    (applied.len() as u64 == gained).then(|| causal_order(applied))
+}
+
+/// `changes` reordered, as little as needed, so that each comes after those of its
+/// dependencies that are among them.
+fn causal_order(changes: Vec<Change>) -> Vec<Change> {
+    let index: BTreeMap<ChangeHash, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| (change.hash(), i))
+        .collect();
+    let mut placed = vec![false; changes.len()];
+    let mut order = Vec::with_capacity(changes.len());
+    for start in 0..changes.len() {
+        // Depth first, without recursion: a chain of thousands of visits is thousands deep.
+        let mut stack = vec![(start, 0)];
+        while let Some((at, next_dep)) = stack.pop() {
+            if placed[at] {
+                continue;
+            }
+            let deps = changes[at].deps();
+            match deps[next_dep..]
+                .iter()
+                .position(|dep| index.get(dep).is_some_and(|&d| !placed[d]))
+            {
+                Some(offset) => {
+                    let dep = index[&deps[next_dep + offset]];
+                    stack.push((at, next_dep + offset + 1));
+                    stack.push((dep, 0));
+                }
+                None => {
+                    placed[at] = true;
+                    order.push(at);
+                }
             }
         }
     }
-    if chunks.is_empty() {
-        return None;
-    }
-    Some(
-        chunks
-            .chunks(CHANGES_PER_STEP)
-            .map(<[Cow<'_, [u8]>]>::concat)
-            .collect(),
-    )
+    let mut slots: Vec<Option<Change>> = changes.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 /// When a message brought changes whose dependencies this side lacks, Automerge holds them

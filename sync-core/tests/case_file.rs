@@ -1131,7 +1131,9 @@ fn a_server_that_keeps_nothing_between_messages_still_gets_changes_whose_message
 fn messages_applied_in_steps_end_as_automerge_receives_them() {
     use automerge::sync::{ChunkList, MessageVersion};
 
-    // A whole document is read as changes only past 64 KiB: 1,000 visits' is, 3 visits' not.
+    // Changes in reverse order (applied in steps, and reported in an order in which each
+    // follows its dependencies), a whole document past 64 KiB and a small one: the server's
+    // checked receive reads both as the changes they bring.
     for (visits, as_document) in [(600, false), (1000, true), (3, true)] {
         let mut server = testing::new_case("case-1");
         let mut worker = phone(&mut server, 1);
@@ -1177,6 +1179,7 @@ fn messages_applied_in_steps_end_as_automerge_receives_them() {
 fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], changes: i64) {
     use automerge::sync::{Message, SyncDoc};
 
+    let before = server.heads();
     let mut reference = automerge::AutoCommit::load(&server.save()).unwrap();
     let mut reference_state = automerge::sync::State::new();
     reference
@@ -1195,6 +1198,7 @@ fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], 
         .unwrap();
     assert_eq!(applied.len() as i64, changes);
     assert_eq!(server.heads(), reference.get_heads());
+    assert_applied_as_stored(&applied, &reference.get_changes(&before));
     assert!(!server.holds_back_changes());
     let ours = server.generate_sync_message(&mut state);
     let theirs = reference
@@ -1203,6 +1207,77 @@ fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], 
         .map(Message::encode);
     assert!(ours.is_some());
     assert_eq!(ours, theirs);
+}
+
+/// The changes a checked receive reported are exactly those the document gained (`gained`),
+/// each as the same change (its bytes may be compressed), each after those of its
+/// dependencies that came with it.
+fn assert_applied_as_stored(
+    applied: &[doorstep_sync_core::AppliedChange],
+    gained: &[automerge::Change],
+) {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let gained: BTreeMap<_, _> = gained.iter().map(|c| (c.hash(), c.raw_bytes())).collect();
+    let reported: BTreeSet<_> = applied.iter().map(|c| c.hash).collect();
+    assert_eq!(reported.len(), applied.len(), "a change reported twice");
+    assert_eq!(reported, gained.keys().copied().collect::<BTreeSet<_>>());
+    let mut seen = BTreeSet::new();
+    for change in applied {
+        let parsed = automerge::Change::try_from(change.bytes.as_slice()).unwrap();
+        assert_eq!(parsed.raw_bytes(), gained[&change.hash]);
+        assert_eq!(parsed.deps(), change.deps.as_slice());
+        assert_eq!(parsed.actor_id(), &change.actor);
+        for dep in &change.deps {
+            assert!(
+                !gained.contains_key(dep) || seen.contains(dep),
+                "a change reported before its dependency"
+            );
+        }
+        seen.insert(change.hash);
+    }
+}
+
+#[test]
+fn a_change_held_back_until_its_dependency_arrives_is_reported_with_it() {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
+    let before = server.heads();
+    for minute in [60, 61] {
+        worker
+            .add(&testing::visit("user-1", at(minute), 500), at(minute))
+            .unwrap();
+    }
+    let mut changes = worker.doc_mut().get_changes(&before);
+    let message = |change: &mut automerge::Change| {
+        Message {
+            heads: Vec::new(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: ChunkList::from(vec![change.bytes().into_owned()]),
+            flags: None,
+            version: MessageVersion::V1,
+        }
+        .encode()
+    };
+    let (first, second) = (message(&mut changes[0]), message(&mut changes[1]));
+    let mut state = PeerState::new();
+    let sender = testing::author("user-1", "phone-1");
+    let allowed = |actor: &automerge::ActorId| *actor == testing::actor(1);
+
+    // The second visit first: it waits for the first, and nothing is applied yet.
+    let applied = server
+        .receive_sync_message_checked(&mut state, &second, &sender, allowed)
+        .unwrap();
+    assert!(applied.is_empty());
+    assert!(server.holds_back_changes());
+    // The first brings both in: both are reported, though the message offered one.
+    let applied = server
+        .receive_sync_message_checked(&mut state, &first, &sender, allowed)
+        .unwrap();
+    assert_applied_as_stored(&applied, &changes);
+    assert_eq!(server.heads(), worker.heads());
 }
 
 /// A case holding ten visits, and a phone (user-1, actor 1) that holds it too.
