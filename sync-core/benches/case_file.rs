@@ -2,7 +2,8 @@
 //! 10,000 visits (bytes to document, and bytes to a typed list of visits), and saved bytes per
 //! visit; and time to rebuild a 200-visit case's change graph from its stored changes (what a
 //! server does when its cache does not hold the graph), against decoding each change in full;
-//! and the server's checked receive of a phone's 20 new visits onto a 200-visit case.
+//! and the server's checked receive of a phone's 20 new visits onto a 200-visit case, as
+//! changes (mid-session) and as the phone's whole document (a reconnect).
 //! Notes are plain strings of 500 characters (DESIGN.md "Measured here").
 //!
 //! Run: `cargo bench -p doorstep-sync-core --bench case_file`
@@ -142,5 +143,58 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// The server's side of a mass reconnect: a phone that held the case as it was created
+/// recorded 20 visits offline, and sends its whole document (as Automerge does once the other
+/// side lacks more than a third of it) to a server whose case others have since given 100
+/// visits.
+fn bench_whole_document_upload(c: &mut Criterion) {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    let created = testing::new_case("bench").save();
+    let mut stored = open(&created);
+    stored.set_author(testing::author("user-1", "phone-1"), testing::actor(1));
+    for i in 0..100 {
+        let started = at(i * 60);
+        let _ = stored.add(&testing::visit("user-1", started, NOTE_CHARS), started);
+    }
+    let stored = stored.save();
+    let mut phone = open(&created);
+    for i in 0..20 {
+        let started = at(1_000_000 + i * 60);
+        let _ = phone.add(&testing::visit("user-2", started, NOTE_CHARS), started);
+    }
+    let message = Message {
+        heads: phone.heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(phone.save()),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode();
+    let sender = testing::author("user-2", "phone-2");
+    c.bench_function(
+        "checked receive of a phone's whole document (20 visits) onto a 100-visit case",
+        |b| {
+            b.iter_batched(
+                || open(&stored),
+                |mut file| {
+                    let applied = file
+                        .receive_sync_message_checked(
+                            &mut PeerState::new(),
+                            &message,
+                            &sender,
+                            |_| true,
+                        )
+                        .unwrap_or_else(|e| unreachable!("the visits are accepted: {e:?}"));
+                    assert_eq!(applied.len(), 20);
+                    black_box(applied)
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
+criterion_group!(benches, bench, bench_whole_document_upload);
 criterion_main!(benches);

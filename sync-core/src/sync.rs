@@ -397,21 +397,22 @@ impl CaseFile {
 /// a 2,000-visit message took about 26 MB at once on the server.
 const CHANGES_PER_STEP: usize = 256;
 
-/// A whole document smaller than this is left to Automerge's receive where its changes are
-/// not wanted (a phone's receive): reading it as changes costs more time, and its changes are
-/// few enough to apply at once.
+/// A whole document smaller than this is left to Automerge's receive: its changes are few
+/// enough to apply at once, and reading it as changes costs no less, even where the checked
+/// receive then rebuilds them from the document (`cargo bench -p doorstep-sync-core --bench
+/// case_file -- "whole document"`).
 const DOCUMENT_BYTES_TO_EXPAND: usize = 64 * 1024;
 
 /// Receives `message` as Automerge does, applying its changes [`CHANGES_PER_STEP`] at a time:
 /// each step is the same message with a share of the changes, in their order. Heads, needs and
 /// haves are read the same way every step, and a change whose dependencies come in a later step
 /// waits in the document's queue until they do, so the document and the peer state end as one
-/// receive leaves them. A whole document sent in place of changes is applied as the changes of
-/// it that `doc` lacks (see [`Offer`]).
+/// receive leaves them. A large whole document sent in place of changes is applied as the
+/// changes of it that `doc` lacks (see [`Offer`]).
 ///
 /// With `keep_offered`, returns the changes the message offered that `doc` lacked, parsed
-/// (None where the message could not be read as changes), so that a checked receive need not
-/// rebuild them from the document.
+/// (None where the message could not be read as changes, or brought a small whole document),
+/// so that a checked receive need not rebuild them from the document.
 ///
 /// A log of our own is given to Automerge and dropped: Automerge 0.12 logs the patches of every
 /// applied change into the log it is given, active or not, and `AutoCommit`'s own log is never
@@ -442,7 +443,7 @@ fn receive_in_steps(
         message.changes = sent;
         doc.sync()
             .receive_sync_message_log_patches(peer, message, &mut PatchLog::inactive())?;
-        return Ok(Some(lacked));
+        return Ok(lacked);
     }
     for changes in chunks.chunks(CHANGES_PER_STEP) {
         let mut step = message.clone();
@@ -450,19 +451,20 @@ fn receive_in_steps(
         doc.sync()
             .receive_sync_message_log_patches(peer, step, &mut PatchLog::inactive())?;
     }
-    Ok(Some(lacked))
+    Ok(lacked)
 }
 
 /// What a message's changes offer a document.
 struct Offer<'m> {
-    /// The change chunks to apply, in the message's order: as sent, with each whole document
-    /// replaced by the changes of it that the document lacks.
+    /// The change chunks to apply, in the message's order: as sent, with each large whole
+    /// document replaced by the changes of it that the document lacks.
     chunks: Vec<Cow<'m, [u8]>>,
     /// Whether a whole document was read as changes.
     expanded: bool,
     /// The offered changes the document lacked, parsed, each once, in the message's order
-    /// (gathered only when asked for: a phone's receive does not need them).
-    lacked: Vec<Change>,
+    /// (gathered only when asked for: a phone's receive does not need them); None where a
+    /// whole document is left to Automerge's receive.
+    lacked: Option<Vec<Change>>,
 }
 
 impl<'m> Offer<'m> {
@@ -477,21 +479,23 @@ impl<'m> Offer<'m> {
         let mut offer = Offer {
             chunks: Vec::with_capacity(sent.len()),
             expanded: false,
-            lacked: Vec::new(),
+            lacked: keep_lacked.then(Vec::new),
         };
         let mut seen = BTreeSet::new();
         for chunk in sent {
-            // A small whole document is left to Automerge's receive unless its changes are
-            // wanted: reading it as changes costs a little more.
-            let small = chunk.len() <= DOCUMENT_BYTES_TO_EXPAND && !keep_lacked;
-            if chunk[8] != DOCUMENT_CHUNK || small {
+            if chunk[8] == DOCUMENT_CHUNK && chunk.len() <= DOCUMENT_BYTES_TO_EXPAND {
                 offer.chunks.push(Cow::Borrowed(chunk));
-                if keep_lacked {
+                offer.lacked = None;
+                continue;
+            }
+            if chunk[8] != DOCUMENT_CHUNK {
+                offer.chunks.push(Cow::Borrowed(chunk));
+                if let Some(lacked) = offer.lacked.as_mut() {
                     // Parsed as Automerge will parse it (a change keeps the compressed form
                     // it came in, which is what storage keeps).
                     let change = Change::try_from(chunk).ok()?;
                     if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
-                        offer.lacked.push(change);
+                        lacked.push(change);
                     }
                 }
                 continue;
@@ -507,8 +511,8 @@ impl<'m> Offer<'m> {
             for change in document.get_changes(&known) {
                 if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
                     offer.chunks.push(Cow::Owned(change.raw_bytes().to_vec()));
-                    if keep_lacked {
-                        offer.lacked.push(change);
+                    if let Some(lacked) = offer.lacked.as_mut() {
+                        lacked.push(change);
                     }
                 }
             }

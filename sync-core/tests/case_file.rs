@@ -1132,8 +1132,8 @@ fn messages_applied_in_steps_end_as_automerge_receives_them() {
     use automerge::sync::{ChunkList, MessageVersion};
 
     // Changes in reverse order (applied in steps, and reported in an order in which each
-    // follows its dependencies), a whole document past 64 KiB and a small one: the server's
-    // checked receive reads both as the changes they bring.
+    // follows its dependencies), a whole document past 64 KiB (read as the changes it brings)
+    // and a small one (left to Automerge's receive).
     for (visits, as_document) in [(600, false), (1000, true), (3, true)] {
         let mut server = testing::new_case("case-1");
         let mut worker = phone(&mut server, 1);
