@@ -161,8 +161,8 @@ impl CaseFile {
         let received =
             receive_in_steps(&mut self.doc, &mut trial_peer.0, message, true).map_err(corrupt);
         let outcome = received.and_then(|offered| {
-            let applied = offered
-                .and_then(|offered| applied_from_offer(&mut self.doc, offered, changes_before));
+            let applied =
+                offered.and_then(|offered| applied_from_offer(&self.doc, offered, changes_before));
             self.check_received(&before, applied, sender, &actor_allowed)
         });
         match outcome {
@@ -506,7 +506,7 @@ impl<'m> Offer<'m> {
             let known: Vec<ChangeHash> = doc
                 .get_heads()
                 .into_iter()
-                .filter(|hash| !lacks_in(&document, hash))
+                .filter(|hash| !lacks(&document, hash))
                 .collect();
             for change in document.get_changes(&known) {
                 if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
@@ -523,11 +523,7 @@ impl<'m> Offer<'m> {
 
 /// Whether `doc` has neither applied nor held back the change `hash` (cheap: rebuilding the
 /// change, as `get_change_by_hash` does, costs as much as the change's operations).
-fn lacks(doc: &mut AutoCommit, hash: &ChangeHash) -> bool {
-    doc.get_missing_deps(&[*hash]).contains(hash)
-}
-
-fn lacks_in(doc: &Automerge, hash: &ChangeHash) -> bool {
+fn lacks(doc: &impl ReadDoc, hash: &ChangeHash) -> bool {
     doc.get_missing_deps(&[*hash]).contains(hash)
 }
 
@@ -538,7 +534,7 @@ fn lacks_in(doc: &Automerge, hash: &ChangeHash) -> bool {
 /// was not offered), or if the document now holds changes back (it would not say which of the
 /// offered ones).
 fn applied_from_offer(
-    doc: &mut AutoCommit,
+    doc: &AutoCommit,
     offered: Vec<Change>,
     changes_before: u64,
 ) -> Option<Vec<Change>> {

@@ -753,6 +753,22 @@ fn a_stage_change_moves_the_case_and_records_the_history() {
     assert_eq!(file.heads(), heads);
 }
 
+/// The server's checked receive of `message` from phone 1 (user-1, actor 1): what it applied.
+fn receive_from_phone_1(
+    server: &mut CaseFile,
+    state: &mut PeerState,
+    message: &[u8],
+) -> Vec<doorstep_sync_core::AppliedChange> {
+    server
+        .receive_sync_message_checked(
+            state,
+            message,
+            &testing::author("user-1", "phone-1"),
+            |actor| *actor == testing::actor(1),
+        )
+        .unwrap()
+}
+
 /// Syncs `phone` into `server` through the checked receive as `sender`; the first refusal.
 fn checked_sync(
     server: &mut CaseFile,
@@ -1188,14 +1204,7 @@ fn assert_received_as_automerge_receives(server: &mut CaseFile, message: &[u8], 
         .unwrap();
 
     let mut state = PeerState::new();
-    let applied = server
-        .receive_sync_message_checked(
-            &mut state,
-            message,
-            &testing::author("user-1", "phone-1"),
-            |actor| *actor == testing::actor(1),
-        )
-        .unwrap();
+    let applied = receive_from_phone_1(server, &mut state, message);
     assert_eq!(applied.len() as i64, changes);
     assert_eq!(server.heads(), reference.get_heads());
     assert_applied_as_stored(&applied, &reference.get_changes(&before));
@@ -1263,19 +1272,13 @@ fn a_change_held_back_until_its_dependency_arrives_is_reported_with_it() {
     };
     let (first, second) = (message(&mut changes[0]), message(&mut changes[1]));
     let mut state = PeerState::new();
-    let sender = testing::author("user-1", "phone-1");
-    let allowed = |actor: &automerge::ActorId| *actor == testing::actor(1);
 
     // The second visit first: it waits for the first, and nothing is applied yet.
-    let applied = server
-        .receive_sync_message_checked(&mut state, &second, &sender, allowed)
-        .unwrap();
+    let applied = receive_from_phone_1(&mut server, &mut state, &second);
     assert!(applied.is_empty());
     assert!(server.holds_back_changes());
     // The first brings both in: both are reported, though the message offered one.
-    let applied = server
-        .receive_sync_message_checked(&mut state, &first, &sender, allowed)
-        .unwrap();
+    let applied = receive_from_phone_1(&mut server, &mut state, &first);
     assert_applied_as_stored(&applied, &changes);
     assert_eq!(server.heads(), worker.heads());
 }
@@ -1320,14 +1323,7 @@ fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
         chunks[0].len()
     );
 
-    let applied = server
-        .receive_sync_message_checked(
-            &mut server_state,
-            &upload,
-            &testing::author("user-1", "phone-1"),
-            |actor| *actor == testing::actor(1),
-        )
-        .unwrap();
+    let applied = receive_from_phone_1(&mut server, &mut server_state, &upload);
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0].hash, change.hash());
     assert_eq!(server.heads(), worker.heads());
@@ -1358,14 +1354,7 @@ fn a_new_visit_goes_up_compressed_and_arrives_as_the_same_change() {
         .map(<[u8]>::len)
         .sum();
     assert_eq!(sent, compressed);
-    server
-        .receive_sync_message_checked(
-            &mut server_state,
-            &upload,
-            &testing::author("user-1", "phone-1"),
-            |actor| *actor == testing::actor(1),
-        )
-        .unwrap();
+    receive_from_phone_1(&mut server, &mut server_state, &upload);
     assert_eq!(server.heads(), worker.heads());
 }
 
