@@ -150,6 +150,7 @@ impl CaseFile {
                 .sync()
                 .receive_sync_message(&mut trial_peer.0, message)
                 .map_err(corrupt)?;
+            hold_back_nothing_unasked(self, &mut trial_peer);
             *peer = trial_peer;
             return Ok(Vec::new());
         }

@@ -1283,6 +1283,42 @@ fn a_change_held_back_until_its_dependency_arrives_is_reported_with_it() {
     assert_eq!(server.heads(), worker.heads());
 }
 
+#[test]
+fn a_message_without_changes_leaves_the_same_state_checked_or_not_while_changes_are_held_back() {
+    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
+    let before = server.heads();
+    for minute in [60, 61] {
+        worker
+            .add(&testing::visit("user-1", at(minute), 500), at(minute))
+            .unwrap();
+    }
+    let mut second = worker.doc_mut().get_changes(&before).remove(1);
+    let held_back = automerge::sync::Message {
+        heads: Vec::new(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: automerge::sync::ChunkList::from(vec![second.bytes().into_owned()]),
+        flags: None,
+        version: automerge::sync::MessageVersion::V1,
+    }
+    .encode();
+    let mut state = PeerState::new();
+    receive_from_phone_1(&mut server, &mut state, &held_back);
+    assert!(server.holds_back_changes());
+    // The reply asks the phone to forget what it sent; the phone then says only where it is.
+    server.generate_sync_message(&mut state).unwrap();
+    let no_changes = worker.generate_sync_message(&mut PeerState::new()).unwrap();
+
+    let mut plain = state.clone();
+    server
+        .receive_sync_message(&mut plain, &no_changes)
+        .unwrap();
+    let applied = receive_from_phone_1(&mut server, &mut state, &no_changes);
+    assert!(applied.is_empty());
+    // Both ask again for a reset: the held-back change is still not stored.
+    assert_eq!(state, plain);
+}
+
 /// A case holding ten visits, and a phone (user-1, actor 1) that holds it too.
 fn case_of_ten_visits_and_a_phone() -> (CaseFile, CaseFile) {
     let mut server = testing::new_case("case-1");

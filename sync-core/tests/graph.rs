@@ -152,7 +152,10 @@ impl World {
             .receive_sync_message(&mut self.reference_states[phone], message)
             .unwrap();
         let state = &mut self.graph_states[phone];
-        if !self.graph.receive_sync_message(state, message).unwrap() {
+        // As in `server_sends`: while the document holds back changes, it alone knows of them,
+        // so it takes every message (each receive then asks the phone for a sync reset).
+        let holding_back = self.document.holds_back_changes();
+        if holding_back || !self.graph.receive_sync_message(state, message).unwrap() {
             let sender = self.phones[phone].author.clone();
             let applied = self
                 .document
