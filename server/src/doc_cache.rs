@@ -88,11 +88,6 @@ impl DocumentCache {
         }
     }
 
-    /// Whether the cache holds a document of `case_id` (parsed at whatever heads).
-    pub fn holds(&self, case_id: &str) -> bool {
-        self.lock().by_case.contains_key(case_id)
-    }
-
     pub fn len(&self) -> usize {
         self.lock().by_case.len()
     }

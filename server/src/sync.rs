@@ -209,13 +209,6 @@ async fn sync_attempt(
     // Case-id order across the groups below too: on the last attempt, PostgreSQL locks each
     // document's row as a group reads it, and every sync must lock in one order.
     to_load.sort();
-    if optimistic {
-        // Otherwise the documents the cache holds go first (each group still reads and writes
-        // in case-id order), before other syncs evict them: when every sync walked its cases
-        // in one order, a cache smaller than a sync had evicted each case before the next
-        // sync reached it (26-44 hits in 2,500 lookups in the interop bench's reconnect).
-        to_load.sort_by_key(|case_id| !documents.holds(case_id));
-    }
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());

@@ -10,9 +10,7 @@ use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::{CaseFile, testing};
 
-use crate::helpers::{
-    Backend, Phone, both_backends, counter, new_case, spawn_app, spawn_app_with, stored_heads,
-};
+use crate::helpers::{Backend, Phone, both_backends, counter, spawn_app, stored_heads};
 
 both_backends!(
     a_phone_receives_exactly_its_allocated_cases,
@@ -27,7 +25,6 @@ both_backends!(
     staff_reads_use_the_document_cache_and_see_every_new_change,
     new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
     an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives,
-    a_sync_takes_first_the_documents_the_cache_holds,
 );
 
 async fn a_phone_receives_exactly_its_allocated_cases(backend: Backend) {
@@ -596,45 +593,4 @@ async fn an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives(backen
         heads_key(&officer.doc(case).heads()),
         stored_heads(&app, case).await
     );
-}
-
-/// A sync reads and computes its documents a group at a time. Walked in case-id order, a
-/// sync's first groups evicted from a small cache the documents its last groups could have
-/// used; the documents the cache holds go first instead.
-async fn a_sync_takes_first_the_documents_the_cache_holds(backend: Backend) {
-    let app = spawn_app_with(backend, |config| config.document_cache_size = 2).await;
-    for _ in 0..10 {
-        new_case(&app, &["officer"]).await;
-    }
-    let mut officer = Phone::sign_in(&app, "officer", 1).await;
-    officer.sync_until_quiet(&app).await;
-    let cases: Vec<String> = officer.docs.keys().cloned().collect();
-    assert_eq!(cases.len(), 12, "more cases than one group of documents");
-    let record_everywhere = async |officer: &mut Phone, minute| {
-        for case in &cases {
-            officer
-                .doc(case)
-                .add(
-                    &testing::visit("user-officer", testing::at(minute), 100),
-                    testing::at(minute),
-                )
-                .unwrap();
-        }
-        officer.sync_until_quiet(&app).await;
-    };
-    // Every document parsed; the cache keeps the last two put back.
-    record_everywhere(&mut officer, 5).await;
-    let hits = counter(&app, "doorstep_document_cache_hits_total").await;
-    record_everywhere(&mut officer, 6).await;
-    assert_eq!(
-        counter(&app, "doorstep_document_cache_hits_total").await,
-        hits + 2,
-        "the two cached documents were used before the first group evicted them"
-    );
-    for case in &cases {
-        assert_eq!(
-            heads_key(&officer.doc(case).heads()),
-            stored_heads(&app, case).await
-        );
-    }
 }
