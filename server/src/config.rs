@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "DOORSTEP_WS_ANSWER_WAIT_MS", default_value_t = DEFAULT_WS_ANSWER_WAIT_MS)]
     pub ws_answer_wait_ms: u64,
 
+    /// How often, in seconds, an open WebSocket connection checks again that its device is
+    /// not revoked, its user not disabled, and which cases are still allocated. A change made
+    /// through this instance reaches its connections at once; one made through another
+    /// instance on the same database (which cannot tell them) within this interval.
+    #[arg(long, env = "DOORSTEP_WS_RECHECK_SECS", default_value_t = 30)]
+    pub ws_recheck_secs: u64,
+
     /// Lifetime of an access token, in seconds.
     #[arg(long, env = "DOORSTEP_ACCESS_TOKEN_TTL_SECS", default_value_t = 15 * 60)]
     pub access_token_ttl_secs: u64,
@@ -113,6 +120,7 @@ impl Config {
             document_cache_size: DEFAULT_DOCUMENT_CACHE_SIZE,
             graph_cache_mib: DEFAULT_GRAPH_CACHE_MIB,
             ws_answer_wait_ms: DEFAULT_WS_ANSWER_WAIT_MS,
+            ws_recheck_secs: 30,
             access_token_ttl_secs: 15 * 60,
             refresh_token_ttl_secs: 30 * 24 * 3600,
             evidence: crate::evidence::EvidenceConfig::default(),
@@ -173,6 +181,7 @@ impl fmt::Debug for Config {
             .field("sync_timeout_secs", &self.sync_timeout_secs)
             .field("sync_body_unread_secs", &self.sync_body_unread_secs)
             .field("ws_answer_wait_ms", &self.ws_answer_wait_ms)
+            .field("ws_recheck_secs", &self.ws_recheck_secs)
             .field("access_token_ttl_secs", &self.access_token_ttl_secs)
             .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
             .field("evidence", &self.evidence)

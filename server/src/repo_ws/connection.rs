@@ -195,6 +195,11 @@ impl Connection {
         tokio::pin!(expiry);
         let handshake = tokio::time::sleep(HANDSHAKE_TIMEOUT);
         tokio::pin!(handshake);
+        // Another instance's revocations and deallocations reach this one only through the
+        // database (its hub tells only its own connections).
+        let every = Duration::from_secs(self.state.config.ws_recheck_secs.max(1));
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let overflow = async |outbox: Option<Arc<Outbox>>| match outbox {
             Some(outbox) if !outbox.overflowed() => outbox.overflow.notified().await,
             Some(_) => {}
@@ -223,6 +228,15 @@ impl Connection {
                 }
                 () = &mut handshake, if self.outbox.is_none() => {
                     return Some(Close::protocol("no join message within 30 seconds"));
+                }
+                _ = recheck.tick() => {
+                    let rechecked = match self.check_caller().await {
+                        Ok(()) => self.recheck_allocations().await,
+                        Err(close) => Err(close),
+                    };
+                    if let Err(close) = rechecked {
+                        return Some(close);
+                    }
                 }
                 frame = stream.next() => {
                     let first = match read_frame(frame) {

@@ -1263,3 +1263,51 @@ async fn an_oversized_frame_closes_the_connection(backend: Backend) {
     }
     assert_eq!(stored(&app, &case_id).await, before);
 }
+
+/// Two instances on one PostgreSQL database: a deallocation and a revocation made through the
+/// second reach a WebSocket connection open on the first, whose hub nobody tells, within its
+/// recheck interval (not only when the client next sends, or its token expires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_access_made_on_another_instance_reach_an_open_connection() {
+    let first = spawn_app_with(Backend::Postgres, |config| config.ws_recheck_secs = 1).await;
+    let (url, key) = (
+        first.state.config.database_url(),
+        first.state.config.signing_key_file(),
+    );
+    let second = spawn_app_with(Backend::Sqlite, |config| {
+        config.database_url = Some(url);
+        config.signing_key_file = Some(key);
+    })
+    .await;
+    let officer = first.tokens("officer", &testing::actor(1)).await;
+    let kept = new_case(&first, &["officer"]).await;
+    let taken = new_case(&first, &["officer"]).await;
+    let mut peer = Peer::connect(&first, &officer.access_token).await;
+    for case_id in [&kept, &taken] {
+        let mut replica = Replica::new(case_id, &officer.user.id, &officer.device_id);
+        fetch(&first, &mut peer, &mut replica).await;
+    }
+
+    second
+        .storage()
+        .deallocate(&taken, &officer.user.id)
+        .await
+        .unwrap();
+    let answer = peer.next().await.message();
+    assert_eq!(kind_of(&answer), "doc-unavailable", "{answer:?}");
+    assert_eq!(
+        text(&answer, "documentId"),
+        document_id::document_id(&taken).unwrap()
+    );
+
+    let response = second
+        .client
+        .post(second.url(&format!("/api/v1/devices/{}/revoke", officer.device_id)))
+        .bearer_auth(&officer.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    assert!(message.contains("revoked"), "{message}");
+}
