@@ -3,7 +3,8 @@
 //! visit; and time to rebuild a 200-visit case's change graph from its stored changes (what a
 //! server does when its cache does not hold the graph), against decoding each change in full;
 //! and the server's checked receive of a phone's 20 new visits onto a 200-visit case, as
-//! changes (mid-session) and as the phone's whole document (a reconnect).
+//! changes (mid-session) and as the phone's whole document (a reconnect); and a phone's first
+//! message of a session after one new visit on a 2,000-visit case (it carries the visit).
 //! Notes are plain strings of 500 characters (DESIGN.md "Measured here").
 //!
 //! Run: `cargo bench -p doorstep-sync-core --bench case_file`
@@ -196,5 +197,45 @@ fn bench_whole_document_upload(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, bench, bench_whole_document_upload);
+/// Scenario 2's writer: a phone that last synced a 2,000-visit case records one visit and
+/// reconnects; its first message carries the visit (see `send_unasked`).
+fn bench_first_message_of_a_session(c: &mut Criterion) {
+    let stored = case_with_visits(2_000).save();
+    let mut phone = open(&stored);
+    let mut server = open(&stored);
+    let (mut at_server, mut at_phone) = (PeerState::new(), PeerState::new());
+    for _ in 0..10 {
+        if let Some(to_server) = phone.generate_sync_message(&mut at_phone) {
+            let _ = server.receive_sync_message(&mut at_server, &to_server);
+        }
+        if let Some(to_phone) = server.generate_sync_message(&mut at_server) {
+            let _ = phone.receive_sync_message(&mut at_phone, &to_phone);
+        }
+    }
+    // The session ends: only what persists of the phone's sync state is kept.
+    let saved = at_phone.encode();
+    let started = at(10_000_000);
+    let _ = phone.add(&testing::visit("user-2", started, NOTE_CHARS), started);
+    c.bench_function(
+        "a session's first message after one new visit on a 2,000-visit case",
+        |b| {
+            b.iter_batched(
+                || PeerState::decode(&saved).unwrap_or_else(|e| unreachable!("{e}")),
+                |mut state| {
+                    let message = phone.generate_sync_message(&mut state);
+                    assert!(message.as_deref().is_some_and(brings_changes));
+                    black_box(message)
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_whole_document_upload,
+    bench_first_message_of_a_session
+);
 criterion_main!(benches);

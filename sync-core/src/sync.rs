@@ -619,7 +619,7 @@ fn send_unasked(doc: &mut AutoCommit, state: &mut State, message: &mut Message) 
         .iter()
         .filter(|change| unsent(&change.hash))
         .count();
-    if new == 0 || new > doc.get_changes_meta(&[]).len() / 3 {
+    if new == 0 || new as u64 > doc.stats().num_changes / 3 {
         return;
     }
     let mut changes = doc.get_changes(&state.shared_heads);
