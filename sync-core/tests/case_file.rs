@@ -1249,28 +1249,7 @@ fn assert_applied_as_stored(
 
 #[test]
 fn a_change_held_back_until_its_dependency_arrives_is_reported_with_it() {
-    use automerge::sync::{ChunkList, Message, MessageVersion};
-
-    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
-    let before = server.heads();
-    for minute in [60, 61] {
-        worker
-            .add(&testing::visit("user-1", at(minute), 500), at(minute))
-            .unwrap();
-    }
-    let mut changes = worker.doc_mut().get_changes(&before);
-    let message = |change: &mut automerge::Change| {
-        Message {
-            heads: Vec::new(),
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: ChunkList::from(vec![change.bytes().into_owned()]),
-            flags: None,
-            version: MessageVersion::V1,
-        }
-        .encode()
-    };
-    let (first, second) = (message(&mut changes[0]), message(&mut changes[1]));
+    let (mut server, mut worker, changes, [first, second]) = two_visits_sent_one_per_message();
     let mut state = PeerState::new();
 
     // The second visit first: it waits for the first, and nothing is applied yet.
@@ -1285,23 +1264,7 @@ fn a_change_held_back_until_its_dependency_arrives_is_reported_with_it() {
 
 #[test]
 fn a_message_without_changes_leaves_the_same_state_checked_or_not_while_changes_are_held_back() {
-    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
-    let before = server.heads();
-    for minute in [60, 61] {
-        worker
-            .add(&testing::visit("user-1", at(minute), 500), at(minute))
-            .unwrap();
-    }
-    let mut second = worker.doc_mut().get_changes(&before).remove(1);
-    let held_back = automerge::sync::Message {
-        heads: Vec::new(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: automerge::sync::ChunkList::from(vec![second.bytes().into_owned()]),
-        flags: None,
-        version: automerge::sync::MessageVersion::V1,
-    }
-    .encode();
+    let (mut server, mut worker, _, [_, held_back]) = two_visits_sent_one_per_message();
     let mut state = PeerState::new();
     receive_from_phone_1(&mut server, &mut state, &held_back);
     assert!(server.holds_back_changes());
@@ -1317,6 +1280,33 @@ fn a_message_without_changes_leaves_the_same_state_checked_or_not_while_changes_
     assert!(applied.is_empty());
     // Both ask again for a reset: the held-back change is still not stored.
     assert_eq!(state, plain);
+}
+
+/// [`case_of_ten_visits_and_a_phone`] after the phone recorded two visits offline: the server,
+/// the phone, the two changes, and a sync message carrying each of them alone.
+fn two_visits_sent_one_per_message() -> (CaseFile, CaseFile, Vec<automerge::Change>, [Vec<u8>; 2]) {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    let (mut server, mut worker) = case_of_ten_visits_and_a_phone();
+    let before = server.heads();
+    for minute in [60, 61] {
+        worker
+            .add(&testing::visit("user-1", at(minute), 500), at(minute))
+            .unwrap();
+    }
+    let mut changes = worker.doc_mut().get_changes(&before);
+    let messages = [0, 1].map(|i| {
+        Message {
+            heads: Vec::new(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: ChunkList::from(vec![changes[i].bytes().into_owned()]),
+            flags: None,
+            version: MessageVersion::V1,
+        }
+        .encode()
+    });
+    (server, worker, changes, messages)
 }
 
 /// A case holding ten visits, and a phone (user-1, actor 1) that holds it too.

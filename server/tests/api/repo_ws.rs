@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ciborium::Value;
+use doorstep_server::api::TokenResponse;
 use doorstep_server::repo_ws::document_id;
 use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::{Collection, ContactEntry};
@@ -1217,14 +1218,7 @@ async fn a_revoked_device_is_disconnected(backend: Backend) {
     let mut peer = Peer::connect(&app, &officer.access_token).await;
     let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
     fetch(&app, &mut peer, &mut replica).await;
-    let response = app
-        .client
-        .post(app.url(&format!("/api/v1/devices/{}/revoke", officer.device_id)))
-        .bearer_auth(&officer.access_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    revoke_own_device(&app, &officer).await;
     let message = expect_error_and_close(&mut peer.socket, 1008).await;
     assert!(message.contains("revoked"), "{message}");
     match tokio_tungstenite::connect_async(format!(
@@ -1300,14 +1294,19 @@ async fn changes_of_access_made_on_another_instance_reach_an_open_connection() {
         document_id::document_id(&taken).unwrap()
     );
 
-    let response = second
+    revoke_own_device(&second, &officer).await;
+    let message = expect_error_and_close(&mut peer.socket, 1008).await;
+    assert!(message.contains("revoked"), "{message}");
+}
+
+/// Revokes the signed-in device through `app`'s API, as its user would.
+async fn revoke_own_device(app: &TestApp, signed_in: &TokenResponse) {
+    let response = app
         .client
-        .post(second.url(&format!("/api/v1/devices/{}/revoke", officer.device_id)))
-        .bearer_auth(&officer.access_token)
+        .post(app.url(&format!("/api/v1/devices/{}/revoke", signed_in.device_id)))
+        .bearer_auth(&signed_in.access_token)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let message = expect_error_and_close(&mut peer.socket, 1008).await;
-    assert!(message.contains("revoked"), "{message}");
 }
