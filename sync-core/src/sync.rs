@@ -144,39 +144,37 @@ impl CaseFile {
             RefusedSync::Invalid(CaseFileError::CorruptSyncMessage(e.to_string()))
         };
         let mut trial_peer = peer.clone();
-        if message.changes.is_empty() {
+        let applied = if message.changes.is_empty() {
             // Heads, needs and haves only: the document cannot change.
             self.doc
                 .sync()
                 .receive_sync_message(&mut trial_peer.0, message)
                 .map_err(corrupt)?;
-            hold_back_nothing_unasked(self, &mut trial_peer);
-            *peer = trial_peer;
-            return Ok(Vec::new());
-        }
-        // The changes are applied to the document itself and the checks look only at what
-        // their operations touched; a refusal then rolls the document back. (A trial copy
-        // would cost as much as the whole document on every message.)
-        let before = self.doc.get_heads();
-        let changes_before = self.doc.stats().num_changes;
-        let received =
-            receive_in_steps(&mut self.doc, &mut trial_peer.0, message, true).map_err(corrupt);
-        let outcome = received.and_then(|offered| {
-            let applied =
-                offered.and_then(|offered| applied_from_offer(&self.doc, offered, changes_before));
-            self.check_received(&before, applied, sender, &actor_allowed)
-        });
-        match outcome {
-            Ok(applied) => {
-                hold_back_nothing_unasked(self, &mut trial_peer);
-                *peer = trial_peer;
-                Ok(applied)
+            Vec::new()
+        } else {
+            // The changes are applied to the document itself and the checks look only at
+            // what their operations touched; a refusal then rolls the document back. (A trial
+            // copy would cost as much as the whole document on every message.)
+            let before = self.doc.get_heads();
+            let changes_before = self.doc.stats().num_changes;
+            let received =
+                receive_in_steps(&mut self.doc, &mut trial_peer.0, message, true).map_err(corrupt);
+            let outcome = received.and_then(|offered| {
+                let applied = offered
+                    .and_then(|offered| applied_from_offer(&self.doc, offered, changes_before));
+                self.check_received(&before, applied, sender, &actor_allowed)
+            });
+            match outcome {
+                Ok(applied) => applied,
+                Err(refused) => {
+                    self.roll_back(&before);
+                    return Err(refused);
+                }
             }
-            Err(refused) => {
-                self.roll_back(&before);
-                Err(refused)
-            }
-        }
+        };
+        hold_back_nothing_unasked(self, &mut trial_peer);
+        *peer = trial_peer;
+        Ok(applied)
     }
 
     /// The checks of a checked receive, on the document after it applied the changes made

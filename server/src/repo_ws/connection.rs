@@ -230,11 +230,11 @@ impl Connection {
                     return Some(Close::protocol("no join message within 30 seconds"));
                 }
                 _ = recheck.tick() => {
-                    let rechecked = match self.check_caller().await {
-                        Ok(()) => self.recheck_allocations().await,
-                        Err(close) => Err(close),
-                    };
-                    if let Err(close) = rechecked {
+                    // The device first: a revoked one is told nothing more.
+                    if let Err(close) = self.check_caller().await {
+                        return Some(close);
+                    }
+                    if let Err(close) = self.recheck_allocations().await {
                         return Some(close);
                     }
                 }
