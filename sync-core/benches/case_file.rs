@@ -4,7 +4,8 @@
 //! server does when its cache does not hold the graph), against decoding each change in full;
 //! and the server's checked receive of a phone's 20 new visits onto a 200-visit case, as
 //! changes (mid-session) and as the phone's whole document (a reconnect); and a phone's first
-//! message of a session after one new visit on a 2,000-visit case (it carries the visit).
+//! message of a session after one new visit on a 2,000-visit case (it carries the visit); and
+//! a phone's receive of its case sent whole after a day offline.
 //! Notes are plain strings of 500 characters (DESIGN.md "Measured here").
 //!
 //! Run: `cargo bench -p doorstep-sync-core --bench case_file`
@@ -232,10 +233,83 @@ fn bench_first_message_of_a_session(c: &mut Criterion) {
     );
 }
 
+/// A phone's side of a mass reconnect: it held the case as it was created, recorded 20 visits
+/// offline, and receives the case whole (as the server sends it once the phone lacks more than
+/// a third of it) after nine other phones gave it 20 visits each.
+fn bench_whole_document_download(c: &mut Criterion) {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    let created = testing::new_case("bench").save();
+    let mut server = open(&created);
+    let phone_with_visits = |n: u32| {
+        let mut phone = CaseFile::load(
+            &created,
+            testing::author(&format!("user-{n}"), &format!("phone-{n}")),
+            testing::actor(n),
+        )
+        .unwrap_or_else(|e| unreachable!("the benchmark's document loads: {e}"));
+        for i in 0..20 {
+            let started = at(i64::from(n) * 100_000 + i * 60);
+            let _ = phone.add(
+                &testing::visit(&format!("user-{n}"), started, NOTE_CHARS),
+                started,
+            );
+        }
+        phone
+    };
+    let offline = phone_with_visits(1).save();
+    for n in 2..=10 {
+        let mut other = phone_with_visits(n);
+        let upload = Message {
+            heads: other.heads(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: ChunkList::from(other.save()),
+            flags: None,
+            version: MessageVersion::V2,
+        };
+        server
+            .receive_sync_message(&mut PeerState::new(), &upload.encode())
+            .unwrap_or_else(|e| unreachable!("the server takes the phone's visits: {e}"));
+    }
+    let whole = Message {
+        heads: server.heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(server.save()),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode();
+    c.bench_function(
+        "a phone's receive of its case sent whole (180 visits of others, 20 of its own offline)",
+        |b| {
+            b.iter_batched(
+                || {
+                    CaseFile::load(
+                        &offline,
+                        testing::author("user-1", "phone-1"),
+                        testing::actor(1),
+                    )
+                    .unwrap_or_else(|e| unreachable!("the benchmark's document loads: {e}"))
+                },
+                |mut phone| {
+                    phone
+                        .receive_sync_message(&mut PeerState::new(), &whole)
+                        .unwrap_or_else(|e| unreachable!("the phone takes its case: {e}"));
+                    black_box(phone)
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
+}
+
 criterion_group!(
     benches,
     bench,
     bench_whole_document_upload,
+    bench_whole_document_download,
     bench_first_message_of_a_session
 );
 criterion_main!(benches);

@@ -1436,3 +1436,110 @@ fn a_reconnecting_phone_sends_its_few_new_changes_in_its_first_message() {
     let first = worker.generate_sync_message(&mut phone_state).unwrap();
     assert!(Message::decode(&first).unwrap().changes.is_empty());
 }
+
+#[test]
+fn a_phone_takes_its_case_sent_whole_as_automerge_would_merge_it() {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    // The whole document as the server stores it: a full save with the changes made since
+    // appended; with and without the phone's own offline visits; and to a phone that holds
+    // back a change whose dependency it has not received.
+    for (phone_synced_first, holds_back) in [(false, false), (true, false), (false, true)] {
+        let mut server = testing::new_case("case-1");
+        let mut worker = phone(&mut server, 1);
+        let mut other = phone(&mut server, 2);
+        for minute in 0..3 {
+            worker
+                .add(&testing::visit("user-1", at(minute), 50), at(minute))
+                .unwrap();
+        }
+        if phone_synced_first {
+            sync_pair(&mut worker, &mut server);
+        }
+        let saved_before = server.heads();
+        let snapshot = server.save();
+        for minute in 10..20 {
+            other
+                .add(&testing::visit("user-2", at(minute), 50), at(minute))
+                .unwrap();
+        }
+        sync_pair(&mut other, &mut server);
+        if holds_back {
+            // A change of phone 2's, without the change it follows.
+            let mut last = other.doc_mut().get_changes(&[]).pop().unwrap();
+            let orphan = Message {
+                heads: Vec::new(),
+                need: Vec::new(),
+                have: Vec::new(),
+                changes: ChunkList::from(vec![last.bytes().into_owned()]),
+                flags: None,
+                version: MessageVersion::V1,
+            };
+            worker
+                .receive_sync_message(&mut PeerState::new(), &orphan.encode())
+                .unwrap();
+            assert!(worker.holds_back_changes());
+        }
+        let mut stored = snapshot;
+        for mut change in server.doc_mut().get_changes(&saved_before) {
+            stored.extend_from_slice(&change.bytes());
+        }
+        let whole = Message {
+            heads: server.heads(),
+            need: Vec::new(),
+            have: vec![automerge::sync::Have::default()],
+            changes: ChunkList::from(stored),
+            flags: None,
+            version: MessageVersion::V2,
+        }
+        .encode();
+        assert_merged_as_automerge_merges(&mut worker, &whole);
+        let server_heads = server.heads();
+        assert!(worker.contains_heads(&server_heads));
+        assert_eq!(worker.heads() == server_heads, phone_synced_first);
+        if holds_back {
+            // Taking the document whole would have lost the held-back change; merged, it
+            // was applied once its dependency came with the document.
+            assert!(!worker.holds_back_changes());
+        }
+        // What the phone records next is still its own.
+        let before = worker.heads();
+        worker
+            .add(&testing::visit("user-1", at(99), 50), at(99))
+            .unwrap();
+        let recorded = worker.doc_mut().get_changes(&before);
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].actor_id(), &testing::actor(1));
+    }
+}
+
+/// A phone's receive of `message` leaves its document and its sync state as Automerge's
+/// receive leaves a copy of both.
+fn assert_merged_as_automerge_merges(worker: &mut CaseFile, message: &[u8]) {
+    use automerge::sync::{Message, State, SyncDoc};
+
+    let mut state = PeerState::new();
+    worker.generate_sync_message(&mut state);
+    let mut reference = worker.doc().clone();
+    let mut reference_state = State::decode(&state.encode()).unwrap();
+    reference
+        .sync()
+        .generate_sync_message(&mut reference_state)
+        .unwrap();
+    reference
+        .sync()
+        .receive_sync_message(&mut reference_state, Message::decode(message).unwrap())
+        .unwrap();
+
+    worker.receive_sync_message(&mut state, message).unwrap();
+    assert_eq!(worker.heads(), reference.get_heads());
+    assert_eq!(
+        worker.doc_mut().get_missing_deps(&[]),
+        reference.get_missing_deps(&[])
+    );
+    // Every field of the sync state (PeerState wraps Automerge's State).
+    assert_eq!(
+        format!("{state:?}"),
+        format!("PeerState({reference_state:?})")
+    );
+}
