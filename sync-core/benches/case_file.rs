@@ -150,8 +150,6 @@ fn bench(c: &mut Criterion) {
 /// side lacks more than a third of it) to a server whose case others have since given 100
 /// visits.
 fn bench_whole_document_upload(c: &mut Criterion) {
-    use automerge::sync::{ChunkList, Message, MessageVersion};
-
     let created = testing::new_case("bench").save();
     let mut stored = open(&created);
     stored.set_author(testing::author("user-1", "phone-1"), testing::actor(1));
@@ -165,15 +163,7 @@ fn bench_whole_document_upload(c: &mut Criterion) {
         let started = at(1_000_000 + i * 60);
         let _ = phone.add(&testing::visit("user-2", started, NOTE_CHARS), started);
     }
-    let message = Message {
-        heads: phone.heads(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: ChunkList::from(phone.save()),
-        flags: None,
-        version: MessageVersion::V2,
-    }
-    .encode();
+    let message = whole_document_message(&mut phone);
     let sender = testing::author("user-2", "phone-2");
     c.bench_function(
         "checked receive of a phone's whole document (20 visits) onto a 100-visit case",
@@ -237,8 +227,6 @@ fn bench_first_message_of_a_session(c: &mut Criterion) {
 /// offline, and receives the case whole (as the server sends it once the phone lacks more than
 /// a third of it) after nine other phones gave it 20 visits each.
 fn bench_whole_document_download(c: &mut Criterion) {
-    use automerge::sync::{ChunkList, Message, MessageVersion};
-
     let created = testing::new_case("bench").save();
     let mut server = open(&created);
     let phone_with_visits = |n: u32| {
@@ -260,27 +248,12 @@ fn bench_whole_document_download(c: &mut Criterion) {
     let offline = phone_with_visits(1).save();
     for n in 2..=10 {
         let mut other = phone_with_visits(n);
-        let upload = Message {
-            heads: other.heads(),
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: ChunkList::from(other.save()),
-            flags: None,
-            version: MessageVersion::V2,
-        };
+        let upload = whole_document_message(&mut other);
         server
-            .receive_sync_message(&mut PeerState::new(), &upload.encode())
+            .receive_sync_message(&mut PeerState::new(), &upload)
             .unwrap_or_else(|e| unreachable!("the server takes the phone's visits: {e}"));
     }
-    let whole = Message {
-        heads: server.heads(),
-        need: Vec::new(),
-        have: Vec::new(),
-        changes: ChunkList::from(server.save()),
-        flags: None,
-        version: MessageVersion::V2,
-    }
-    .encode();
+    let whole = whole_document_message(&mut server);
     c.bench_function(
         "a phone's receive of its case sent whole (180 visits of others, 20 of its own offline)",
         |b| {
@@ -303,6 +276,22 @@ fn bench_whole_document_download(c: &mut Criterion) {
             )
         },
     );
+}
+
+/// A sync message carrying `file` as a whole document (as Automerge sends it to a peer that
+/// lacks more than a third of it).
+fn whole_document_message(file: &mut CaseFile) -> Vec<u8> {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    Message {
+        heads: file.heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(file.save()),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode()
 }
 
 criterion_group!(

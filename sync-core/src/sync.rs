@@ -425,7 +425,14 @@ fn take_whole_document(
     if doc.is_empty() || holds_back(doc) || peer.read_only {
         return Err(message);
     }
-    let Ok(whole) = AutoCommit::load(&message.changes.iter().collect::<Vec<_>>().concat()) else {
+    // A version 2 message carries its chunks as one run of bytes: loaded where they lie.
+    let loaded = match message.changes.len() {
+        1 => message.changes.iter().next().map(AutoCommit::load),
+        _ => Some(AutoCommit::load(
+            &message.changes.iter().collect::<Vec<_>>().concat(),
+        )),
+    };
+    let Some(Ok(whole)) = loaded else {
         return Err(message);
     };
     if holds_back(&whole) || message.heads.iter().any(|hash| lacks(&whole, hash)) {
