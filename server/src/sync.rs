@@ -93,7 +93,7 @@ pub struct SyncReply {
 }
 
 /// Attempts of a sync before the last one, which holds the write lock throughout.
-const OPTIMISTIC_ATTEMPTS: u32 = 2;
+pub(crate) const OPTIMISTIC_ATTEMPTS: u32 = 2;
 
 /// Why one attempt of a sync did not complete.
 enum AttemptError {

@@ -1543,3 +1543,82 @@ fn assert_merged_as_automerge_merges(worker: &mut CaseFile, message: &[u8]) {
         format!("PeerState({reference_state:?})")
     );
 }
+
+/// The server's WebSocket sync reads a case, receives a phone's message and only then takes
+/// the write lock; if another sync committed a newer version meanwhile, it reads that one and
+/// receives the same message again, with the sync state the first receive left. That must
+/// end exactly as one receive of the message on the newer version would: the same document,
+/// the same sync state, the same next message.
+#[test]
+fn a_message_received_again_on_a_newer_version_ends_as_one_receive_there() {
+    let mut server = testing::new_case("case-1");
+    let mut worker = phone(&mut server, 1);
+    let mut other = phone(&mut server, 2);
+    let (mut server_state, mut worker_state) = (PeerState::new(), PeerState::new());
+    // A first exchange, so that the phone's next message carries its new visit unasked.
+    for _ in 0..10 {
+        let to_worker = server.generate_sync_message(&mut server_state);
+        if let Some(m) = &to_worker {
+            worker.receive_sync_message(&mut worker_state, m).unwrap();
+        }
+        let to_server = worker.generate_sync_message(&mut worker_state);
+        if let Some(m) = &to_server {
+            receive_from_phone_1(&mut server, &mut server_state, m);
+        }
+        if to_worker.is_none() && to_server.is_none() {
+            break;
+        }
+    }
+    // A phone reconnecting with nothing new: its heads and a bloom filter, no changes.
+    let mut reconnected = PeerState::decode(&worker_state.encode()).unwrap();
+    let without_changes = worker.generate_sync_message(&mut reconnected).unwrap();
+    assert!(!doorstep_sync_core::brings_changes(&without_changes));
+    worker
+        .add(&testing::visit("user-1", at(10), 40), at(10))
+        .unwrap();
+    let with_changes = worker.generate_sync_message(&mut worker_state).unwrap();
+    assert!(doorstep_sync_core::brings_changes(&with_changes));
+
+    // The newer version: another phone's visit, committed by another sync.
+    other
+        .add(&testing::visit("user-2", at(20), 40), at(20))
+        .unwrap();
+    let mut newer = testing::replica(
+        &mut server,
+        testing::author("server", "server"),
+        testing::actor(99),
+    )
+    .unwrap();
+    let theirs = other.doc_mut().get_changes(&server.heads());
+    newer
+        .doc_mut()
+        .apply_changes(theirs.into_iter().map(|c| c.to_owned()))
+        .unwrap();
+    assert_ne!(newer.heads(), server.heads());
+
+    for message in [&with_changes, &without_changes] {
+        // Received on the version read first (its write is then refused) ...
+        let mut first =
+            testing::replica(&mut server, testing::author("s", "s"), testing::actor(98)).unwrap();
+        let mut twice = server_state.clone();
+        receive_from_phone_1(&mut first, &mut twice, message);
+        // ... and again on the newer one.
+        let mut again =
+            testing::replica(&mut newer, testing::author("s", "s"), testing::actor(98)).unwrap();
+        let applied_again = receive_from_phone_1(&mut again, &mut twice, message);
+
+        let mut once_doc =
+            testing::replica(&mut newer, testing::author("s", "s"), testing::actor(98)).unwrap();
+        let mut once = server_state.clone();
+        let applied_once = receive_from_phone_1(&mut once_doc, &mut once, message);
+
+        assert_eq!(again.heads(), once_doc.heads());
+        assert_eq!(applied_again, applied_once, "the changes to store");
+        assert_eq!(twice, once, "the sync state");
+        assert_eq!(
+            again.generate_sync_message(&mut twice),
+            once_doc.generate_sync_message(&mut once),
+            "the next message"
+        );
+    }
+}

@@ -68,8 +68,13 @@ impl ServerProcess {
 
     /// User + system CPU seconds so far.
     pub fn cpu_seconds(&self, ticks_per_second: f64) -> f64 {
-        cpu_seconds(&format!("/proc/{}/stat", self.pid()), ticks_per_second)
+        process_cpu_seconds(self.pid(), ticks_per_second)
     }
+}
+
+/// Process `pid`'s user + system CPU seconds so far.
+pub fn process_cpu_seconds(pid: u32, ticks_per_second: f64) -> f64 {
+    cpu_seconds(&format!("/proc/{pid}/stat"), ticks_per_second)
 }
 
 /// The load generator's own user + system CPU seconds so far.

@@ -386,6 +386,14 @@ impl Bench {
         for (i, phone, goal) in pending {
             handles[i] = Some(self.spawn(target, server, phone, goal, &counters, &progress, None));
         }
+        let timeline = std::env::var_os("INTEROP_BENCH_TIMELINE").map(|_| {
+            self.timeline(
+                server,
+                Arc::clone(&counters),
+                Arc::clone(&progress),
+                started,
+            )
+        });
         let mut done = progress.done.subscribe();
         let waited = tokio::time::timeout(
             Duration::from_secs(self.args.timeout_secs),
@@ -424,6 +432,9 @@ impl Bench {
             errors: counters.errors.load(Ordering::SeqCst),
             client_cpu: servers::own_cpu_seconds(self.ticks) - client_cpu_before,
         };
+        if let Some(timeline) = timeline {
+            timeline.abort();
+        }
         let mut figures = figures;
         let mut phones = Vec::new();
         for handle in handles.into_iter().flatten() {
@@ -432,6 +443,38 @@ impl Bench {
             phones.push(phone);
         }
         Ok((phones, figures))
+    }
+
+    /// With `INTEROP_BENCH_TIMELINE` set: once a second, the phones still short of their goal,
+    /// the messages so far each way, and the CPU seconds of the server and of the phones in
+    /// the last second (where a phase's time goes: waiting, or which side's work).
+    fn timeline(
+        &self,
+        server: &ServerProcess,
+        counters: Arc<Counters>,
+        progress: Arc<Progress>,
+        started: Instant,
+    ) -> tokio::task::JoinHandle<()> {
+        let (pid, ticks) = (server.pid(), self.ticks);
+        tokio::spawn(async move {
+            let server_cpu = || servers::process_cpu_seconds(pid, ticks);
+            let (mut server_before, mut phones_before) =
+                (server_cpu(), servers::own_cpu_seconds(ticks));
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let (server_now, phones_now) = (server_cpu(), servers::own_cpu_seconds(ticks));
+                println!(
+                    "    t={:5.1} s  phones left {:3}  messages up {:6} down {:6}  CPU s/s server {:.2} phones {:.2}",
+                    started.elapsed().as_secs_f64(),
+                    progress.remaining.load(Ordering::SeqCst),
+                    counters.messages_up.load(Ordering::Relaxed),
+                    counters.messages_down.load(Ordering::Relaxed),
+                    server_now - server_before,
+                    phones_now - phones_before,
+                );
+                (server_before, phones_before) = (server_now, phones_now);
+            }
+        })
     }
 
     #[allow(clippy::too_many_arguments, reason = "one phone's session")]

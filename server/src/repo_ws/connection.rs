@@ -23,7 +23,7 @@ use super::protocol::{self, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
-use crate::storage::{DocumentWrite, LoadedDocument, Provenance, heads_key};
+use crate::storage::{DocumentWrite, LoadedDocument, Provenance, StorageError, heads_key};
 use crate::sync::{self, ActorRule, DocumentError, GraphSource, SyncTurn};
 
 /// Frames queued for one client before it counts as not reading.
@@ -118,6 +118,10 @@ struct DocumentWork {
     messages: Vec<Vec<u8>>,
 }
 
+/// A document of a batch that the caller may see: its subscription and the batch's messages
+/// for it.
+type OpenDocument = (Arc<Subscription>, Arc<[Vec<u8>]>);
+
 /// What the blocking step made of one document.
 struct Outcome {
     case_id: String,
@@ -132,6 +136,9 @@ struct Outcome {
     /// None while a write holds them (new bytes): they move here after the commit.
     stored: Option<Vec<u8>>,
     write: Option<DocumentWrite>,
+    /// Whether its write, now committed, stored changes (the other connections are pushed
+    /// them).
+    changed: bool,
     unclaimed_actors: BTreeSet<String>,
     refused: Option<DocumentError>,
 }
@@ -607,7 +614,7 @@ impl Connection {
     /// Runs a batch's sync messages through the server's sync path: checked receive,
     /// validation, storage with provenance, the device's sync state, the document cache; then
     /// the replies, and pushes to the other connections that have a changed document open.
-    /// Syncs a batch's documents in `turn`, which is held until the commit (and, by each
+    /// Syncs a batch's documents in `turn`, which is held until the last commit (and, by each
     /// group's computation, while it runs, should the connection drop meanwhile).
     async fn sync_documents(&mut self, work: Vec<DocumentWork>, turn: Turn) -> Result<(), Close> {
         self.check_caller().await?;
@@ -618,7 +625,7 @@ impl Connection {
             .into_iter()
             .collect();
         // Unknown and not allocated get the same answer.
-        let mut open: Vec<(Arc<Subscription>, Vec<Vec<u8>>)> = Vec::new();
+        let mut open: Vec<OpenDocument> = Vec::new();
         for document in work {
             if !allocated.contains(&document.case_id) {
                 if self.subscriptions.remove(&document.case_id).is_some() {
@@ -645,29 +652,75 @@ impl Connection {
                     subscription
                 }
             };
-            open.push((subscription, document.messages));
+            open.push((subscription, document.messages.into()));
         }
         if open.is_empty() {
             return Ok(());
         }
 
-        let device_id = self.caller.device.id.clone();
-        let mut tx = storage.begin_sync().await?;
-        let bound: BTreeSet<String> = tx.device_actors(&device_id).await?.into_iter().collect();
+        let mut reading = storage.begin_sync_read().await?;
+        let bound: BTreeSet<String> = reading
+            .device_actors(&self.caller.device.id)
+            .await?
+            .into_iter()
+            .collect();
+        reading.commit().await?;
         let rule = ActorRule::BoundOrUnclaimed(bound);
-        let sender = self.caller.author();
-        // A few documents at a time, read then computed, so that a batch holds the stored
-        // changes of one group, not of all its documents; in case-id order, the order in
-        // which every sync locks documents (PostgreSQL locks each row as it is read).
+        // A few documents at a time, each group committed before the next is read, so that a
+        // batch holds the stored changes of one group, not of all its documents; in case-id
+        // order, the order in which every sync locks documents (PostgreSQL locks each row as
+        // a locked read reads it).
         open.sort_by(|a, b| a.0.case_id.cmp(&b.0.case_id));
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(open.len());
-        let mut open = open.into_iter().peekable();
-        while open.peek().is_some() {
-            let group: Vec<(Arc<Subscription>, Vec<Vec<u8>>)> =
-                open.by_ref().take(sync::DOCUMENTS_PER_GROUP).collect();
-            let case_ids: Vec<String> = group.iter().map(|(s, _)| s.case_id.clone()).collect();
+        let mut refused = None;
+        for group in open.chunks(sync::DOCUMENTS_PER_GROUP) {
+            let outcomes = self.sync_group(group, &rule, &turn).await?;
+            refused = refused.or_else(|| {
+                outcomes
+                    .iter()
+                    .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)))
+            });
+            self.answer_and_push(outcomes).await?;
+        }
+
+        if let Some((case_id, error)) = refused {
+            let document = document_id::document_id(&case_id).unwrap_or(case_id);
+            let code = match error {
+                DocumentError::CorruptMessage(_) => close_code::INVALID,
+                DocumentError::Unavailable => close_code::ERROR,
+                _ => close_code::POLICY,
+            };
+            return Err(Close::refused(code, &document, &error));
+        }
+        Ok(())
+    }
+
+    /// Reads, computes and commits one group of a batch's documents. Optimistic first, as the
+    /// HTTP sync is (see `sync::sync`): the documents are read and the Automerge work done
+    /// outside the database's write lock, so that the syncs of many clients use every core
+    /// (held throughout, the lock left the interop benchmark's mass reconnect on one core),
+    /// and the group commits only if none of its changed documents moved meanwhile. If one
+    /// did, the group is read and its messages received again: on the newer document the same
+    /// messages leave the connection's sync state as one receive would (the changes it lacks
+    /// are applied, the peer's heads and wishes set again). The last attempt reads, computes
+    /// and writes under the lock, so a sync always completes.
+    async fn sync_group(
+        &self,
+        group: &[OpenDocument],
+        rule: &ActorRule,
+        turn: &Turn,
+    ) -> Result<Vec<Outcome>, Close> {
+        let storage = &self.state.storage;
+        let device_id = &self.caller.device.id;
+        let case_ids: Vec<String> = group.iter().map(|(s, _)| s.case_id.clone()).collect();
+        for attempt in 1.. {
+            let optimistic = attempt <= sync::OPTIMISTIC_ATTEMPTS;
+            let mut tx = if optimistic {
+                storage.begin_sync_read().await?
+            } else {
+                storage.begin_sync().await?
+            };
             let mut loaded: HashMap<String, LoadedDocument> = tx
-                .load_documents(&device_id, &case_ids)
+                .load_documents(device_id, &case_ids)
                 .await?
                 .into_iter()
                 .map(|d| (d.case_id.clone(), d))
@@ -681,88 +734,110 @@ impl Connection {
                 let (cached, graph) =
                     sync::sources(&self.state, tx.as_mut(), &document, needs_file).await?;
                 jobs.push(Job {
-                    subscription,
+                    subscription: Arc::clone(subscription),
                     document,
                     cached,
                     graph,
-                    messages,
+                    messages: Arc::clone(messages),
                 });
             }
-            let computed = receive_group(
+            let mut tx = if optimistic {
+                // The read ends before the Automerge work, giving its connection back.
+                tx.commit().await?;
+                None
+            } else {
+                Some(tx)
+            };
+            let mut outcomes = receive_group(
                 jobs,
-                sender.clone(),
+                self.caller.author(),
                 rule.clone(),
                 Arc::clone(&self.state.documents),
                 Arc::clone(&turn.permit),
-            );
-            outcomes.extend(computed.await?);
-        }
-        let metrics = Arc::clone(&self.state.metrics);
+            )
+            .await?;
+            let mut tx = match tx.take() {
+                Some(tx) => tx,
+                None => storage.begin_sync().await?,
+            };
 
-        // Actors nobody has used become this device's; any that are someone else's refuse
-        // their document.
-        let unclaimed: Vec<String> = outcomes
-            .iter()
-            .flat_map(|o| o.unclaimed_actors.iter().cloned())
-            .collect::<BTreeSet<String>>()
-            .into_iter()
-            .collect();
-        let received_at = chrono::Utc::now().timestamp_millis();
-        if !unclaimed.is_empty() {
-            let refused: BTreeSet<String> = tx
-                .claim_actors(&device_id, &unclaimed, received_at)
-                .await?
+            // Actors nobody has used become this device's; any that are someone else's
+            // refuse their document.
+            let unclaimed: Vec<String> = outcomes
+                .iter()
+                .flat_map(|o| o.unclaimed_actors.iter().cloned())
+                .collect::<BTreeSet<String>>()
                 .into_iter()
                 .collect();
-            for outcome in &mut outcomes {
-                if let Some(actor) = outcome.unclaimed_actors.intersection(&refused).next() {
-                    outcome.refused = Some(DocumentError::ForeignActor(actor.clone()));
-                    outcome.write = None;
-                    outcome.file = None;
-                    outcome.graph = None;
+            let received_at = chrono::Utc::now().timestamp_millis();
+            if !unclaimed.is_empty() {
+                let foreign: BTreeSet<String> = tx
+                    .claim_actors(device_id, &unclaimed, received_at)
+                    .await?
+                    .into_iter()
+                    .collect();
+                for outcome in &mut outcomes {
+                    if let Some(actor) = outcome.unclaimed_actors.intersection(&foreign).next() {
+                        outcome.refused = Some(DocumentError::ForeignActor(actor.clone()));
+                        outcome.write = None;
+                        outcome.file = None;
+                        outcome.graph = None;
+                    }
                 }
             }
-        }
-        let writes: Vec<DocumentWrite> =
-            outcomes.iter_mut().filter_map(|o| o.write.take()).collect();
-        let provenance = Provenance {
-            device_id: device_id.clone(),
-            user_id: self.caller.user.id.clone(),
-            received_at,
-        };
-        tx.write_documents(&provenance, &writes).await?;
-        tx.commit().await?;
+            let writes: Vec<DocumentWrite> =
+                outcomes.iter_mut().filter_map(|o| o.write.take()).collect();
+            let provenance = Provenance {
+                device_id: device_id.clone(),
+                user_id: self.caller.user.id.clone(),
+                received_at,
+            };
+            match tx.write_documents(&provenance, &writes).await {
+                Err(StorageError::DocumentChanged(_)) if optimistic => {
+                    Metrics::add(&self.state.metrics.sync_retries, 1);
+                    continue;
+                }
+                other => other?,
+            }
+            tx.commit().await?;
 
-        let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
-        let changed: HashSet<String> = writes
-            .iter()
-            .filter(|w| !w.changes.is_empty())
-            .map(|w| w.case_id.clone())
-            .collect();
-        let mut new_bytes: HashMap<String, Vec<u8>> = writes
-            .into_iter()
-            .filter_map(|w| w.snapshot.map(|(bytes, _)| (w.case_id, bytes)))
-            .collect();
-        for outcome in outcomes.iter_mut().filter(|o| o.stored.is_none()) {
-            outcome.stored = new_bytes.remove(&outcome.case_id);
+            let metrics = &self.state.metrics;
+            let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
+            let mut new_bytes: HashMap<String, Vec<u8>> = HashMap::new();
+            for write in writes {
+                let changed = !write.changes.is_empty();
+                if let Some((bytes, _)) = write.snapshot {
+                    new_bytes.insert(write.case_id.clone(), bytes);
+                }
+                if changed
+                    && let Some(outcome) = outcomes.iter_mut().find(|o| o.case_id == write.case_id)
+                {
+                    outcome.changed = true;
+                }
+            }
+            for outcome in outcomes.iter_mut().filter(|o| o.stored.is_none()) {
+                outcome.stored = new_bytes.remove(&outcome.case_id);
+            }
+            Metrics::add(&metrics.sync_documents, outcomes.len() as u64);
+            Metrics::add(&metrics.sync_changes_applied, applied as u64);
+            Metrics::add(
+                &metrics.sync_documents_refused,
+                outcomes.iter().filter(|o| o.refused.is_some()).count() as u64,
+            );
+            tracing::debug!(
+                connection = self.id,
+                documents = outcomes.len(),
+                changes_applied = applied,
+                "websocket sync committed"
+            );
+            return Ok(outcomes);
         }
-        let refused = outcomes
-            .iter()
-            .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)));
-        Metrics::add(&metrics.sync_documents, outcomes.len() as u64);
-        Metrics::add(&metrics.sync_changes_applied, applied as u64);
-        Metrics::add(
-            &metrics.sync_documents_refused,
-            outcomes.iter().filter(|o| o.refused.is_some()).count() as u64,
-        );
-        tracing::debug!(
-            connection = self.id,
-            documents = outcomes.len(),
-            changes_applied = applied,
-            "websocket sync committed"
-        );
+        unreachable!("the last attempt returns")
+    }
 
-        // Committed: answer this client, push to the others, return the graphs.
+    /// Committed: answers this client and pushes each changed document to the other
+    /// connections that have it open, then returns the graphs to their cache.
+    async fn answer_and_push(&self, outcomes: Vec<Outcome>) -> Result<(), Close> {
         let hub = Arc::clone(&self.hub);
         let graphs = Arc::clone(&self.state.graphs);
         let connection = self.id;
@@ -774,7 +849,7 @@ impl Connection {
                 // Every outcome with a graph has its bytes: unchanged, or moved in above.
                 let stored = outcome.stored.as_deref().unwrap_or_default();
                 let mut replier = sync::replier(&mut outcome.file, &graph, stored);
-                if changed.contains(&outcome.case_id) {
+                if outcome.changed {
                     hub.fan_out(&outcome.case_id, &mut replier, Some(connection));
                 } else {
                     hub.send_sync(&outcome.subscription, &mut replier, true, false);
@@ -786,18 +861,7 @@ impl Connection {
         .map_err(|e| {
             tracing::error!(error = %e, "websocket reply task failed");
             Close::server()
-        })?;
-
-        if let Some((case_id, error)) = refused {
-            let document = document_id::document_id(&case_id).unwrap_or(case_id);
-            let code = match error {
-                DocumentError::CorruptMessage(_) => close_code::INVALID,
-                DocumentError::Unavailable => close_code::ERROR,
-                _ => close_code::POLICY,
-            };
-            return Err(Close::refused(code, &document, &error));
-        }
-        Ok(())
+        })
     }
 }
 
@@ -827,7 +891,8 @@ struct Job {
     document: LoadedDocument,
     cached: Option<CaseFile>,
     graph: GraphSource,
-    messages: Vec<Vec<u8>>,
+    /// Shared with the batch: an attempt that must run again receives them again.
+    messages: Arc<[Vec<u8>]>,
 }
 
 /// The Automerge work of one group, on a blocking thread (it is CPU-bound); the work holds
@@ -888,6 +953,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         graph: None,
         stored: None,
         write: None,
+        changed: false,
         unclaimed_actors: BTreeSet::new(),
         refused: Some(error),
     };
@@ -902,7 +968,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
     let peer = guard.get_or_insert_with(|| sync::saved_peer_state(&document));
     let mut file: Option<CaseFile> = None;
     let mut received = sync::Received::default();
-    for message in &messages {
+    for message in messages.iter() {
         match graph.receive_sync_message(peer, message) {
             Ok(true) => continue,
             Ok(false) => {}
@@ -962,6 +1028,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         file,
         graph: Some(graph),
         stored,
+        changed: false,
         unclaimed_actors: received.unclaimed_actors,
         refused: None,
     }
