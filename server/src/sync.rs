@@ -766,6 +766,22 @@ impl Replier<'_> {
         }
     }
 
+    /// The next message, without the changes it would carry while the peer has changes this
+    /// side lacks, and whether changes were held back (see
+    /// [`ChangeGraph::generate_sync_message_asking_first`]). A parsed document (one holding
+    /// back changes it received, rare) sends them as usual.
+    pub(crate) fn generate_asking_first(
+        &mut self,
+        peer: &mut PeerState,
+    ) -> (Option<Vec<u8>>, bool) {
+        match self {
+            Replier::Graph { graph, stored } => {
+                graph.generate_sync_message_asking_first(peer, || stored.to_vec())
+            }
+            Replier::Document(file) => (file.generate_sync_message(peer), false),
+        }
+    }
+
     /// The heads of the version it replies from.
     pub(crate) fn heads(&mut self) -> Vec<doorstep_sync_core::ChangeHash> {
         match self {

@@ -293,6 +293,29 @@ impl ChangeGraph {
         peer: &mut PeerState,
         whole_document: impl FnOnce() -> Vec<u8>,
     ) -> Option<Vec<u8>> {
+        self.generate(peer, whole_document, false).0
+    }
+
+    /// The next message for the peer as [`Self::generate_sync_message`] decides it, but when
+    /// the peer has changes this side lacks, without the changes it would carry: the heads,
+    /// needs and bloom filter go, so that the peer sends its changes, and what it lacks waits
+    /// for a later message (which sends it as if this one had not been sent). True with the
+    /// message when changes were held back. A peer with nothing to send gets them at once, so
+    /// that asking never goes back and forth.
+    pub fn generate_sync_message_asking_first(
+        &self,
+        peer: &mut PeerState,
+        whole_document: impl FnOnce() -> Vec<u8>,
+    ) -> (Option<Vec<u8>>, bool) {
+        self.generate(peer, whole_document, true)
+    }
+
+    fn generate(
+        &self,
+        peer: &mut PeerState,
+        whole_document: impl FnOnce() -> Vec<u8>,
+        hold_changes: bool,
+    ) -> (Option<Vec<u8>>, bool) {
         let state = &mut peer.0;
         let our_heads = self.heads();
         let their_heads: Vec<ChangeHash> = state.their_heads.clone().unwrap_or_default();
@@ -322,17 +345,15 @@ impl ChangeGraph {
             // over.
             let mut flags = MessageFlags::new();
             flags.set(MessageFlags::SUPPORTS_SYNC_RESET);
-            return Some(
-                Message {
-                    heads: our_heads,
-                    need: Vec::new(),
-                    have: vec![Have::default()],
-                    changes: ChunkList::empty(),
-                    flags: Some(flags),
-                    version: MessageVersion::V1,
-                }
-                .encode(),
-            );
+            let reset = Message {
+                heads: our_heads,
+                need: Vec::new(),
+                have: vec![Have::default()],
+                changes: ChunkList::empty(),
+                flags: Some(flags),
+                version: MessageVersion::V1,
+            };
+            return (Some(reset.encode()), false);
         }
 
         let capable = |capability: Capability| {
@@ -342,11 +363,11 @@ impl ChangeGraph {
                 .is_some_and(|caps| caps.contains(&capability))
         };
         let v2 = capable(Capability::MessageV2);
-        let outgoing = if state.peer_read_only {
-            Outgoing::none(v2)
+        let plan = if state.peer_read_only {
+            Plan::Nothing
         } else if let (Some(have), Some(need)) = (&state.their_have, &state.their_need) {
             if state.their_heads.as_deref() == Some(&[]) && v2 {
-                Outgoing::whole(self, whole_document())
+                Plan::Whole
             } else {
                 let chosen: Vec<usize> = self
                     .changes_to_send(have, need)
@@ -355,23 +376,36 @@ impl ChangeGraph {
                     .collect();
                 if chosen.len() > self.nodes.len() / 3 && v2 {
                     // More than a third of the document: the whole of it is smaller.
-                    Outgoing::whole(self, whole_document())
+                    Plan::Whole
                 } else {
-                    Outgoing::changes(self, &chosen, v2)
+                    Plan::Changes(chosen)
                 }
             }
         } else {
-            Outgoing::changes(self, &self.unasked(state), v2)
+            Plan::Changes(self.unasked(state))
+        };
+        let held = hold_changes
+            && !our_need.is_empty()
+            && match &plan {
+                Plan::Nothing => false,
+                Plan::Whole => !self.nodes.is_empty(),
+                Plan::Changes(chosen) => !chosen.is_empty(),
+            };
+        let outgoing = match plan {
+            _ if held => Outgoing::none(v2),
+            Plan::Nothing => Outgoing::none(v2),
+            Plan::Whole => Outgoing::whole(self, whole_document()),
+            Plan::Changes(chosen) => Outgoing::changes(self, &chosen, v2),
         };
 
         let heads_unchanged = state.last_sent_heads == our_heads;
         let heads_equal = state.their_heads.as_ref() == Some(&our_heads);
         if heads_unchanged && state.have_responded {
             if (heads_equal || state.read_only) && outgoing.hashes.is_empty() {
-                return None;
+                return (None, false);
             }
             if state.in_flight {
-                return None;
+                return (None, false);
             }
         }
         state.have_responded = true;
@@ -396,17 +430,15 @@ impl ChangeGraph {
             our_heads
         };
         state.in_flight = true;
-        Some(
-            Message {
-                heads,
-                need: our_need,
-                have: our_have,
-                changes: outgoing.chunks,
-                flags: Some(flags),
-                version: outgoing.version,
-            }
-            .encode(),
-        )
+        let message = Message {
+            heads,
+            need: our_need,
+            have: our_have,
+            changes: outgoing.chunks,
+            flags: Some(flags),
+            version: outgoing.version,
+        };
+        (Some(message.encode()), held)
     }
 }
 
@@ -586,6 +618,13 @@ fn read_uleb(bytes: &[u8], mut at: usize) -> Option<(u64, usize)> {
         }
     }
     None
+}
+
+/// What a message would carry of the changes.
+enum Plan {
+    Nothing,
+    Whole,
+    Changes(Vec<usize>),
 }
 
 /// The changes part of an outgoing message.

@@ -404,3 +404,93 @@ proptest! {
         }
     }
 }
+
+/// During a mass reconnect the server answers a phone that has changes it lacks without the
+/// changes the phone lacks (they would come again with the other phones' changes committed
+/// meanwhile): the answer still makes the phone send its own changes, and the server's next
+/// message carries all the phone lacks, in one message, as if the first had not been sent.
+/// A phone with nothing to send gets them at once.
+#[test]
+fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own() {
+    let mut server = testing::new_case("case-held");
+    let mut phone =
+        testing::replica(&mut server, testing::author("u1", "d1"), testing::actor(1)).unwrap();
+    let mut other =
+        testing::replica(&mut server, testing::author("u2", "d2"), testing::actor(2)).unwrap();
+    for minute in 1..=6 {
+        let at = testing::at(minute);
+        other.add(&testing::visit("u2", at, 40), at).unwrap();
+    }
+    server.doc_mut().merge(other.doc_mut()).unwrap();
+    for minute in 10..=12 {
+        let at = testing::at(minute);
+        phone.add(&testing::visit("u1", at, 40), at).unwrap();
+    }
+    let mut graph = graph_of(&mut server);
+    let mut stored = server.save();
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    let sender = testing::author("u1", "d1");
+
+    // The phone's first message: its heads and a bloom filter (its changes wait to be asked).
+    let first = phone.generate_sync_message(&mut phone_state).unwrap();
+    assert!(!doorstep_sync_core::brings_changes(&first));
+    assert!(
+        graph
+            .receive_sync_message(&mut server_state, &first)
+            .unwrap()
+    );
+    let (answer, held) =
+        graph.generate_sync_message_asking_first(&mut server_state, || stored.clone());
+    let answer = answer.unwrap();
+    assert!(held, "the phone lacks six visits");
+    assert!(Message::decode(&answer).unwrap().changes.is_empty());
+
+    // The phone sends its three visits, as it would for a full answer.
+    phone
+        .receive_sync_message(&mut phone_state, &answer)
+        .unwrap();
+    let upload = phone.generate_sync_message(&mut phone_state).unwrap();
+    assert!(
+        !graph
+            .receive_sync_message(&mut server_state, &upload)
+            .unwrap()
+    );
+    let applied = server
+        .receive_sync_message_checked(&mut server_state, &upload, &sender, |_: &ActorId| true)
+        .unwrap();
+    assert_eq!(applied.len(), 3);
+    for change in applied {
+        stored.extend_from_slice(&change.bytes);
+        graph.add(change.hash, &change.deps, change.bytes).unwrap();
+    }
+
+    // The server lacks nothing now: the next message carries every visit the phone lacks.
+    let (next, held) =
+        graph.generate_sync_message_asking_first(&mut server_state, || stored.clone());
+    assert!(!held);
+    let next = next.unwrap();
+    assert!(doorstep_sync_core::brings_changes(&next));
+    phone.receive_sync_message(&mut phone_state, &next).unwrap();
+    assert_eq!(phone.heads(), server.heads());
+    assert_eq!(
+        phone
+            .list::<doorstep_sync_core::records::HomeVisit>()
+            .unwrap()
+            .len(),
+        9
+    );
+
+    // A new phone, with nothing to send, gets the whole case at once.
+    let mut new_phone = CaseFile::empty(testing::author("u3", "d3"), testing::actor(3));
+    let (mut state, mut new_phone_state) = (PeerState::new(), PeerState::new());
+    let hello = new_phone
+        .generate_sync_message(&mut new_phone_state)
+        .unwrap();
+    graph.receive_sync_message(&mut state, &hello).unwrap();
+    let (whole, held) = graph.generate_sync_message_asking_first(&mut state, || stored.clone());
+    assert!(!held);
+    new_phone
+        .receive_sync_message(&mut new_phone_state, &whole.unwrap())
+        .unwrap();
+    assert_eq!(new_phone.heads(), server.heads());
+}

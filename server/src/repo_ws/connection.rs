@@ -18,7 +18,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::document_id;
-use super::hub::{Control, Outbox, Outgoing, RepoHub, Subscription, SyncingGuard};
+use super::hub::{Control, Outbox, Outgoing, RepoHub, Sending, Subscription, SyncingGuard};
 use super::protocol::{self, Message, PROTOCOL_VERSION, PeerMetadata};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -139,6 +139,8 @@ struct Outcome {
     /// Whether its write, now committed, stored changes (the other connections are pushed
     /// them).
     changed: bool,
+    /// Whether the client sent messages for it (else it sends a held push).
+    answers_client: bool,
     unclaimed_actors: BTreeSet<String>,
     refused: Option<DocumentError>,
 }
@@ -852,7 +854,16 @@ impl Connection {
                 if outcome.changed {
                     hub.fan_out(&outcome.case_id, &mut replier, Some(connection));
                 } else {
-                    hub.send_sync(&outcome.subscription, &mut replier, true, false);
+                    // No messages: a push or answer that waited goes out.
+                    let sending = if outcome.answers_client {
+                        Sending::Answer {
+                            brought_changes: false,
+                        }
+                    } else {
+                        Sending::Release
+                    };
+                    let others_syncing = hub.others_syncing(1);
+                    hub.send_sync(&outcome.subscription, &mut replier, sending, others_syncing);
                 }
                 graphs.put(outcome.case_id, heads_key(&graph.heads()), graph);
             }
@@ -946,6 +957,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         messages,
     } = job;
     let case_id = document.case_id.clone();
+    let answers_client = !messages.is_empty();
     let refused = |subscription, error| Outcome {
         case_id: case_id.clone(),
         subscription,
@@ -954,6 +966,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         stored: None,
         write: None,
         changed: false,
+        answers_client,
         unclaimed_actors: BTreeSet::new(),
         refused: Some(error),
     };
@@ -1029,6 +1042,7 @@ fn receive_one(job: Job, sender: &Author, rule: &ActorRule) -> Outcome {
         graph: Some(graph),
         stored,
         changed: false,
+        answers_client,
         unclaimed_actors: received.unclaimed_actors,
         refused: None,
     }

@@ -24,6 +24,12 @@
 //! ends). On the interop benchmark's mass reconnect this cut the messages to the phones by a
 //! quarter and their CPU by a sixth. With no other sync running a push goes out at once.
 //!
+//! For the same reason an answer, while other syncs run, goes out at once but without the
+//! changes the client lacks: its heads, needs and bloom filter make the client send what it
+//! has, and the changes wait as a push would, to go out with what the others commit (in a
+//! mass reconnect a phone otherwise took each case whole twice: once in the answer to its
+//! first message, once with the other phones' changes).
+//!
 //! This reaches the connections of this process only. Several instances on one database would
 //! also need a notifier between them (PostgreSQL `LISTEN`/`NOTIFY` on the case id, say, after
 //! which each instance loads the document and calls [`RepoHub::document_changed`]).
@@ -161,6 +167,18 @@ impl Subscription {
     fn holds_back_for_syncs(&self) -> bool {
         !self.awaiting_answer.load(Ordering::Relaxed) && self.holds_back()
     }
+}
+
+/// What a message [`RepoHub::send_sync`] generates is to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sending {
+    /// Another client's changes, committed.
+    Push,
+    /// The answer to the client's messages for the document, and whether they brought
+    /// changes.
+    Answer { brought_changes: bool },
+    /// A push or answer that waited, going out now: it never waits again.
+    Release,
 }
 
 /// Something a connection must act on that did not come from its socket.
@@ -356,14 +374,16 @@ impl RepoHub {
     }
 
     /// Generates and queues the next sync message of `subscription` from `replier`
-    /// (committed state only): an answer to the client's own message (`answering`), or a
-    /// push, which waits while the client has not answered the last push that carried changes,
-    /// or while `others_syncing`. CPU work: call it off the async workers.
+    /// (committed state only). While `others_syncing`, a push waits, and so does an answer to
+    /// messages that brought changes (the client has sent what it had, and waits); an answer
+    /// to a client that has changes this server lacks goes out at once without the changes
+    /// the client lacks, which then wait likewise. A push also waits while the client has not
+    /// answered the last push that carried changes. CPU work: call it off the async workers.
     pub(crate) fn send_sync(
         self: &Arc<Self>,
         subscription: &Arc<Subscription>,
         replier: &mut Replier<'_>,
-        answering: bool,
+        sending: Sending,
         others_syncing: bool,
     ) {
         let mut peer = subscription.peer();
@@ -380,20 +400,13 @@ impl RepoHub {
             return;
         }
         let mut held_back = lock(&subscription.held_back);
-        let waits = others_syncing || subscription.awaiting_answer.load(Ordering::Relaxed);
-        if !answering && waits {
-            match held_back.heads.as_ref() {
-                None => {
-                    held_back.heads = Some(replier.heads());
-                    held_back.wait += 1;
-                    self.send_held_back_later(subscription, held_back.wait);
-                }
-                // Pushes may arrive out of order: only a newer version replaces the one held.
-                Some(heads) if replier.contains_heads(heads) => {
-                    held_back.heads = Some(replier.heads());
-                }
-                Some(_) => {}
-            }
+        let waits = match sending {
+            Sending::Push => others_syncing || subscription.awaiting_answer.load(Ordering::Relaxed),
+            Sending::Answer { brought_changes } => others_syncing && brought_changes,
+            Sending::Release => false,
+        };
+        if waits {
+            self.hold_back(subscription, &mut held_back, replier);
             return;
         }
         // An answer read from a version older than the one held back (its document was read
@@ -406,9 +419,17 @@ impl RepoHub {
         {
             held_back.heads = None;
         }
-        drop(held_back);
         let in_flight = peer.changes_in_flight();
-        if let Some(data) = replier.generate(peer) {
+        let (data, held) = if others_syncing && matches!(sending, Sending::Answer { .. }) {
+            replier.generate_asking_first(peer)
+        } else {
+            (replier.generate(peer), false)
+        };
+        if held {
+            self.hold_back(subscription, &mut held_back, replier);
+        }
+        drop(held_back);
+        if let Some(data) = data {
             if peer.changes_in_flight() > in_flight {
                 subscription.awaiting_answer.store(true, Ordering::Relaxed);
             }
@@ -422,6 +443,34 @@ impl RepoHub {
         }
     }
 
+    /// Holds back what `replier` would send the subscription until the client answers, the
+    /// syncs running alongside end, or the answer wait ends.
+    fn hold_back(
+        self: &Arc<Self>,
+        subscription: &Arc<Subscription>,
+        held_back: &mut HeldBack,
+        replier: &mut Replier<'_>,
+    ) {
+        match held_back.heads.as_ref() {
+            None => {
+                held_back.heads = Some(replier.heads());
+                held_back.wait += 1;
+                self.send_held_back_later(subscription, held_back.wait);
+            }
+            // Pushes may arrive out of order: only a newer version replaces the one held.
+            Some(heads) if replier.contains_heads(heads) => {
+                held_back.heads = Some(replier.heads());
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Whether WebSocket syncs other than the caller's `own` (0 or 1) wait for or hold a
+    /// turn.
+    pub(crate) fn others_syncing(&self, own: usize) -> bool {
+        self.syncing.load(Ordering::SeqCst) > own
+    }
+
     /// Sends the committed document (`replier`) to every connection that has it open: the
     /// answer to connection `answering`'s message (a WebSocket sync, which holds a turn and is
     /// counted), pushes to the others. CPU work: call it off the async workers.
@@ -431,11 +480,16 @@ impl RepoHub {
         replier: &mut Replier<'_>,
         answering: Option<u64>,
     ) {
-        let own = usize::from(answering.is_some());
-        let others_syncing = self.syncing.load(Ordering::SeqCst) > own;
+        let others_syncing = self.others_syncing(usize::from(answering.is_some()));
         for subscription in self.subscribers(case_id) {
-            let answer = Some(subscription.connection) == answering;
-            self.send_sync(&subscription, replier, answer, others_syncing);
+            let sending = if Some(subscription.connection) == answering {
+                Sending::Answer {
+                    brought_changes: true,
+                }
+            } else {
+                Sending::Push
+            };
+            self.send_sync(&subscription, replier, sending, others_syncing);
         }
     }
 
@@ -592,6 +646,107 @@ mod tests {
         hub.fan_out(case_id, &mut Replier::Document(&mut file), Some(999));
         assert!(matches!(outbox.try_recv(), Ok(Outgoing::Frame(_))));
         drop(own);
+    }
+
+    /// The data of the sync message in an outgoing frame.
+    fn sync_data(outgoing: Outgoing) -> Vec<u8> {
+        let Outgoing::Frame(frame) = outgoing else {
+            panic!("a close, not a frame");
+        };
+        match protocol::decode(&frame).expect("a protocol message") {
+            Message::Sync(fields) => fields.data.to_vec(),
+            other => panic!("expected sync, got {}", other.kind()),
+        }
+    }
+
+    /// A mass reconnect: a phone that recorded visits offline says hello while other syncs
+    /// run. It is asked for its visits at once, without the case's new changes; the answer to
+    /// its visits waits; the syncs end, and one message brings it everything.
+    #[tokio::test]
+    async fn while_others_sync_a_phone_is_asked_first_and_answered_when_they_end() {
+        let case_id = "case-answer-held";
+        let mut file = testing::new_case(case_id);
+        let mut client =
+            testing::replica(&mut file, testing::author("u", "d"), testing::actor(5)).unwrap();
+        let at = testing::at(1);
+        file.add(&testing::visit("s", at, 40), at).unwrap();
+        client.add(&testing::visit("u", at, 40), at).unwrap();
+        let mut graph = doorstep_sync_core::ChangeGraph::from_changes(
+            file.doc_mut()
+                .get_changes(&[])
+                .into_iter()
+                .map(|mut c| c.bytes().to_vec()),
+        )
+        .expect("a whole document");
+        let mut stored = file.save();
+        let (hub, mut outbox, mut controls) = one_subscriber(case_id);
+        let subscription = Arc::clone(&hub.subscribers(case_id)[0]);
+        let mut client_state = PeerState::new();
+        let other = hub.syncing();
+
+        // Hello: asked for its visit, at once, with nothing of the server's.
+        let own = hub.syncing();
+        let hello = client.generate_sync_message(&mut client_state).unwrap();
+        let peer = || subscription.peer();
+        assert!(
+            graph
+                .receive_sync_message(peer().as_mut().unwrap(), &hello)
+                .unwrap()
+        );
+        let mut replier = Replier::Graph {
+            graph: &graph,
+            stored: &stored,
+        };
+        let answer = Sending::Answer {
+            brought_changes: false,
+        };
+        hub.send_sync(&subscription, &mut replier, answer, hub.others_syncing(1));
+        let asked = sync_data(outbox.try_recv().expect("answered at once"));
+        assert!(!doorstep_sync_core::brings_changes(&asked), "changes sent");
+        drop(own);
+
+        // Its visit arrives; the answer waits while the other sync runs.
+        let own = hub.syncing();
+        client
+            .receive_sync_message(&mut client_state, &asked)
+            .unwrap();
+        let visit = client.generate_sync_message(&mut client_state).unwrap();
+        let applied = file
+            .receive_sync_message_checked(
+                peer().as_mut().unwrap(),
+                &visit,
+                &testing::author("u", "d"),
+                |_| true,
+            )
+            .unwrap();
+        assert_eq!(applied.len(), 1);
+        for change in applied {
+            stored.extend_from_slice(&change.bytes);
+            graph.add(change.hash, &change.deps, change.bytes).unwrap();
+        }
+        let mut replier = Replier::Graph {
+            graph: &graph,
+            stored: &stored,
+        };
+        hub.fan_out(case_id, &mut replier, Some(subscription.connection));
+        assert!(outbox.try_recv().is_err(), "answered while a sync ran");
+        drop(own);
+        assert!(controls.try_recv().is_err(), "released while a sync ran");
+        drop(other);
+        assert_eq!(
+            controls.try_recv().ok(),
+            Some(Control::SendHeldBack {
+                case_id: case_id.into()
+            })
+        );
+
+        // Released: one message brings the server's visit.
+        hub.send_sync(&subscription, &mut replier, Sending::Release, false);
+        let everything = sync_data(outbox.try_recv().expect("the held answer"));
+        client
+            .receive_sync_message(&mut client_state, &everything)
+            .unwrap();
+        assert_eq!(client.heads(), file.heads());
     }
 
     #[test]
