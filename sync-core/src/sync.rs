@@ -64,6 +64,11 @@ impl PeerState {
         &self.0.shared_heads
     }
 
+    /// The heads the peer last said it has (None before its first message).
+    pub fn their_heads(&self) -> Option<&[ChangeHash]> {
+        self.0.their_heads.as_deref()
+    }
+
     /// The heads of the document this side last generated a message from.
     pub fn last_sent_heads(&self) -> &[ChangeHash] {
         &self.0.last_sent_heads

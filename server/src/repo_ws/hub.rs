@@ -30,6 +30,10 @@
 //! mass reconnect a phone otherwise took each case whole twice: once in the answer to its
 //! first message, once with the other phones' changes).
 //!
+//! Holding for other syncs ends early for a case once every connection that has it open has
+//! given it all its changes (the heads its client last sent are all held): nothing more is
+//! coming for that case, so its clients can take it while the uploads of other cases go on.
+//!
 //! This reaches the connections of this process only. Several instances on one database would
 //! also need a notifier between them (PostgreSQL `LISTEN`/`NOTIFY` on the case id, say, after
 //! which each instance loads the document and calls [`RepoHub::document_changed`]).
@@ -235,6 +239,18 @@ fn new_peer_id() -> String {
     let mut random = [0u8; 8];
     rand::rngs::OsRng.fill_bytes(&mut random);
     format!("doorstep-{}", bs58::encode(random).into_string())
+}
+
+/// Whether each of `subscribers` is known to have given the document (`replier`) every change
+/// it has: the heads its client last sent are all held.
+fn all_changes_given(subscribers: &[Arc<Subscription>], replier: &mut Replier<'_>) -> bool {
+    subscribers.iter().all(|subscription| {
+        let heads = subscription
+            .peer()
+            .as_ref()
+            .and_then(|peer| peer.their_heads().map(<[ChangeHash]>::to_vec));
+        heads.is_some_and(|heads| replier.contains_heads(&heads))
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -480,8 +496,12 @@ impl RepoHub {
         replier: &mut Replier<'_>,
         answering: Option<u64>,
     ) {
-        let others_syncing = self.others_syncing(usize::from(answering.is_some()));
-        for subscription in self.subscribers(case_id) {
+        let subscribers = self.subscribers(case_id);
+        // Once every connection that has the case open has given it all its changes, nothing
+        // more is coming for it from the syncs that run: it goes out now.
+        let others_syncing = self.others_syncing(usize::from(answering.is_some()))
+            && !all_changes_given(&subscribers, replier);
+        for subscription in subscribers {
             let sending = if Some(subscription.connection) == answering {
                 Sending::Answer {
                     brought_changes: true,
@@ -648,6 +668,72 @@ mod tests {
         drop(own);
     }
 
+    /// Another connection with `case_id` open, not yet read with the document: its outbox.
+    fn second_subscriber(
+        hub: &Arc<RepoHub>,
+        case_id: &str,
+    ) -> (Arc<Subscription>, mpsc::Receiver<Outgoing>) {
+        let (connection, _controls) = hub.register("device-2", "user-2");
+        let (tx, outbox) = mpsc::channel(16);
+        let subscription = Arc::new(Subscription::new(
+            connection,
+            case_id.into(),
+            "document-1".into(),
+            Arc::new(Outbox::new(tx, "client-2".into())),
+        ));
+        hub.subscribe(Arc::clone(&subscription));
+        (subscription, outbox)
+    }
+
+    /// While other syncs run, a case goes out as soon as every connection that has it open
+    /// has given it all its changes: nothing more is coming for it.
+    #[tokio::test]
+    async fn a_case_goes_out_while_others_sync_once_all_who_have_it_open_gave_their_changes() {
+        let case_id = "case-all-given";
+        let mut file = testing::new_case(case_id);
+        let mut clients: Vec<CaseFile> = (1..=2)
+            .map(|n| {
+                let author = testing::author(&format!("u{n}"), &format!("d{n}"));
+                testing::replica(&mut file, author, testing::actor(n)).unwrap()
+            })
+            .collect();
+        let at = testing::at(1);
+        file.add(&testing::visit("s", at, 40), at).unwrap();
+        let graph = doorstep_sync_core::ChangeGraph::from_changes(
+            file.doc_mut()
+                .get_changes(&[])
+                .into_iter()
+                .map(|mut c| c.bytes().to_vec()),
+        )
+        .expect("a whole document");
+        let stored = file.save();
+        let (hub, mut outbox, _controls) = one_subscriber(case_id);
+        let first = Arc::clone(&hub.subscribers(case_id)[0]);
+        let (second, _second_outbox) = second_subscriber(&hub, case_id);
+        let _other = hub.syncing();
+        let hello = |subscription: &Subscription, client: &mut CaseFile| {
+            let message = client.generate_sync_message(&mut PeerState::new()).unwrap();
+            let mut peer = subscription.peer();
+            let peer = peer.get_or_insert_with(PeerState::new);
+            assert!(graph.receive_sync_message(peer, &message).unwrap());
+        };
+        let mut replier = Replier::Graph {
+            graph: &graph,
+            stored: &stored,
+        };
+
+        // The first has said what it holds; the second has not spoken: the push waits.
+        hello(&first, &mut clients[0]);
+        hub.fan_out(case_id, &mut replier, None);
+        assert!(outbox.try_recv().is_err(), "pushed before all had given");
+
+        // Both have: it goes out though another sync still runs.
+        hello(&second, &mut clients[1]);
+        hub.fan_out(case_id, &mut replier, None);
+        let pushed = sync_data(outbox.try_recv().expect("pushed once all had given"));
+        assert!(doorstep_sync_core::brings_changes(&pushed));
+    }
+
     /// The data of the sync message in an outgoing frame.
     fn sync_data(outgoing: Outgoing) -> Vec<u8> {
         let Outgoing::Frame(frame) = outgoing else {
@@ -681,6 +767,8 @@ mod tests {
         let mut stored = file.save();
         let (hub, mut outbox, mut controls) = one_subscriber(case_id);
         let subscription = Arc::clone(&hub.subscribers(case_id)[0]);
+        // Another phone has the case open and has not given its changes yet.
+        let _silent = second_subscriber(&hub, case_id);
         let mut client_state = PeerState::new();
         let other = hub.syncing();
 
