@@ -776,15 +776,26 @@ fn checked_sync(
     sender: &doorstep_sync_core::Author,
 ) -> Option<RefusedSync> {
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    checked_sync_from(server, &mut server_state, phone, &mut phone_state, sender)
+}
+
+/// [`checked_sync`] from the given sync states, which it leaves as the exchange ends them.
+fn checked_sync_from(
+    server: &mut CaseFile,
+    server_state: &mut PeerState,
+    phone: &mut CaseFile,
+    phone_state: &mut PeerState,
+    sender: &doorstep_sync_core::Author,
+) -> Option<RefusedSync> {
     for _ in 0..10 {
-        let to_phone = server.generate_sync_message(&mut server_state);
+        let to_phone = server.generate_sync_message(server_state);
         if let Some(m) = &to_phone {
-            phone.receive_sync_message(&mut phone_state, m).unwrap();
+            phone.receive_sync_message(phone_state, m).unwrap();
         }
-        let to_server = phone.generate_sync_message(&mut phone_state);
+        let to_server = phone.generate_sync_message(phone_state);
         if let Some(m) = &to_server
             && let Err(refused) =
-                server.receive_sync_message_checked(&mut server_state, m, sender, |_| true)
+                server.receive_sync_message_checked(server_state, m, sender, |_| true)
         {
             return Some(refused);
         }
@@ -1569,19 +1580,15 @@ fn a_message_received_again_on_a_newer_version_ends_as_one_receive_there() {
     let mut other = phone(&mut server, 2);
     let (mut server_state, mut worker_state) = (PeerState::new(), PeerState::new());
     // A first exchange, so that the phone's next message carries its new visit unasked.
-    for _ in 0..10 {
-        let to_worker = server.generate_sync_message(&mut server_state);
-        if let Some(m) = &to_worker {
-            worker.receive_sync_message(&mut worker_state, m).unwrap();
-        }
-        let to_server = worker.generate_sync_message(&mut worker_state);
-        if let Some(m) = &to_server {
-            receive_from_phone_1(&mut server, &mut server_state, m);
-        }
-        if to_worker.is_none() && to_server.is_none() {
-            break;
-        }
-    }
+    let sender = testing::author("user-1", "phone-1");
+    let refused = checked_sync_from(
+        &mut server,
+        &mut server_state,
+        &mut worker,
+        &mut worker_state,
+        &sender,
+    );
+    assert!(refused.is_none());
     // A phone reconnecting with nothing new: its heads and a bloom filter, no changes.
     let mut reconnected = PeerState::decode(&worker_state.encode()).unwrap();
     let without_changes = worker.generate_sync_message(&mut reconnected).unwrap();

@@ -460,17 +460,21 @@ impl Bench {
             let server_cpu = || servers::process_cpu_seconds(pid, ticks);
             let (mut server_before, mut phones_before) =
                 (server_cpu(), servers::own_cpu_seconds(ticks));
+            let mut last = Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let (server_now, phones_now) = (server_cpu(), servers::own_cpu_seconds(ticks));
+                // A saturated load generator wakes this task late: divide by the real interval.
+                let interval = last.elapsed().as_secs_f64();
+                last = Instant::now();
                 println!(
                     "    t={:5.1} s  phones left {:3}  messages up {:6} down {:6}  CPU s/s server {:.2} phones {:.2}",
                     started.elapsed().as_secs_f64(),
                     progress.remaining.load(Ordering::SeqCst),
                     counters.messages_up.load(Ordering::Relaxed),
                     counters.messages_down.load(Ordering::Relaxed),
-                    server_now - server_before,
-                    phones_now - phones_before,
+                    (server_now - server_before) / interval,
+                    (phones_now - phones_before) / interval,
                 );
                 (server_before, phones_before) = (server_now, phones_now);
             }

@@ -805,20 +805,15 @@ impl Connection {
 
             let metrics = &self.state.metrics;
             let applied: usize = writes.iter().map(|w| w.changes.len()).sum();
-            let mut new_bytes: HashMap<String, Vec<u8>> = HashMap::new();
+            // Committed: each outcome learns whether it changed, and takes its new bytes.
             for write in writes {
-                let changed = !write.changes.is_empty();
+                let Some(outcome) = outcomes.iter_mut().find(|o| o.case_id == write.case_id) else {
+                    continue;
+                };
+                outcome.changed = !write.changes.is_empty();
                 if let Some((bytes, _)) = write.snapshot {
-                    new_bytes.insert(write.case_id.clone(), bytes);
+                    outcome.stored = Some(bytes);
                 }
-                if changed
-                    && let Some(outcome) = outcomes.iter_mut().find(|o| o.case_id == write.case_id)
-                {
-                    outcome.changed = true;
-                }
-            }
-            for outcome in outcomes.iter_mut().filter(|o| o.stored.is_none()) {
-                outcome.stored = new_bytes.remove(&outcome.case_id);
             }
             Metrics::add(&metrics.sync_documents, outcomes.len() as u64);
             Metrics::add(&metrics.sync_changes_applied, applied as u64);

@@ -612,17 +612,43 @@ mod tests {
         mpsc::UnboundedReceiver<Control>,
     ) {
         let hub = Arc::new(RepoHub::new("storage".into(), Duration::from_secs(3600)));
-        let (connection, controls) = hub.register("device-1", "user-1");
+        let (subscription, outbox, controls) = subscriber(&hub, case_id, 1);
+        *subscription.peer() = Some(PeerState::new());
+        (hub, outbox, controls)
+    }
+
+    /// Connection `n` of `hub`, with `case_id` open and not yet read with the document: its
+    /// subscription, outbox and controls.
+    fn subscriber(
+        hub: &Arc<RepoHub>,
+        case_id: &str,
+        n: u32,
+    ) -> (
+        Arc<Subscription>,
+        mpsc::Receiver<Outgoing>,
+        mpsc::UnboundedReceiver<Control>,
+    ) {
+        let (connection, controls) = hub.register(&format!("device-{n}"), &format!("user-{n}"));
         let (tx, outbox) = mpsc::channel(16);
         let subscription = Arc::new(Subscription::new(
             connection,
             case_id.into(),
             "document-1".into(),
-            Arc::new(Outbox::new(tx, "client-1".into())),
+            Arc::new(Outbox::new(tx, format!("client-{n}"))),
         ));
-        *subscription.peer() = Some(PeerState::new());
-        hub.subscribe(subscription);
-        (hub, outbox, controls)
+        hub.subscribe(Arc::clone(&subscription));
+        (subscription, outbox, controls)
+    }
+
+    /// The change graph of `file` as stored.
+    fn graph_of(file: &mut CaseFile) -> doorstep_sync_core::ChangeGraph {
+        doorstep_sync_core::ChangeGraph::from_changes(
+            file.doc_mut()
+                .get_changes(&[])
+                .into_iter()
+                .map(|mut c| c.bytes().to_vec()),
+        )
+        .expect("a whole document")
     }
 
     #[tokio::test]
@@ -668,23 +694,6 @@ mod tests {
         drop(own);
     }
 
-    /// Another connection with `case_id` open, not yet read with the document: its outbox.
-    fn second_subscriber(
-        hub: &Arc<RepoHub>,
-        case_id: &str,
-    ) -> (Arc<Subscription>, mpsc::Receiver<Outgoing>) {
-        let (connection, _controls) = hub.register("device-2", "user-2");
-        let (tx, outbox) = mpsc::channel(16);
-        let subscription = Arc::new(Subscription::new(
-            connection,
-            case_id.into(),
-            "document-1".into(),
-            Arc::new(Outbox::new(tx, "client-2".into())),
-        ));
-        hub.subscribe(Arc::clone(&subscription));
-        (subscription, outbox)
-    }
-
     /// While other syncs run, a case goes out as soon as every connection that has it open
     /// has given it all its changes: nothing more is coming for it.
     #[tokio::test]
@@ -699,17 +708,11 @@ mod tests {
             .collect();
         let at = testing::at(1);
         file.add(&testing::visit("s", at, 40), at).unwrap();
-        let graph = doorstep_sync_core::ChangeGraph::from_changes(
-            file.doc_mut()
-                .get_changes(&[])
-                .into_iter()
-                .map(|mut c| c.bytes().to_vec()),
-        )
-        .expect("a whole document");
+        let graph = graph_of(&mut file);
         let stored = file.save();
         let (hub, mut outbox, _controls) = one_subscriber(case_id);
         let first = Arc::clone(&hub.subscribers(case_id)[0]);
-        let (second, _second_outbox) = second_subscriber(&hub, case_id);
+        let (second, _second_outbox, _) = subscriber(&hub, case_id, 2);
         let _other = hub.syncing();
         let hello = |subscription: &Subscription, client: &mut CaseFile| {
             let message = client.generate_sync_message(&mut PeerState::new()).unwrap();
@@ -757,18 +760,12 @@ mod tests {
         let at = testing::at(1);
         file.add(&testing::visit("s", at, 40), at).unwrap();
         client.add(&testing::visit("u", at, 40), at).unwrap();
-        let mut graph = doorstep_sync_core::ChangeGraph::from_changes(
-            file.doc_mut()
-                .get_changes(&[])
-                .into_iter()
-                .map(|mut c| c.bytes().to_vec()),
-        )
-        .expect("a whole document");
+        let mut graph = graph_of(&mut file);
         let mut stored = file.save();
         let (hub, mut outbox, mut controls) = one_subscriber(case_id);
         let subscription = Arc::clone(&hub.subscribers(case_id)[0]);
         // Another phone has the case open and has not given its changes yet.
-        let _silent = second_subscriber(&hub, case_id);
+        let _silent = subscriber(&hub, case_id, 2);
         let mut client_state = PeerState::new();
         let other = hub.syncing();
 
