@@ -183,3 +183,72 @@ fn a_document_loaded_from_appended_changes_is_no_bigger_than_one_loaded_from_a_f
         "loaded from appended changes: {stored_heap} bytes, from a full save: {full_heap}"
     );
 }
+
+/// A phone back from a day offline takes its case sent whole, as the server stores it and
+/// sends it: the last full save followed by the changes synced since, here from two of the ten
+/// colleagues who recorded visits in it at once.
+#[test]
+fn a_case_sent_whole_with_changes_appended_is_no_bigger_than_one_loaded_from_a_full_save() {
+    use automerge::sync::{ChunkList, Message, MessageVersion};
+
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let created = testing::new_case("case-memory").save();
+    let open = |p: u32| {
+        let user = format!("user-{p}");
+        let file = CaseFile::load(
+            &created,
+            testing::author(&user, "device"),
+            testing::actor(p + 1),
+        )
+        .expect("loads");
+        (user, file)
+    };
+    let (_, mut phone) = open(0);
+    let (_, mut server) = open(99);
+    let mut stored = Vec::new();
+    let mut saved_heads = Vec::new();
+    for colleague in 1..=10 {
+        let (user, mut other) = open(colleague);
+        for k in 0..20 {
+            let at = testing::at(i64::from(colleague) * 1_000 + k);
+            other
+                .add(&testing::visit(&user, at, 500), at)
+                .expect("a valid visit");
+        }
+        server.doc_mut().merge(other.doc_mut()).expect("merges");
+        if colleague == 8 {
+            stored = server.save();
+            saved_heads = server.heads();
+        }
+    }
+    for change in server.doc_mut().get_changes(&saved_heads) {
+        stored.extend_from_slice(change.raw_bytes());
+    }
+    let message = Message {
+        heads: server.heads(),
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: ChunkList::from(stored),
+        flags: None,
+        version: MessageVersion::V2,
+    }
+    .encode();
+    phone
+        .receive_sync_message(&mut PeerState::new(), &message)
+        .expect("takes its case");
+    assert_eq!(phone.list::<HomeVisit>().expect("reads").len(), 200);
+    let full = CaseFile::load(
+        &phone.save(),
+        testing::author("user-0", "device"),
+        testing::actor(1),
+    )
+    .expect("loads");
+    let full_heap = heap_of(full);
+    let received_heap = heap_of(phone);
+    assert!(
+        received_heap * 2 < full_heap * 3,
+        "taken whole: {received_heap} bytes, loaded from a full save: {full_heap}"
+    );
+}
