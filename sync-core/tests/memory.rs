@@ -108,6 +108,20 @@ fn a_document_that_kept_receiving_is_no_bigger_than_the_same_document_loaded() {
     );
 }
 
+/// The copy of the case saved as `saved` that user `p` works on (actor `p + 1`): their user id
+/// and the file.
+#[allow(clippy::expect_used, reason = "a test fails loudly")]
+fn copy_of(saved: &[u8], p: u32) -> (String, CaseFile) {
+    let user = format!("user-{p}");
+    let file = CaseFile::load(
+        saved,
+        testing::author(&user, "device"),
+        testing::actor(p + 1),
+    )
+    .expect("loads");
+    (user, file)
+}
+
 /// The server's way with a case: each message's new changes are appended to the stored bytes
 /// (a full save now and then), and the next message finds the document parsed from them.
 #[test]
@@ -122,13 +136,7 @@ fn a_document_loaded_from_appended_changes_is_no_bigger_than_one_loaded_from_a_f
     let mut server = CaseFile::load(&stored, server_author(), testing::actor(99)).expect("loads");
     let mut phones: Vec<(String, CaseFile, PeerState)> = (0..10u32)
         .map(|p| {
-            let user = format!("user-{p}");
-            let file = CaseFile::load(
-                &stored,
-                testing::author(&user, "device"),
-                testing::actor(p + 1),
-            )
-            .expect("loads");
+            let (user, file) = copy_of(&stored, p);
             (user, file, PeerState::new())
         })
         .collect();
@@ -195,16 +203,7 @@ fn a_case_sent_whole_with_changes_appended_is_no_bigger_than_one_loaded_from_a_f
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let created = testing::new_case("case-memory").save();
-    let open = |p: u32| {
-        let user = format!("user-{p}");
-        let file = CaseFile::load(
-            &created,
-            testing::author(&user, "device"),
-            testing::actor(p + 1),
-        )
-        .expect("loads");
-        (user, file)
-    };
+    let open = |p: u32| copy_of(&created, p);
     let (_, mut phone) = open(0);
     let (_, mut server) = open(99);
     let mut stored = Vec::new();
