@@ -422,12 +422,10 @@ impl CaseFile {
 /// of its case sent whole after a day offline, 22.4-23.5 ms -> 11.7-12.8 ms (`cargo bench -p
 /// doorstep-sync-core --bench case_file -- "sent whole"`). The server sends a phone its whole
 /// case when the phone lacks more than a third of it, as after a day offline. The caller then
-/// copies the document (`CaseFile::shrink_to_fit`): the server sends its stored bytes, a save followed
-/// by the changes synced since, and Automerge's load applies those changes at once into
-/// columns that keep the room they grew: a 200-visit case with its last changes appended held
-/// 3.4 MB loaded, against 0.4 MB copied. In the interop bench the phones, each holding 40
-/// such cases, grew to 8 GB and spent about as much CPU zeroing fresh pages as on their own
-/// work (`perf`: clear_page).
+/// copies the document (`CaseFile::shrink_to_fit`): the server sends its stored bytes, a save
+/// followed by the changes synced since, and Automerge's load applies those changes at once
+/// into columns that keep the room they grew (a 200-visit case: 2.75 MB taken so, 0.4 MB
+/// copied; `tests/memory.rs`). The interop bench's 50 phones grew to 8 GB without the copy.
 fn take_whole_document(
     doc: &mut AutoCommit,
     peer: &mut State,
