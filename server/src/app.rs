@@ -27,6 +27,8 @@ pub struct AppState {
     pub sign_in_throttle: Arc<crate::auth::sign_in::SignInThrottle>,
     /// Syncs (HTTP and WebSocket) reading and computing at once: one per core.
     pub sync_compute: Arc<tokio::sync::Semaphore>,
+    /// WebSocket uploads waiting for a turn, taken in case order across connections.
+    pub ws_uploads: Arc<crate::repo_ws::upload_queue::UploadQueue>,
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
@@ -125,15 +127,15 @@ impl App {
         let config_cache_size = config.document_cache_size;
         let graph_cache_bytes = config.graph_cache_mib * 1024 * 1024;
         let ws_answer_wait = std::time::Duration::from_millis(config.ws_answer_wait_ms);
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         let state = AppState {
             config: Arc::new(config),
             storage,
             keys,
             dummy_password_hash: Arc::new(dummy_password_hash),
             sign_in_throttle: Arc::default(),
-            sync_compute: Arc::new(tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
-            )),
+            sync_compute: Arc::new(tokio::sync::Semaphore::new(cores)),
+            ws_uploads: crate::repo_ws::upload_queue::UploadQueue::new(cores),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             graphs: Arc::new(crate::graph_cache::GraphCache::new(graph_cache_bytes)),

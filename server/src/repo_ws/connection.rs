@@ -616,8 +616,10 @@ impl Connection {
     /// Runs a batch's sync messages through the server's sync path: checked receive,
     /// validation, storage with provenance, the device's sync state, the document cache; then
     /// the replies, and pushes to the other connections that have a changed document open.
-    /// Syncs a batch's documents in `turn`, which is held until the last commit (and, by each
-    /// group's computation, while it runs, should the connection drop meanwhile).
+    /// The documents whose messages bring no changes are synced in `turn`; each upload then
+    /// waits for its place in the upload queue and a turn of its own (each turn also held by
+    /// a group's computation while it runs, should the connection drop meanwhile). The batch
+    /// counts as a sync running, for the hub's held pushes, until its last commit.
     async fn sync_documents(&mut self, work: Vec<DocumentWork>, turn: Turn) -> Result<(), Close> {
         self.check_caller().await?;
         let storage = Arc::clone(&self.state.storage);
@@ -671,17 +673,27 @@ impl Connection {
         // A few documents at a time, each group committed before the next is read, so that a
         // batch holds the stored changes of one group, not of all its documents; in case-id
         // order, the order in which every sync locks documents (PostgreSQL locks each row as
-        // a locked read reads it).
+        // a locked read reads it). Messages that bring no changes go first, in this turn:
+        // they are answered from the change graph, and an answer that asks the client for its
+        // changes lets its upload start. Uploads then go one document at a time, each in its
+        // place in the case order of all connections' uploads (see `upload_queue`).
         open.sort_by(|a, b| a.0.case_id.cmp(&b.0.case_id));
+        let (uploads, quiet): (Vec<OpenDocument>, Vec<OpenDocument>) = open
+            .into_iter()
+            .partition(|(_, messages)| messages.iter().any(|m| brings_changes(m)));
+        let Turn { permit, _syncing } = turn;
         let mut refused = None;
-        for group in open.chunks(sync::DOCUMENTS_PER_GROUP) {
-            let outcomes = self.sync_group(group, &rule, &turn).await?;
-            refused = refused.or_else(|| {
-                outcomes
-                    .iter()
-                    .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)))
-            });
-            self.answer_and_push(outcomes).await?;
+        for group in quiet.chunks(sync::DOCUMENTS_PER_GROUP) {
+            self.sync_and_answer(group, &rule, &permit, &mut refused)
+                .await?;
+        }
+        drop(permit);
+        for upload in uploads.chunks(1) {
+            let _place = self.state.ws_uploads.enter(&upload[0].0.case_id).await;
+            let permit = Arc::clone(&self.state.sync_compute).acquire_owned().await;
+            let permit = permit.map(Arc::new).map_err(|_| Close::server())?;
+            self.sync_and_answer(upload, &rule, &permit, &mut refused)
+                .await?;
         }
 
         if let Some((case_id, error)) = refused {
@@ -694,6 +706,24 @@ impl Connection {
             return Err(Close::refused(code, &document, &error));
         }
         Ok(())
+    }
+
+    /// Syncs one group of a batch's documents and answers; the first refusal is kept in
+    /// `refused`.
+    async fn sync_and_answer(
+        &self,
+        group: &[OpenDocument],
+        rule: &ActorRule,
+        permit: &SyncTurn,
+        refused: &mut Option<(String, DocumentError)>,
+    ) -> Result<(), Close> {
+        let outcomes = self.sync_group(group, rule, permit).await?;
+        if refused.is_none() {
+            *refused = outcomes
+                .iter()
+                .find_map(|o| o.refused.clone().map(|e| (o.case_id.clone(), e)));
+        }
+        self.answer_and_push(outcomes).await
     }
 
     /// Reads, computes and commits one group of a batch's documents. Optimistic first, as the
@@ -709,7 +739,7 @@ impl Connection {
         &self,
         group: &[OpenDocument],
         rule: &ActorRule,
-        turn: &Turn,
+        permit: &SyncTurn,
     ) -> Result<Vec<Outcome>, Close> {
         let storage = &self.state.storage;
         let device_id = &self.caller.device.id;
@@ -755,7 +785,7 @@ impl Connection {
                 self.caller.author(),
                 rule.clone(),
                 Arc::clone(&self.state.documents),
-                Arc::clone(&turn.permit),
+                Arc::clone(permit),
             )
             .await?;
             let mut tx = match tx.take() {
