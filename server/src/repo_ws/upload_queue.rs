@@ -202,35 +202,26 @@ mod tests {
 
     #[test]
     fn an_upload_that_gives_up_its_place_holds_up_no_one() {
-        let queue = UploadQueue::new(1);
-        let first = admitted(&mut enter(&queue, "case-c", 0)).expect("nothing waits");
-        let mut gave_up = enter(&queue, "case-a", 0);
-        let mut next = enter(&queue, "case-b", 0);
-        assert!(admitted(&mut gave_up).is_none());
-        assert!(admitted(&mut next).is_none());
-        drop(gave_up);
-        drop(first);
-        assert!(
-            admitted(&mut next).is_some(),
-            "the place given up was passed on"
-        );
-    }
-
-    #[test]
-    fn an_upload_let_through_after_giving_up_passes_its_place_on() {
-        let queue = UploadQueue::new(1);
-        let first = admitted(&mut enter(&queue, "case-c", 0)).expect("nothing waits");
-        let mut gave_up = enter(&queue, "case-a", 0);
-        let mut next = enter(&queue, "case-b", 0);
-        assert!(admitted(&mut gave_up).is_none());
-        assert!(admitted(&mut next).is_none());
-        drop(first);
-        // Let through, but dropped before it saw its pass.
-        drop(gave_up);
-        assert!(
-            admitted(&mut next).is_some(),
-            "the pass came back and went on"
-        );
+        // Before it is let through, and after (dropped before it saw its pass).
+        for let_through_first in [false, true] {
+            let queue = UploadQueue::new(1);
+            let first = admitted(&mut enter(&queue, "case-c", 0)).expect("nothing waits");
+            let mut gave_up = enter(&queue, "case-a", 0);
+            let mut next = enter(&queue, "case-b", 0);
+            assert!(admitted(&mut gave_up).is_none());
+            assert!(admitted(&mut next).is_none());
+            if let_through_first {
+                drop(first);
+                drop(gave_up);
+            } else {
+                drop(gave_up);
+                drop(first);
+            }
+            assert!(
+                admitted(&mut next).is_some(),
+                "the place given up was passed on"
+            );
+        }
     }
 
     #[test]
