@@ -690,8 +690,7 @@ impl Connection {
         drop(permit);
         for upload in uploads.chunks(1) {
             let _place = self.state.ws_uploads.enter(&upload[0].0.case_id).await;
-            let permit = Arc::clone(&self.state.sync_compute).acquire_owned().await;
-            let permit = permit.map(Arc::new).map_err(|_| Close::server())?;
+            let permit = compute_turn(&self.state).await?;
             self.sync_and_answer(upload, &rule, &permit, &mut refused)
                 .await?;
         }
@@ -913,12 +912,16 @@ struct Turn {
 /// while it waits for its turn to compute.
 async fn wait_for_turn(state: &AppState, hub: &Arc<RepoHub>) -> Result<Turn, Close> {
     let syncing = hub.syncing();
-    let permit = Arc::clone(&state.sync_compute).acquire_owned().await;
-    let permit = permit.map(Arc::new).map_err(|_| Close::server())?;
     Ok(Turn {
-        permit,
+        permit: compute_turn(state).await?,
         _syncing: syncing,
     })
+}
+
+/// Waits for one of the per-core turns to compute, shared with HTTP syncs.
+async fn compute_turn(state: &AppState) -> Result<SyncTurn, Close> {
+    let permit = Arc::clone(&state.sync_compute).acquire_owned().await;
+    permit.map(Arc::new).map_err(|_| Close::server())
 }
 
 /// One document of a group: its subscription, stored state, cached sources and messages.

@@ -9,8 +9,8 @@
 //! benchmark), and no case had all its uploads, so none went out to the phones, until near the
 //! end. Taken in case order, the case is parsed once for all of its uploads (the cache holds it
 //! from one to the next), and goes out while later cases are taken. Interop benchmark,
-//! WebSocket, the same binary with and without the queue, alternated: 56.2 / 59.5 s ->
-//! 43.7 / 44.6 s to converge, server CPU 67.4 / 70.1 s -> 45.2 / 46.6 s.
+//! WebSocket only, the server without and with the queue alternated: 36.1 / 54.0 s ->
+//! 33.7 / 41.1 s to converge, server CPU 42.7 / 65.3 s -> 35.3 / 42.3 s.
 //!
 //! Waiting uploads go through in case-id order within each [`ROUND`] of arrival, so that one
 //! is passed only by uploads that came in its round or before it (none waits forever), at most
