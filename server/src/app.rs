@@ -27,8 +27,8 @@ pub struct AppState {
     pub sign_in_throttle: Arc<crate::auth::sign_in::SignInThrottle>,
     /// Syncs (HTTP and WebSocket) reading and computing at once: one per core.
     pub sync_compute: Arc<tokio::sync::Semaphore>,
-    /// WebSocket uploads waiting for a turn, taken in case order across connections.
-    pub ws_uploads: Arc<crate::repo_ws::upload_queue::UploadQueue>,
+    /// Uploads (HTTP and WebSocket) waiting for a turn, taken in case order across syncs.
+    pub uploads: Arc<crate::upload_queue::UploadQueue>,
     pub metrics: Arc<Metrics>,
     /// Parsed case files, revalidated against the database on every use.
     pub documents: Arc<DocumentCache>,
@@ -135,7 +135,7 @@ impl App {
             dummy_password_hash: Arc::new(dummy_password_hash),
             sign_in_throttle: Arc::default(),
             sync_compute: Arc::new(tokio::sync::Semaphore::new(cores)),
-            ws_uploads: crate::repo_ws::upload_queue::UploadQueue::new(cores),
+            uploads: crate::upload_queue::UploadQueue::new(cores),
             metrics: Arc::new(Metrics::default()),
             documents: Arc::new(DocumentCache::new(config_cache_size)),
             graphs: Arc::new(crate::graph_cache::GraphCache::new(graph_cache_bytes)),

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod repo_ws;
 pub mod storage;
 pub mod sync;
+pub mod upload_queue;
 pub mod web;
 
 pub use app::{App, AppState, StartupError};

@@ -119,6 +119,14 @@ impl<E: Into<ApiError>> From<E> for AttemptError {
 /// attempt reads and writes everything under the lock in one transaction, so a sync always
 /// completes. Committing by group took the interop bench's HTTP retries from 38 to 13-18 and
 /// its server CPU from 53-55 s to 40-41 s: a retry used to redo all forty documents.
+///
+/// An optimistic attempt's uploads (documents whose message brings changes) are taken one at
+/// a time, each in its place in the case order of all syncs' uploads (see
+/// [`crate::upload_queue`]); the request gives its turn back while it waits for a place, and
+/// takes one again for each upload. An upload's answer carries no changes: it would be held
+/// in memory until the request's last upload (in a mass reconnect, the answers of all phones
+/// at once: 180 MiB in the interop benchmark); the phone asks for them in its next request,
+/// which is answered at once.
 pub async fn sync(
     state: &AppState,
     caller: &Caller,
@@ -127,6 +135,7 @@ pub async fn sync(
     turn: SyncTurn,
 ) -> Result<SyncReply, ApiError> {
     let metrics = &state.metrics;
+    let mut turn = Some(turn);
     for attempt in 1.. {
         let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
         let attempt = sync_attempt(
@@ -135,7 +144,7 @@ pub async fn sync(
             incoming.clone(),
             received_at,
             optimistic,
-            &turn,
+            &mut turn,
         );
         match attempt.await {
             Ok(reply) => return Ok(reply),
@@ -159,10 +168,9 @@ async fn sync_attempt(
     incoming: Vec<IncomingDocument>,
     received_at: i64,
     optimistic: bool,
-    turn: &SyncTurn,
+    turn: &mut Option<SyncTurn>,
 ) -> Result<SyncReply, AttemptError> {
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
-    let (documents, hub) = (&state.documents, &state.repo);
     let device_id = caller.device.id.clone();
     let mut tx = if optimistic {
         storage.begin_sync_read().await?
@@ -209,6 +217,26 @@ async fn sync_attempt(
     // Case-id order across the groups below too: on the last attempt, PostgreSQL locks each
     // document's row as a group reads it, and every sync must lock in one order.
     to_load.sort();
+    // Only documents whose message brings changes need the parsed document; the rest are
+    // answered from the change graph. Optimistic: those are uploads, each taken in its place
+    // in the case order of all syncs' uploads (see `upload_queue`), after the rest. The last
+    // attempt takes everything in its turn and its one write transaction: it waits for no one.
+    let bringing_changes: BTreeSet<String> = incoming
+        .iter()
+        .filter(|d| d.message.as_deref().is_some_and(brings_changes))
+        .map(|d| d.case_id.clone())
+        .collect();
+    let (uploads, quiet): (Vec<String>, Vec<String>) = if optimistic {
+        to_load
+            .into_iter()
+            .partition(|case_id| bringing_changes.contains(case_id))
+    } else {
+        (Vec::new(), to_load)
+    };
+    let groups = quiet
+        .chunks(DOCUMENTS_PER_GROUP)
+        .map(|group| (group, false))
+        .chain(uploads.chunks(1).map(|upload| (upload, true)));
 
     let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::with_capacity(incoming.len());
@@ -233,7 +261,24 @@ async fn sync_attempt(
     // back) before the group's Automerge work, and the write lock is taken only for the
     // writes; otherwise all runs in the one write transaction.
     let mut tx = Some(tx);
-    for group in to_load.chunks(DOCUMENTS_PER_GROUP) {
+    for (group, upload) in groups {
+        let _place = if upload {
+            // Waiting holds no turn and no open transaction.
+            *turn = None;
+            if let Some(read) = tx.take() {
+                read.commit().await?;
+            }
+            Some(state.uploads.enter(&group[0]).await)
+        } else {
+            None
+        };
+        let computing = match turn {
+            Some(held) => Arc::clone(held),
+            None => {
+                let taken = compute_turn(state).await.ok_or_else(limiter_closed)?;
+                turn.insert(taken).clone()
+            }
+        };
         let mut reading = match tx.take() {
             Some(tx) => tx,
             None => storage.begin_sync_read().await?,
@@ -245,9 +290,7 @@ async fn sync_attempt(
             // Unasked documents only send; their state is saved when the phone answers.
             let requested = message.is_some();
             let message = message.flatten();
-            // Only a message that brings changes needs the parsed document; the rest are
-            // answered from the case's change graph.
-            let needs_file = message.as_deref().is_some_and(brings_changes);
+            let needs_file = bringing_changes.contains(&document.case_id);
             let (cached, graph) = sources(state, reading.as_mut(), &document, needs_file).await?;
             loaded.push((document, cached, graph, message, requested));
         }
@@ -257,13 +300,12 @@ async fn sync_attempt(
             tx = Some(reading);
         }
         let computed = compute_group(
+            state,
             loaded,
             sender.clone(),
             rule.clone(),
-            Arc::clone(documents),
-            Arc::clone(&state.graphs),
-            Arc::clone(hub),
-            Arc::clone(turn),
+            computing,
+            upload,
         );
         let (group_writes, group_replies, group_push) = computed.await?;
         if !optimistic {
@@ -387,22 +429,26 @@ type GroupOutcome = (
 
 /// The Automerge work of one group, on a blocking thread (it is CPU-bound). The work holds the
 /// turn too, so that a request cut off meanwhile does not give it back while it still runs.
+/// An upload's group (of one) answers without changes (see [`apply_one`]).
 async fn compute_group(
+    state: &AppState,
     loaded: LoadedGroup,
     sender: Author,
     rule: ActorRule,
-    cache: Arc<crate::doc_cache::DocumentCache>,
-    graphs: Arc<crate::graph_cache::GraphCache>,
-    pushing: Arc<crate::repo_ws::RepoHub>,
     computing: SyncTurn,
+    upload: bool,
 ) -> Result<GroupOutcome, AttemptError> {
+    let cache = Arc::clone(&state.documents);
+    let graphs = Arc::clone(&state.graphs);
+    let pushing = Arc::clone(&state.repo);
     tokio::task::spawn_blocking(move || {
         let _computing = computing;
         let mut writes = Vec::new();
         let mut replies = BTreeMap::new();
         let mut to_push = Vec::new();
         for (document, cached, graph, message, requested) in loaded {
-            let applied = apply_one(document, cached, graph, message.as_deref(), &sender, &rule);
+            let message = message.as_deref();
+            let applied = apply_one(document, cached, graph, message, upload, &sender, &rule);
             let case_id = applied.reply.case_id.clone();
             if let Some(graph) = applied.graph {
                 // Like the document below: keyed by its heads, so it is used only if they
@@ -481,6 +527,17 @@ pub(crate) async fn sources(
 /// and given back when both are done.
 pub type SyncTurn = Arc<tokio::sync::OwnedSemaphorePermit>;
 
+/// Waits for one of the per-core turns to compute (HTTP and WebSocket syncs share them).
+/// None only if the limiter was closed, which nothing does.
+pub(crate) async fn compute_turn(state: &AppState) -> Option<SyncTurn> {
+    let permit = Arc::clone(&state.sync_compute).acquire_owned().await;
+    permit.ok().map(Arc::new)
+}
+
+fn limiter_closed() -> ApiError {
+    ApiError::Internal("the sync limiter is closed".into())
+}
+
 /// Waits for a turn to run a sync, and reads the request's body with `read_body`. Parsed case
 /// files take megabytes each: only as many syncs run (read the request, compute, write) at
 /// once as there are cores, so memory stays bounded however many phones reconnect together;
@@ -511,7 +568,7 @@ pub async fn sync_turn<T>(
     state.metrics.record_turn_wait(started.elapsed());
     let turn = match waited {
         Ok(Ok(permit)) => Arc::new(permit),
-        Ok(Err(_)) => return Err(ApiError::Internal("the sync limiter is closed".into())),
+        Ok(Err(_)) => return Err(limiter_closed()),
         Err(_) => {
             Metrics::add(&state.metrics.sync_busy, 1);
             return Err(ApiError::Busy {
@@ -782,6 +839,20 @@ impl Replier<'_> {
         }
     }
 
+    /// The next message, without the changes it would carry (see
+    /// [`ChangeGraph::generate_sync_message_without_changes`]). A parsed document (one holding
+    /// back changes it received, rare) sends them as usual.
+    pub(crate) fn generate_without_changes(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
+        match self {
+            Replier::Graph { graph, stored } => {
+                graph
+                    .generate_sync_message_without_changes(peer, || stored.to_vec())
+                    .0
+            }
+            Replier::Document(file) => file.generate_sync_message(peer),
+        }
+    }
+
     /// The heads of the version it replies from.
     pub(crate) fn heads(&mut self) -> Vec<doorstep_sync_core::ChangeHash> {
         match self {
@@ -827,12 +898,14 @@ struct Applied {
 /// Applies one message to one stored document and builds the server's next message. A
 /// message that brings no changes (most of them) is answered from the change graph alone; one
 /// that does is applied to the parsed document (from the cache if it had it at the stored
-/// heads) with the checked receive.
+/// heads) with the checked receive. An upload's answer (see `sync_attempt`) carries no
+/// changes: the phone asks for them in its next request.
 fn apply_one(
     document: LoadedDocument,
     cached: Option<CaseFile>,
     graph: GraphSource,
     message: Option<&[u8]>,
+    upload: bool,
     sender: &Author,
     rule: &ActorRule,
 ) -> Applied {
@@ -905,7 +978,12 @@ fn apply_one(
     let stored = snapshot
         .as_ref()
         .map_or(&document.snapshot, |(bytes, _)| bytes);
-    let reply = replier(&mut file, &graph, stored).generate(&mut peer);
+    let mut replier = replier(&mut file, &graph, stored);
+    let reply = if upload {
+        replier.generate_without_changes(&mut peer)
+    } else {
+        replier.generate(&mut peer)
+    };
     let write = DocumentWrite {
         case_id: case_id.clone(),
         loaded_heads: document.heads.clone(),

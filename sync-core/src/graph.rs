@@ -293,7 +293,7 @@ impl ChangeGraph {
         peer: &mut PeerState,
         whole_document: impl FnOnce() -> Vec<u8>,
     ) -> Option<Vec<u8>> {
-        self.generate(peer, whole_document, false).0
+        self.generate(peer, whole_document, Hold::Never).0
     }
 
     /// The next message for the peer as [`Self::generate_sync_message`] decides it, but when
@@ -307,14 +307,27 @@ impl ChangeGraph {
         peer: &mut PeerState,
         whole_document: impl FnOnce() -> Vec<u8>,
     ) -> (Option<Vec<u8>>, bool) {
-        self.generate(peer, whole_document, true)
+        self.generate(peer, whole_document, Hold::WhilePeerHasMore)
+    }
+
+    /// The next message for the peer as [`Self::generate_sync_message`] decides it, but
+    /// without the changes it would carry: the heads, needs and bloom filter go, so that the
+    /// peer asks for what it lacks in its next message (which sends it as if this one had not
+    /// been sent). True with the message when changes were held back. For an answer that waits
+    /// while others are computed: it holds no changes in memory meanwhile.
+    pub fn generate_sync_message_without_changes(
+        &self,
+        peer: &mut PeerState,
+        whole_document: impl FnOnce() -> Vec<u8>,
+    ) -> (Option<Vec<u8>>, bool) {
+        self.generate(peer, whole_document, Hold::Always)
     }
 
     fn generate(
         &self,
         peer: &mut PeerState,
         whole_document: impl FnOnce() -> Vec<u8>,
-        hold_changes: bool,
+        hold: Hold,
     ) -> (Option<Vec<u8>>, bool) {
         let state = &mut peer.0;
         let our_heads = self.heads();
@@ -384,13 +397,15 @@ impl ChangeGraph {
         } else {
             Plan::Changes(self.unasked(state))
         };
-        let held = hold_changes
-            && !our_need.is_empty()
-            && match &plan {
-                Plan::Nothing => false,
-                Plan::Whole => !self.nodes.is_empty(),
-                Plan::Changes(chosen) => !chosen.is_empty(),
-            };
+        let held = match hold {
+            Hold::Never => false,
+            Hold::WhilePeerHasMore => !our_need.is_empty(),
+            Hold::Always => true,
+        } && match &plan {
+            Plan::Nothing => false,
+            Plan::Whole => !self.nodes.is_empty(),
+            Plan::Changes(chosen) => !chosen.is_empty(),
+        };
         let outgoing = match plan {
             _ if held => Outgoing::none(v2),
             Plan::Nothing => Outgoing::none(v2),
@@ -440,6 +455,15 @@ impl ChangeGraph {
         };
         (Some(message.encode()), held)
     }
+}
+
+/// When a message holds back the changes it would carry.
+#[derive(Debug, Clone, Copy)]
+enum Hold {
+    Never,
+    /// While the peer has changes this side lacks.
+    WhilePeerHasMore,
+    Always,
 }
 
 /// One change a graph is built from: its chunk, and its hash and dependencies where they were

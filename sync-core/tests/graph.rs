@@ -494,3 +494,89 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
         .unwrap();
     assert_eq!(new_phone.heads(), server.heads());
 }
+
+/// An HTTP upload's answer waits in memory until the request's other uploads are done, so it
+/// carries none of the server's changes: the phone then asks for what it lacks, and the
+/// server's next message carries all of it, as if the first had not been sent.
+#[test]
+fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
+    let mut server = testing::new_case("case-held");
+    let mut phone =
+        testing::replica(&mut server, testing::author("u1", "d1"), testing::actor(1)).unwrap();
+    let mut other =
+        testing::replica(&mut server, testing::author("u2", "d2"), testing::actor(2)).unwrap();
+    for minute in 10..=12 {
+        let at = testing::at(minute);
+        phone.add(&testing::visit("u1", at, 40), at).unwrap();
+    }
+    let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+    let sender = testing::author("u1", "d1");
+
+    // The phone's first message, and the server's answer asking for its visits.
+    let graph = graph_of(&mut server);
+    let stored = server.save();
+    let hello = phone.generate_sync_message(&mut phone_state).unwrap();
+    graph
+        .receive_sync_message(&mut server_state, &hello)
+        .unwrap();
+    let ask = graph
+        .generate_sync_message(&mut server_state, || stored.clone())
+        .unwrap();
+    phone.receive_sync_message(&mut phone_state, &ask).unwrap();
+
+    // Meanwhile another phone's six visits reach the server.
+    for minute in 1..=6 {
+        let at = testing::at(minute);
+        other.add(&testing::visit("u2", at, 40), at).unwrap();
+    }
+    server.doc_mut().merge(other.doc_mut()).unwrap();
+    let mut graph = graph_of(&mut server);
+    let mut stored = server.save();
+
+    // The upload, and its answer: the server's heads, none of its changes.
+    let upload = phone.generate_sync_message(&mut phone_state).unwrap();
+    assert!(doorstep_sync_core::brings_changes(&upload));
+    assert!(
+        !graph
+            .receive_sync_message(&mut server_state, &upload)
+            .unwrap()
+    );
+    let applied = server
+        .receive_sync_message_checked(&mut server_state, &upload, &sender, |_: &ActorId| true)
+        .unwrap();
+    assert_eq!(applied.len(), 3);
+    for change in applied {
+        stored.extend_from_slice(&change.bytes);
+        graph.add(change.hash, &change.deps, change.bytes).unwrap();
+    }
+    let (answer, held) =
+        graph.generate_sync_message_without_changes(&mut server_state, || stored.clone());
+    assert!(held, "the phone lacks six visits");
+    let answer = answer.unwrap();
+    assert!(Message::decode(&answer).unwrap().changes.is_empty());
+
+    // The phone asks for them, and the server's next message carries every one.
+    phone
+        .receive_sync_message(&mut phone_state, &answer)
+        .unwrap();
+    let asking = phone.generate_sync_message(&mut phone_state).unwrap();
+    assert!(!doorstep_sync_core::brings_changes(&asking));
+    assert!(!Message::decode(&asking).unwrap().need.is_empty());
+    assert!(
+        graph
+            .receive_sync_message(&mut server_state, &asking)
+            .unwrap()
+    );
+    let next = graph
+        .generate_sync_message(&mut server_state, || stored.clone())
+        .unwrap();
+    phone.receive_sync_message(&mut phone_state, &next).unwrap();
+    assert_eq!(phone.heads(), server.heads());
+    assert_eq!(
+        phone
+            .list::<doorstep_sync_core::records::HomeVisit>()
+            .unwrap()
+            .len(),
+        9
+    );
+}

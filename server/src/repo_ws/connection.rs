@@ -676,7 +676,7 @@ impl Connection {
         // a locked read reads it). Messages that bring no changes go first, in this turn:
         // they are answered from the change graph, and an answer that asks the client for its
         // changes lets its upload start. Uploads then go one document at a time, each in its
-        // place in the case order of all connections' uploads (see `upload_queue`).
+        // place in the case order of all syncs' uploads (see `upload_queue`).
         open.sort_by(|a, b| a.0.case_id.cmp(&b.0.case_id));
         let (uploads, quiet): (Vec<OpenDocument>, Vec<OpenDocument>) = open
             .into_iter()
@@ -689,7 +689,7 @@ impl Connection {
         }
         drop(permit);
         for upload in uploads.chunks(1) {
-            let _place = self.state.ws_uploads.enter(&upload[0].0.case_id).await;
+            let _place = self.state.uploads.enter(&upload[0].0.case_id).await;
             let permit = compute_turn(&self.state).await?;
             self.sync_and_answer(upload, &rule, &permit, &mut refused)
                 .await?;
@@ -920,8 +920,7 @@ async fn wait_for_turn(state: &AppState, hub: &Arc<RepoHub>) -> Result<Turn, Clo
 
 /// Waits for one of the per-core turns to compute, shared with HTTP syncs.
 async fn compute_turn(state: &AppState) -> Result<SyncTurn, Close> {
-    let permit = Arc::clone(&state.sync_compute).acquire_owned().await;
-    permit.map(Arc::new).map_err(|_| Close::server())
+    sync::compute_turn(state).await.ok_or_else(Close::server)
 }
 
 /// One document of a group: its subscription, stored state, cached sources and messages.

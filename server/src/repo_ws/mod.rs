@@ -71,7 +71,6 @@ pub(crate) mod connection;
 pub mod document_id;
 pub mod hub;
 pub mod protocol;
-pub mod upload_queue;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};

@@ -10,7 +10,7 @@ use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::{CaseFile, testing};
 
-use crate::helpers::{Backend, Phone, both_backends, counter, spawn_app, stored_heads};
+use crate::helpers::{Backend, Phone, both_backends, counter, new_case, spawn_app, stored_heads};
 
 both_backends!(
     a_phone_receives_exactly_its_allocated_cases,
@@ -25,6 +25,8 @@ both_backends!(
     staff_reads_use_the_document_cache_and_see_every_new_change,
     new_changes_are_appended_to_the_stored_document_and_compacted_every_so_often,
     an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives,
+    two_phones_uploading_to_the_same_cases_at_once_compute_each_upload_once,
+    an_uploads_answer_carries_no_changes_and_the_next_request_gets_them,
 );
 
 async fn a_phone_receives_exactly_its_allocated_cases(backend: Backend) {
@@ -593,4 +595,106 @@ async fn an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives(backen
         heads_key(&officer.doc(case).heads()),
         stored_heads(&app, case).await
     );
+}
+
+/// Two phones send new visits to the same cases (more than one group of eight) at the same
+/// moment, for several rounds. Both requests run at once, but each case's two uploads are
+/// taken one after the other (the upload queue never lets two uploads to one case run at
+/// once), so none is computed on a version the other then moves, and none is computed again.
+/// Every visit lands once, attributed to its device, and both phones end with what the server
+/// holds.
+async fn two_phones_uploading_to_the_same_cases_at_once_compute_each_upload_once(backend: Backend) {
+    const CASES: usize = 11;
+    const ROUNDS: i64 = 3;
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    let mut cases = Vec::new();
+    for _ in 0..CASES {
+        cases.push(new_case(&app, &["officer", "worker"]).await);
+    }
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+
+    for round in 0..ROUNDS {
+        for (phone, offset) in [(&mut officer, 0), (&mut worker, 500)] {
+            let visitor = phone.tokens.user.id.clone();
+            for (i, case_id) in cases.iter().enumerate() {
+                let at = testing::at(offset + round * 100 + i as i64);
+                phone
+                    .doc(case_id)
+                    .add(&testing::visit(&visitor, at, 200), at)
+                    .unwrap();
+            }
+        }
+        let (officer_request, _) = officer.next_request();
+        let (worker_request, _) = worker.next_request();
+        // Both uploads go out together.
+        tokio::join!(
+            officer.send(&app, &officer_request),
+            worker.send(&app, &worker_request),
+        );
+        officer.sync_until_quiet(&app).await;
+        worker.sync_until_quiet(&app).await;
+    }
+
+    let retries = counter(&app, "doorstep_sync_retries_total").await;
+    assert_eq!(retries, 0, "an upload was computed again");
+    for case_id in &cases {
+        let stored = stored_heads(&app, case_id).await;
+        assert_eq!(heads_key(&officer.doc(case_id).heads()), stored);
+        assert_eq!(heads_key(&worker.doc(case_id).heads()), stored);
+        let changes = app.storage().changes(case_id).await.unwrap();
+        for phone in [&officer, &worker] {
+            let device = phone.tokens.device_id.as_str();
+            let written = changes
+                .iter()
+                .filter(|c| c.device_id.as_deref() == Some(device))
+                .count();
+            assert_eq!(written, ROUNDS as usize, "changes stored for {device}");
+        }
+    }
+}
+
+/// The answer to an upload waits in memory until the request's other uploads are done, so it
+/// carries none of the server's changes; the phone's next request asks for them, and its
+/// answer carries them.
+async fn an_uploads_answer_carries_no_changes_and_the_next_request_gets_them(backend: Backend) {
+    use base64::Engine;
+    let decode = |message: &Option<String>| {
+        let message = message.as_deref().expect("an answer");
+        base64::engine::general_purpose::STANDARD
+            .decode(message)
+            .unwrap()
+    };
+    let app = spawn_app(backend).await;
+    let mut officer = Phone::sign_in(&app, "officer", 1).await;
+    let mut worker = Phone::sign_in(&app, "worker", 2).await;
+    officer.sync_until_quiet(&app).await;
+    worker.sync_until_quiet(&app).await;
+    let case = "case-demo-2";
+    let at = testing::at(30);
+    worker
+        .doc(case)
+        .add(&testing::visit("user-worker", at, 100), at)
+        .unwrap();
+    worker.sync_until_quiet(&app).await;
+
+    let at = testing::at(60);
+    officer
+        .doc(case)
+        .add(&testing::visit("user-officer", at, 100), at)
+        .unwrap();
+    let (request, _) = officer.next_request();
+    let (reply, _) = officer.send(&app, &request).await;
+    let answer = reply.documents.iter().find(|d| d.case_id == case).unwrap();
+    let answer = decode(&answer.message);
+    assert!(!doorstep_sync_core::brings_changes(&answer));
+    let stored = stored_heads(&app, case).await;
+    assert_ne!(heads_key(&officer.doc(case).heads()), stored);
+
+    let (reply, _) = officer.sync_round(&app).await;
+    let answer = reply.documents.iter().find(|d| d.case_id == case).unwrap();
+    assert!(doorstep_sync_core::brings_changes(&decode(&answer.message)));
+    assert_eq!(heads_key(&officer.doc(case).heads()), stored);
 }

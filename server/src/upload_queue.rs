@@ -1,12 +1,12 @@
-//! The order in which WebSocket uploads (a client's messages to one case that bring changes)
-//! are taken: by case, across all connections, so that one case's uploads from many phones
-//! follow one another.
+//! The order in which uploads (a sync's messages to one case that bring changes, over HTTP
+//! or WebSocket) are taken: by case, across all syncs, so that one case's uploads from many
+//! phones follow one another.
 //!
 //! In a mass reconnect every phone sends the changes it made to each of its cases at once.
-//! Taken connection by connection, each batch its own cases, one case's uploads were spread
-//! over the whole upload: the document cache had long lost the case when its next upload came,
-//! so almost every upload parsed its case again (19 % of the server's CPU in the interop
-//! benchmark), and no case had all its uploads, so none went out to the phones, until near the
+//! Taken sync by sync, each its own cases, one case's uploads were spread over the whole
+//! upload: the document cache had long lost the case when its next upload came, so almost
+//! every upload parsed its case again (19 % of the server's CPU in the interop benchmark over
+//! WebSocket), and no case had all its uploads, so none went out to the phones, until near the
 //! end. Taken in case order, the case is parsed once for all of its uploads (the cache holds it
 //! from one to the next), and goes out while later cases are taken. Interop benchmark,
 //! WebSocket only, the server without and with the queue alternated: 36.1 / 54.0 s ->
@@ -16,7 +16,7 @@
 //! is passed only by uploads that came in its round or before it (none waits forever), at most
 //! `limit` at once, and never two of one case at once (both would compute on the same stored
 //! version, and the second to commit would compute again). A pass is then followed by the
-//! sync's turn to compute (one per core, shared with HTTP syncs).
+//! sync's turn to compute (one per core); a sync holds no turn while it waits for a pass.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
