@@ -541,13 +541,15 @@ fn limiter_closed() -> ApiError {
 /// Waits for a turn to run a sync, and reads the request's body with `read_body`. Parsed case
 /// files take megabytes each: only as many syncs run (read the request, compute, write) at
 /// once as there are cores, so memory stays bounded however many phones reconnect together;
-/// a turn is held until the writes commit. The body is read once the turn comes, so that
-/// waiting phones hold none in memory, or after the sync has waited
-/// `Config::sync_body_unread` (a client gives up on a send the server leaves untaken for long;
-/// the place in the queue is kept meanwhile). A phone that has waited past
-/// [`turn_wait_budget`] of the sync time limit without a turn is told that the server is busy
-/// (503 with `Retry-After`) before any work is done, so that under a burst no request is cut
-/// off by the time limit after the work was done for it.
+/// a turn is held until the writes commit, except while an upload waits for its place in the
+/// upload queue (see [`sync`]): a request waiting so holds its body, not parsed documents.
+/// The body is read once the turn comes, so that waiting phones hold none in memory, or after
+/// the sync has waited `Config::sync_body_unread` (a client gives up on a send the server
+/// leaves untaken for long; the place in the queue is kept meanwhile). A phone that has waited
+/// past [`turn_wait_budget`] of the sync time limit without a turn is told that the server is
+/// busy (503 with `Retry-After`) before any work is done, so that under a burst no request is
+/// cut off by the time limit after the work was done for it. (One cut off while its uploads
+/// wait for their places keeps the uploads it committed; its phone sends the rest again.)
 pub async fn sync_turn<T>(
     state: &AppState,
     read_body: impl Future<Output = Result<T, ApiError>>,
