@@ -141,7 +141,7 @@ pub async fn sync(
         let attempt = sync_attempt(
             state,
             caller,
-            incoming.clone(),
+            &incoming,
             received_at,
             optimistic,
             &mut turn,
@@ -165,7 +165,7 @@ pub async fn sync(
 async fn sync_attempt(
     state: &AppState,
     caller: &Caller,
-    incoming: Vec<IncomingDocument>,
+    incoming: &[IncomingDocument],
     received_at: i64,
     optimistic: bool,
     turn: &mut Option<SyncTurn>,
@@ -238,12 +238,13 @@ async fn sync_attempt(
         .map(|group| (group, false))
         .chain(uploads.chunks(1).map(|upload| (upload, true)));
 
-    let mut messages: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-    let mut order: Vec<String> = Vec::with_capacity(incoming.len());
-    for document in incoming {
-        order.push(document.case_id.clone());
-        messages.insert(document.case_id, document.message);
-    }
+    // Borrowed: the request's messages are held once, however many attempts it takes (many
+    // requests hold theirs at once while their uploads wait for their places).
+    let mut messages: BTreeMap<&str, Option<&[u8]>> = incoming
+        .iter()
+        .map(|d| (d.case_id.as_str(), d.message.as_deref()))
+        .collect();
+    let order: Vec<String> = incoming.iter().map(|d| d.case_id.clone()).collect();
     let provenance = Provenance {
         device_id: device_id.clone(),
         user_id: caller.user.id.clone(),
@@ -285,11 +286,11 @@ async fn sync_attempt(
         };
         let mut loaded = Vec::with_capacity(group.len());
         for document in reading.load_documents(&device_id, group).await? {
-            // Each document is loaded once: its message moves out of the map.
-            let message = messages.remove(&document.case_id);
+            // Each document is loaded once: its message is taken out of the map.
+            let message = messages.remove(document.case_id.as_str());
             // Unasked documents only send; their state is saved when the phone answers.
             let requested = message.is_some();
-            let message = message.flatten();
+            let message = message.flatten().map(<[u8]>::to_vec);
             let needs_file = bringing_changes.contains(&document.case_id);
             let (cached, graph) = sources(state, reading.as_mut(), &document, needs_file).await?;
             loaded.push((document, cached, graph, message, requested));
