@@ -138,14 +138,7 @@ pub async fn sync(
     let mut turn = Some(turn);
     for attempt in 1.. {
         let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
-        let attempt = sync_attempt(
-            state,
-            caller,
-            &incoming,
-            received_at,
-            optimistic,
-            &mut turn,
-        );
+        let attempt = sync_attempt(state, caller, &incoming, received_at, optimistic, &mut turn);
         match attempt.await {
             Ok(reply) => return Ok(reply),
             Err(AttemptError::DocumentChanged) if optimistic => {

@@ -429,7 +429,6 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
     let mut graph = graph_of(&mut server);
     let mut stored = server.save();
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
-    let sender = testing::author("u1", "d1");
 
     // The phone's first message: its heads and a bloom filter (its changes wait to be asked).
     let first = phone.generate_sync_message(&mut phone_state).unwrap();
@@ -450,19 +449,14 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
         .receive_sync_message(&mut phone_state, &answer)
         .unwrap();
     let upload = phone.generate_sync_message(&mut phone_state).unwrap();
-    assert!(
-        !graph
-            .receive_sync_message(&mut server_state, &upload)
-            .unwrap()
+    let received = receive_upload(
+        &mut server,
+        &mut graph,
+        &mut stored,
+        &mut server_state,
+        &upload,
     );
-    let applied = server
-        .receive_sync_message_checked(&mut server_state, &upload, &sender, |_: &ActorId| true)
-        .unwrap();
-    assert_eq!(applied.len(), 3);
-    for change in applied {
-        stored.extend_from_slice(&change.bytes);
-        graph.add(change.hash, &change.deps, change.bytes).unwrap();
-    }
+    assert_eq!(received, 3);
 
     // The server lacks nothing now: the next message carries every visit the phone lacks.
     let (next, held) =
@@ -510,7 +504,6 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
         phone.add(&testing::visit("u1", at, 40), at).unwrap();
     }
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
-    let sender = testing::author("u1", "d1");
 
     // The phone's first message, and the server's answer asking for its visits.
     let graph = graph_of(&mut server);
@@ -536,19 +529,14 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
     // The upload, and its answer: the server's heads, none of its changes.
     let upload = phone.generate_sync_message(&mut phone_state).unwrap();
     assert!(doorstep_sync_core::brings_changes(&upload));
-    assert!(
-        !graph
-            .receive_sync_message(&mut server_state, &upload)
-            .unwrap()
+    let received = receive_upload(
+        &mut server,
+        &mut graph,
+        &mut stored,
+        &mut server_state,
+        &upload,
     );
-    let applied = server
-        .receive_sync_message_checked(&mut server_state, &upload, &sender, |_: &ActorId| true)
-        .unwrap();
-    assert_eq!(applied.len(), 3);
-    for change in applied {
-        stored.extend_from_slice(&change.bytes);
-        graph.add(change.hash, &change.deps, change.bytes).unwrap();
-    }
+    assert_eq!(received, 3);
     let (answer, held) =
         graph.generate_sync_message_without_changes(&mut server_state, || stored.clone());
     assert!(held, "the phone lacks six visits");
@@ -579,4 +567,27 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
             .len(),
         9
     );
+}
+
+/// The server's side of a phone's upload, as the sync path takes it: the graph alone cannot
+/// receive changes, so the document applies them with the checked receive, and the graph and
+/// the stored bytes take what it applied. Returns how many changes it applied.
+fn receive_upload(
+    server: &mut CaseFile,
+    graph: &mut ChangeGraph,
+    stored: &mut Vec<u8>,
+    state: &mut PeerState,
+    upload: &[u8],
+) -> usize {
+    assert!(!graph.receive_sync_message(state, upload).unwrap());
+    let sender = testing::author("u1", "d1");
+    let applied = server
+        .receive_sync_message_checked(state, upload, &sender, |_: &ActorId| true)
+        .unwrap();
+    let count = applied.len();
+    for change in applied {
+        stored.extend_from_slice(&change.bytes);
+        graph.add(change.hash, &change.deps, change.bytes).unwrap();
+    }
+    count
 }

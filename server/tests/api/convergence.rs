@@ -8,7 +8,9 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::helpers::{Backend, Phone, TestApp, both_backends, new_case, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Backend, Phone, TestApp, both_backends, new_case, spawn_app, spawn_second_instance,
+};
 
 both_backends!(
     several_phones_sync_at_once_and_in_random_orders_and_converge,
@@ -190,14 +192,7 @@ async fn two_phones_syncing_many_shared_cases_at_once_lose_nothing(backend: Back
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_postgres_database_converge() {
     let first = spawn_app(Backend::Postgres).await;
-    let url = first.state.config.database_url();
-    let key = first.state.config.signing_key_file();
-    // The second instance gets its own data folder but the first one's database and key.
-    let second = spawn_app_with(Backend::Sqlite, |config| {
-        config.database_url = Some(url);
-        config.signing_key_file = Some(key);
-    })
-    .await;
+    let second = spawn_second_instance(&first).await;
     let mut rng = StdRng::seed_from_u64(11);
     let mut phones = vec![
         Phone::sign_in(&first, "officer", 1).await,

@@ -190,6 +190,18 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     test_app
 }
 
+/// Another instance on `first`'s PostgreSQL database, with its signing key (so tokens from
+/// either are good on both) and its own data folder.
+pub async fn spawn_second_instance(first: &TestApp) -> TestApp {
+    let url = first.state.config.database_url();
+    let key = first.state.config.signing_key_file();
+    spawn_app_with(Backend::Sqlite, |config| {
+        config.database_url = Some(url);
+        config.signing_key_file = Some(key);
+    })
+    .await
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

@@ -21,6 +21,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::helpers::{
     Backend, Phone, TestApp, both_backends, counter, error_of, new_case, spawn_app, spawn_app_with,
+    spawn_second_instance,
 };
 
 both_backends!(
@@ -1270,15 +1271,7 @@ async fn an_oversized_frame_closes_the_connection(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_of_access_made_on_another_instance_reach_an_open_connection() {
     let first = spawn_app_with(Backend::Postgres, |config| config.ws_recheck_secs = 1).await;
-    let (url, key) = (
-        first.state.config.database_url(),
-        first.state.config.signing_key_file(),
-    );
-    let second = spawn_app_with(Backend::Sqlite, |config| {
-        config.database_url = Some(url);
-        config.signing_key_file = Some(key);
-    })
-    .await;
+    let second = spawn_second_instance(&first).await;
     let officer = first.tokens("officer", &testing::actor(1)).await;
     let kept = new_case(&first, &["officer"]).await;
     let taken = new_case(&first, &["officer"]).await;

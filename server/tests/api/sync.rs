@@ -11,7 +11,7 @@ use doorstep_sync_core::records::HomeVisit;
 use doorstep_sync_core::{CaseFile, testing};
 
 use crate::helpers::{
-    Backend, Phone, TestApp, both_backends, counter, new_case, spawn_app, spawn_app_with,
+    Backend, Phone, TestApp, both_backends, counter, new_case, spawn_app, spawn_second_instance,
     stored_heads,
 };
 
@@ -619,13 +619,7 @@ async fn two_phones_uploading_to_the_same_cases_at_once_compute_each_upload_once
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phones_uploading_to_the_same_cases_through_two_instances_at_once_all_land() {
     let first = spawn_app(Backend::Postgres).await;
-    let url = first.state.config.database_url();
-    let key = first.state.config.signing_key_file();
-    let second = spawn_app_with(Backend::Sqlite, |config| {
-        config.database_url = Some(url);
-        config.signing_key_file = Some(key);
-    })
-    .await;
+    let second = spawn_second_instance(&first).await;
     upload_to_the_same_cases_at_once(&first, &second).await;
     // Usually some, but how the two instances' uploads meet is up to the scheduler.
     let mut retries = 0;
