@@ -165,6 +165,12 @@ async fn sync_attempt(
 ) -> Result<SyncReply, AttemptError> {
     let (storage, metrics) = (state.storage.as_ref(), state.metrics.as_ref());
     let device_id = caller.device.id.clone();
+    if !optimistic && turn.is_none() {
+        // The last attempt takes its turn before the write lock (an earlier attempt's uploads
+        // gave theirs back): a sync holding the lock must never wait for a turn, since the
+        // syncs holding the turns may be waiting for the lock to commit.
+        *turn = Some(compute_turn(state).await.ok_or_else(limiter_closed)?);
+    }
     let mut tx = if optimistic {
         storage.begin_sync_read().await?
     } else {
