@@ -412,20 +412,10 @@ proptest! {
 /// A phone with nothing to send gets them at once.
 #[test]
 fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own() {
-    let mut server = testing::new_case("case-held");
-    let mut phone =
-        testing::replica(&mut server, testing::author("u1", "d1"), testing::actor(1)).unwrap();
-    let mut other =
-        testing::replica(&mut server, testing::author("u2", "d2"), testing::actor(2)).unwrap();
-    for minute in 1..=6 {
-        let at = testing::at(minute);
-        other.add(&testing::visit("u2", at, 40), at).unwrap();
-    }
+    let (mut server, mut phone, mut other) = a_case_and_two_phones();
+    record_visits(&mut other, "u2", 1..=6);
     server.doc_mut().merge(other.doc_mut()).unwrap();
-    for minute in 10..=12 {
-        let at = testing::at(minute);
-        phone.add(&testing::visit("u1", at, 40), at).unwrap();
-    }
+    record_visits(&mut phone, "u1", 10..=12);
     let mut graph = graph_of(&mut server);
     let mut stored = server.save();
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
@@ -466,13 +456,7 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
     assert!(doorstep_sync_core::brings_changes(&next));
     phone.receive_sync_message(&mut phone_state, &next).unwrap();
     assert_eq!(phone.heads(), server.heads());
-    assert_eq!(
-        phone
-            .list::<doorstep_sync_core::records::HomeVisit>()
-            .unwrap()
-            .len(),
-        9
-    );
+    assert_eq!(visits(&phone), 9);
 
     // A new phone, with nothing to send, gets the whole case at once.
     let mut new_phone = CaseFile::empty(testing::author("u3", "d3"), testing::actor(3));
@@ -494,15 +478,8 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
 /// server's next message carries all of it, as if the first had not been sent.
 #[test]
 fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
-    let mut server = testing::new_case("case-held");
-    let mut phone =
-        testing::replica(&mut server, testing::author("u1", "d1"), testing::actor(1)).unwrap();
-    let mut other =
-        testing::replica(&mut server, testing::author("u2", "d2"), testing::actor(2)).unwrap();
-    for minute in 10..=12 {
-        let at = testing::at(minute);
-        phone.add(&testing::visit("u1", at, 40), at).unwrap();
-    }
+    let (mut server, mut phone, mut other) = a_case_and_two_phones();
+    record_visits(&mut phone, "u1", 10..=12);
     let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
 
     // The phone's first message, and the server's answer asking for its visits.
@@ -518,10 +495,7 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
     phone.receive_sync_message(&mut phone_state, &ask).unwrap();
 
     // Meanwhile another phone's six visits reach the server.
-    for minute in 1..=6 {
-        let at = testing::at(minute);
-        other.add(&testing::visit("u2", at, 40), at).unwrap();
-    }
+    record_visits(&mut other, "u2", 1..=6);
     server.doc_mut().merge(other.doc_mut()).unwrap();
     let mut graph = graph_of(&mut server);
     let mut stored = server.save();
@@ -560,13 +534,31 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
         .unwrap();
     phone.receive_sync_message(&mut phone_state, &next).unwrap();
     assert_eq!(phone.heads(), server.heads());
-    assert_eq!(
-        phone
-            .list::<doorstep_sync_core::records::HomeVisit>()
-            .unwrap()
-            .len(),
-        9
-    );
+    assert_eq!(visits(&phone), 9);
+}
+
+/// The server's copy of a case, and two phones' replicas of it (users u1 and u2).
+fn a_case_and_two_phones() -> (CaseFile, CaseFile, CaseFile) {
+    let mut server = testing::new_case("case-held");
+    let phone =
+        testing::replica(&mut server, testing::author("u1", "d1"), testing::actor(1)).unwrap();
+    let other =
+        testing::replica(&mut server, testing::author("u2", "d2"), testing::actor(2)).unwrap();
+    (server, phone, other)
+}
+
+/// Records a short visit by `user` at each of `minutes`.
+fn record_visits(file: &mut CaseFile, user: &str, minutes: std::ops::RangeInclusive<i64>) {
+    for minute in minutes {
+        let at = testing::at(minute);
+        file.add(&testing::visit(user, at, 40), at).unwrap();
+    }
+}
+
+fn visits(file: &CaseFile) -> usize {
+    file.list::<doorstep_sync_core::records::HomeVisit>()
+        .unwrap()
+        .len()
 }
 
 /// The server's side of a phone's upload, as the sync path takes it: the graph alone cannot

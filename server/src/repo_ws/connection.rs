@@ -684,14 +684,14 @@ impl Connection {
         let Turn { permit, _syncing } = turn;
         let mut refused = None;
         for group in quiet.chunks(sync::DOCUMENTS_PER_GROUP) {
-            self.sync_and_answer(group, &rule, &permit, &mut refused)
+            self.sync_and_answer(group, false, &rule, &permit, &mut refused)
                 .await?;
         }
         drop(permit);
         for upload in uploads.chunks(1) {
             let _place = self.state.uploads.enter(&upload[0].0.case_id).await;
             let permit = compute_turn(&self.state).await?;
-            self.sync_and_answer(upload, &rule, &permit, &mut refused)
+            self.sync_and_answer(upload, true, &rule, &permit, &mut refused)
                 .await?;
         }
 
@@ -707,16 +707,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Syncs one group of a batch's documents and answers; the first refusal is kept in
-    /// `refused`.
+    /// Syncs one group of a batch's documents (an upload, or documents whose messages bring
+    /// no changes) and answers; the first refusal is kept in `refused`.
     async fn sync_and_answer(
         &self,
         group: &[OpenDocument],
+        upload: bool,
         rule: &ActorRule,
         permit: &SyncTurn,
         refused: &mut Option<(String, DocumentError)>,
     ) -> Result<(), Close> {
-        let outcomes = self.sync_group(group, rule, permit).await?;
+        let outcomes = self.sync_group(group, upload, rule, permit).await?;
         if refused.is_none() {
             *refused = outcomes
                 .iter()
@@ -733,10 +734,12 @@ impl Connection {
     /// did, the group is read and its messages received again: on the newer document the same
     /// messages leave the connection's sync state as one receive would (the changes it lacks
     /// are applied, the peer's heads and wishes set again). The last attempt reads, computes
-    /// and writes under the lock, so a sync always completes.
+    /// and writes under the lock, so a sync always completes. `upload`: the group is one
+    /// document whose messages bring changes, which needs the parsed document.
     async fn sync_group(
         &self,
         group: &[OpenDocument],
+        upload: bool,
         rule: &ActorRule,
         permit: &SyncTurn,
     ) -> Result<Vec<Outcome>, Close> {
@@ -761,9 +764,10 @@ impl Connection {
                 let Some(document) = loaded.remove(&subscription.case_id) else {
                     return Err(Close::server());
                 };
-                let needs_file = messages.iter().any(|m| brings_changes(m));
+                // Only an upload needs the parsed document; the rest are answered from the
+                // change graph.
                 let (cached, graph) =
-                    sync::sources(&self.state, tx.as_mut(), &document, needs_file).await?;
+                    sync::sources(&self.state, tx.as_mut(), &document, upload).await?;
                 jobs.push(Job {
                     subscription: Arc::clone(subscription),
                     document,
