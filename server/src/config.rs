@@ -12,7 +12,7 @@ use clap::Parser;
 /// about a fifth more server CPU than 64 / 32 during a mass reconnect, for about 45 MiB less
 /// peak memory; 16 / 4 then cost no more CPU than 16 / 8 for another 6-8 MiB less.
 pub const DEFAULT_DOCUMENT_CACHE_SIZE: usize = 16;
-pub const DEFAULT_GRAPH_CACHE_MIB: usize = 4;
+pub const DEFAULT_GRAPH_CACHE_MIB: usize = 8;
 
 /// A client that has the changes of a push already has nothing to answer; one that does not
 /// answers once it has applied them, which under load (fifty phones on the interop

@@ -819,7 +819,7 @@ impl Replier<'_> {
     pub(crate) fn generate(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
         match self {
             Replier::Graph { graph, stored } => {
-                graph.generate_sync_message(peer, || stored.to_vec())
+                read_from_stored(graph.generate_sync_message(peer, stored)).flatten()
             }
             Replier::Document(file) => file.generate_sync_message(peer),
         }
@@ -835,7 +835,8 @@ impl Replier<'_> {
     ) -> (Option<Vec<u8>>, bool) {
         match self {
             Replier::Graph { graph, stored } => {
-                graph.generate_sync_message_asking_first(peer, || stored.to_vec())
+                read_from_stored(graph.generate_sync_message_asking_first(peer, stored))
+                    .unwrap_or((None, false))
             }
             Replier::Document(file) => (file.generate_sync_message(peer), false),
         }
@@ -847,9 +848,8 @@ impl Replier<'_> {
     pub(crate) fn generate_without_changes(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
         match self {
             Replier::Graph { graph, stored } => {
-                graph
-                    .generate_sync_message_without_changes(peer, || stored.to_vec())
-                    .0
+                read_from_stored(graph.generate_sync_message_without_changes(peer, stored))
+                    .and_then(|(message, _)| message)
             }
             Replier::Document(file) => file.generate_sync_message(peer),
         }
@@ -870,6 +870,17 @@ impl Replier<'_> {
             Replier::Document(file) => file.contains_heads(heads),
         }
     }
+}
+
+/// A graph's message, or None (the peer's state unchanged) if the stored document lacks a
+/// change the graph names: the stored bytes and the change rows disagree, which only damage
+/// to the database can cause. Logged; the peer asks again and gets the same.
+fn read_from_stored<T>(generated: Result<T, CaseFileError>) -> Option<T> {
+    generated
+        .inspect_err(|e| {
+            tracing::error!(error = %e, "a stored document lacks changes its change graph names");
+        })
+        .ok()
 }
 
 /// The graph, unless the parsed document holds back changes (their dependencies missing:

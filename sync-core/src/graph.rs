@@ -1,8 +1,10 @@
-//! A case file's change graph without its contents: each change's hash, dependencies and
-//! bytes. That is all Automerge's sync protocol looks at, except when a message brings changes
-//! to apply, so a server can answer most sync messages (heads, needs, bloom filters) from a
+//! A case file's change graph without its contents: each change's hash and dependencies.
+//! That is all Automerge's sync protocol looks at, except when a message brings changes to
+//! apply, so a server can answer most sync messages (heads, needs, bloom filters) from a
 //! [`ChangeGraph`] instead of a parsed document, which takes about twelve times its saved size
-//! in memory and milliseconds to load.
+//! in memory and milliseconds to load. The bytes of the changes a message sends come from the
+//! document's stored bytes (see [`ChangeGraph::generate_sync_message`]), so a graph kept in a
+//! cache holds none of them: about 136 bytes a change.
 //!
 //! [`ChangeGraph::generate_sync_message`] and [`ChangeGraph::receive_sync_message`] follow
 //! Automerge's own `generate_sync_message` and `receive_sync_message` (automerge 0.12) step by
@@ -10,10 +12,11 @@
 //! `CaseFile::generate_sync_message` makes (a first message carries the few changes made since
 //! the last sync unasked); the tests check this message by message against a `CaseFile`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use automerge::{
-    ChangeHash,
+    Automerge, ChangeHash, ReadDoc,
     sync::{
         BloomFilter, Capability, ChunkList, Have, Message, MessageFlags, MessageVersion, State,
     },
@@ -23,13 +26,15 @@ use sha2::{Digest, Sha256};
 use crate::error::{CaseFileError, Result};
 use crate::sync::{PeerState, decode_message};
 
-/// Every change of a document: hashes, dependencies and bytes, in an order where each change
-/// comes after its dependencies.
+/// Every change of a document: hashes and dependencies, in an order where each change comes
+/// after its dependencies; and the bytes of the changes added with them, until
+/// [`ChangeGraph::forget_change_bytes`].
 #[derive(Debug, Clone, Default)]
 pub struct ChangeGraph {
     nodes: Vec<Node>,
     index: HashMap<ChangeHash, usize>,
     heads: BTreeSet<ChangeHash>,
+    /// The bytes of the change chunks held.
     bytes: usize,
 }
 
@@ -37,40 +42,57 @@ pub struct ChangeGraph {
 struct Node {
     hash: ChangeHash,
     deps: Vec<usize>,
-    /// The change chunk, as Automerge's `load_incremental` reads it.
-    bytes: Vec<u8>,
+    /// The change chunk, as Automerge's `load_incremental` reads it, while held.
+    bytes: Option<Vec<u8>>,
 }
+
+/// Roughly the memory one change takes in a graph holding no bytes: its node, its dependency
+/// and its index entry, with the room they grow into.
+const NODE_MEMORY: usize = 136;
 
 impl ChangeGraph {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The graph of the given change chunks, in any order. Each is parsed and its hash
-    /// checked; a change whose dependencies are not among them is an error (the set is not
-    /// a whole document).
+    /// The graph of the given change chunks, in any order, holding their bytes. Each is
+    /// parsed and its hash checked; a change whose dependencies are not among them is an
+    /// error (the set is not a whole document).
     pub fn from_changes(changes: impl IntoIterator<Item = Vec<u8>>) -> Result<Self> {
-        Self::from_graph_changes(
-            changes
-                .into_iter()
-                .map(|bytes| GraphChange { known: None, bytes }),
-        )
+        let mut inflater = Inflater::default();
+        let pending = changes
+            .into_iter()
+            .map(|bytes| {
+                let (hash, deps) = change_hash_and_deps(&bytes, &mut inflater)?;
+                Ok((hash, deps, Some(bytes)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_pending(pending)
     }
 
-    /// As [`ChangeGraph::from_changes`], taking the hash and dependencies of each change that
-    /// has them from `known` rather than from its bytes: a compressed change would have to be
-    /// inflated and hashed whole (a sixth of a server's CPU during a mass reconnect, rebuilding
-    /// graphs the cache no longer held).
+    /// The graph of a document's stored changes, in any order, holding no bytes. Each
+    /// change's hash and dependencies come from beside it where they were stored
+    /// ([`GraphChange::Known`]): a compressed change would have to be inflated and hashed
+    /// whole (a sixth of a server's CPU during a mass reconnect, rebuilding graphs the cache
+    /// no longer held).
     pub fn from_graph_changes(changes: impl IntoIterator<Item = GraphChange>) -> Result<Self> {
-        let mut pending: Vec<(ChangeHash, Vec<ChangeHash>, Vec<u8>)> = Vec::new();
         let mut inflater = Inflater::default();
-        for change in changes {
-            let (hash, deps) = match change.known {
-                Some(known) => known,
-                None => change_hash_and_deps(&change.bytes, &mut inflater)?,
-            };
-            pending.push((hash, deps, change.bytes));
-        }
+        let pending = changes
+            .into_iter()
+            .map(|change| {
+                let (hash, deps) = match change {
+                    GraphChange::Known { hash, deps } => (hash, deps),
+                    GraphChange::Chunk(bytes) => change_hash_and_deps(&bytes, &mut inflater)?,
+                };
+                Ok((hash, deps, None))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_pending(pending)
+    }
+
+    fn from_pending(
+        mut pending: Vec<(ChangeHash, Vec<ChangeHash>, Option<Vec<u8>>)>,
+    ) -> Result<Self> {
         let mut graph = ChangeGraph::new();
         // Adds every change whose dependencies are in, until none is left or none can be.
         while !pending.is_empty() {
@@ -78,7 +100,7 @@ impl ChangeGraph {
             let mut waiting = Vec::new();
             for (hash, deps, bytes) in pending {
                 if deps.iter().all(|dep| graph.contains(dep)) {
-                    graph.add(hash, &deps, bytes)?;
+                    graph.insert(hash, &deps, bytes)?;
                 } else {
                     waiting.push((hash, deps, bytes));
                 }
@@ -94,9 +116,18 @@ impl ChangeGraph {
         Ok(graph)
     }
 
-    /// Adds one change whose dependencies are all in the graph (a change already in it is
-    /// left alone).
+    /// Adds one change whose dependencies are all in the graph, holding its bytes (a change
+    /// already in it is left alone).
     pub fn add(&mut self, hash: ChangeHash, deps: &[ChangeHash], bytes: Vec<u8>) -> Result<()> {
+        self.insert(hash, deps, Some(bytes))
+    }
+
+    fn insert(
+        &mut self,
+        hash: ChangeHash,
+        deps: &[ChangeHash],
+        bytes: Option<Vec<u8>>,
+    ) -> Result<()> {
         if self.index.contains_key(&hash) {
             return Ok(());
         }
@@ -113,9 +144,25 @@ impl ChangeGraph {
         }
         self.heads.insert(hash);
         self.index.insert(hash, self.nodes.len());
-        self.bytes += bytes.len();
+        self.bytes += bytes.as_ref().map_or(0, Vec::len);
         self.nodes.push(Node { hash, deps, bytes });
         Ok(())
+    }
+
+    /// Drops the bytes of the changes held, and any room to grow, for a graph to be kept: a
+    /// message reads the bytes it sends from the stored document instead.
+    pub fn forget_change_bytes(&mut self) {
+        for node in &mut self.nodes {
+            node.bytes = None;
+        }
+        self.bytes = 0;
+        self.nodes.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+
+    /// Whether the graph holds the bytes of any change.
+    pub fn holds_change_bytes(&self) -> bool {
+        self.bytes > 0
     }
 
     /// The heads, sorted (as Automerge gives them).
@@ -142,7 +189,7 @@ impl ChangeGraph {
 
     /// Roughly the memory the graph takes, for a cache's budget.
     pub fn memory_size(&self) -> usize {
-        self.bytes + self.nodes.len() * 128
+        self.bytes + self.nodes.len() * NODE_MEMORY
     }
 
     /// Marks the known changes among `heads` and all their ancestors.
@@ -285,15 +332,17 @@ impl ChangeGraph {
 
     /// The next message for the peer, or None when there is nothing to send, exactly as
     /// `CaseFile::generate_sync_message` would decide it (Automerge's, and the unasked changes
-    /// of a first message). Where Automerge would send the
-    /// whole document, `whole_document` gives its bytes: any concatenation of a save and
-    /// change chunks holding exactly this graph's changes (the stored form does).
+    /// of a first message). `stored` is the document as stored: a save followed by any change
+    /// chunks appended since, holding exactly this graph's changes. Where Automerge would
+    /// send the whole document, it is sent; the changes whose bytes the graph does not hold
+    /// are read from it (see [`stored_change_chunks`]). An error, changing nothing, only if
+    /// `stored` does not hold a change the graph names.
     pub fn generate_sync_message(
         &self,
         peer: &mut PeerState,
-        whole_document: impl FnOnce() -> Vec<u8>,
-    ) -> Option<Vec<u8>> {
-        self.generate(peer, whole_document, Hold::Never).0
+        stored: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(self.generate(peer, stored, Hold::Never)?.0)
     }
 
     /// The next message for the peer as [`Self::generate_sync_message`] decides it, but when
@@ -305,9 +354,9 @@ impl ChangeGraph {
     pub fn generate_sync_message_asking_first(
         &self,
         peer: &mut PeerState,
-        whole_document: impl FnOnce() -> Vec<u8>,
-    ) -> (Option<Vec<u8>>, bool) {
-        self.generate(peer, whole_document, Hold::WhilePeerHasMore)
+        stored: &[u8],
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        self.generate(peer, stored, Hold::WhilePeerHasMore)
     }
 
     /// The next message for the peer as [`Self::generate_sync_message`] decides it, but
@@ -318,17 +367,17 @@ impl ChangeGraph {
     pub fn generate_sync_message_without_changes(
         &self,
         peer: &mut PeerState,
-        whole_document: impl FnOnce() -> Vec<u8>,
-    ) -> (Option<Vec<u8>>, bool) {
-        self.generate(peer, whole_document, Hold::Always)
+        stored: &[u8],
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        self.generate(peer, stored, Hold::Always)
     }
 
     fn generate(
         &self,
         peer: &mut PeerState,
-        whole_document: impl FnOnce() -> Vec<u8>,
+        stored: &[u8],
         hold: Hold,
-    ) -> (Option<Vec<u8>>, bool) {
+    ) -> Result<(Option<Vec<u8>>, bool)> {
         let state = &mut peer.0;
         let our_heads = self.heads();
         let their_heads: Vec<ChangeHash> = state.their_heads.clone().unwrap_or_default();
@@ -366,7 +415,7 @@ impl ChangeGraph {
                 flags: Some(flags),
                 version: MessageVersion::V1,
             };
-            return (Some(reset.encode()), false);
+            return Ok((Some(reset.encode()), false));
         }
 
         let capable = |capability: Capability| {
@@ -409,18 +458,18 @@ impl ChangeGraph {
         let outgoing = match plan {
             _ if held => Outgoing::none(v2),
             Plan::Nothing => Outgoing::none(v2),
-            Plan::Whole => Outgoing::whole(self, whole_document()),
-            Plan::Changes(chosen) => Outgoing::changes(self, &chosen, v2),
+            Plan::Whole => Outgoing::whole(self, stored),
+            Plan::Changes(chosen) => Outgoing::changes(self, &chosen, v2, stored)?,
         };
 
         let heads_unchanged = state.last_sent_heads == our_heads;
         let heads_equal = state.their_heads.as_ref() == Some(&our_heads);
         if heads_unchanged && state.have_responded {
             if (heads_equal || state.read_only) && outgoing.hashes.is_empty() {
-                return (None, false);
+                return Ok((None, false));
             }
             if state.in_flight {
-                return (None, false);
+                return Ok((None, false));
             }
         }
         state.have_responded = true;
@@ -453,7 +502,7 @@ impl ChangeGraph {
             flags: Some(flags),
             version: outgoing.version,
         };
-        (Some(message.encode()), held)
+        Ok((Some(message.encode()), held))
     }
 }
 
@@ -466,12 +515,61 @@ enum Hold {
     Always,
 }
 
-/// One change a graph is built from: its chunk, and its hash and dependencies where they were
-/// stored beside it (they are then trusted: whoever stored them took them from the change).
+/// One stored change, as a graph is built from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphChange {
-    pub known: Option<(ChangeHash, Vec<ChangeHash>)>,
-    pub bytes: Vec<u8>,
+pub enum GraphChange {
+    /// Its hash and dependencies, stored beside it (trusted: whoever stored them took them
+    /// from the change).
+    Known {
+        hash: ChangeHash,
+        deps: Vec<ChangeHash>,
+    },
+    /// Its chunk alone (stored before its hash and dependencies were): read for them.
+    Chunk(Vec<u8>),
+}
+
+/// The chunks of the `wanted` changes in a document's stored bytes: its save, then the change
+/// chunks appended since. An appended change is sliced out, found by the checksum in its
+/// header (the first bytes of its hash) and then hashed to be sure. A change inside the save
+/// needs the document loaded (milliseconds for a large case): only a peer lacking changes
+/// from before the last full save, but too few of them for the whole document to be sent
+/// instead, meets that. An error if `stored` is not a document or lacks a wanted change.
+fn stored_change_chunks(
+    stored: &[u8],
+    wanted: &[ChangeHash],
+) -> Result<HashMap<ChangeHash, Vec<u8>>> {
+    let corrupt = |what: String| CaseFileError::Corrupt(format!("the stored document: {what}"));
+    let chunks = split_chunks(stored).ok_or_else(|| corrupt("not whole chunks".into()))?;
+    let wanted_set: HashSet<&ChangeHash> = wanted.iter().collect();
+    let mut found = HashMap::with_capacity(wanted.len());
+    let mut inflater = Inflater::default();
+    // The newest first: a peer most often lacks the latest changes.
+    for chunk in chunks.iter().rev() {
+        if found.len() == wanted.len() {
+            break;
+        }
+        let is_change = matches!(chunk[8], CHANGE_CHUNK | COMPRESSED_CHANGE_CHUNK);
+        if !is_change || !wanted.iter().any(|hash| hash.0[..4] == chunk[4..8]) {
+            continue;
+        }
+        let (hash, _) = change_hash_and_deps(chunk, &mut inflater)?;
+        if wanted_set.contains(&hash) {
+            found.insert(hash, chunk.to_vec());
+        }
+    }
+    if found.len() < wanted.len() {
+        let document = Automerge::load(stored).map_err(|e| corrupt(e.to_string()))?;
+        for hash in wanted {
+            if found.contains_key(hash) {
+                continue;
+            }
+            let mut change = document
+                .get_change_by_hash(hash)
+                .ok_or_else(|| corrupt(format!("change {hash} is not in it")))?;
+            found.insert(*hash, change.bytes().to_vec());
+        }
+    }
+    Ok(found)
 }
 
 /// The first bytes of every Automerge chunk.
@@ -671,44 +769,64 @@ impl Outgoing {
         }
     }
 
-    fn whole(graph: &ChangeGraph, document: Vec<u8>) -> Self {
+    fn whole(graph: &ChangeGraph, document: &[u8]) -> Self {
         if document.is_empty() {
             return Outgoing::none(true);
         }
         Outgoing {
-            chunks: ChunkList::from(document),
+            chunks: ChunkList::from(document.to_vec()),
             hashes: graph.nodes.iter().map(|n| n.hash).collect(),
             version: MessageVersion::V2,
         }
     }
 
-    fn changes(graph: &ChangeGraph, chosen: &[usize], v2: bool) -> Self {
+    fn changes(graph: &ChangeGraph, chosen: &[usize], v2: bool, stored: &[u8]) -> Result<Self> {
         if chosen.is_empty() {
-            return Outgoing::none(v2);
+            return Ok(Outgoing::none(v2));
         }
-        let hashes = chosen.iter().map(|n| graph.nodes[*n].hash).collect();
-        if v2 {
+        let hashes: Vec<ChangeHash> = chosen.iter().map(|n| graph.nodes[*n].hash).collect();
+        let not_held: Vec<ChangeHash> = chosen
+            .iter()
+            .map(|n| &graph.nodes[*n])
+            .filter(|node| node.bytes.is_none())
+            .map(|node| node.hash)
+            .collect();
+        let mut from_stored = if not_held.is_empty() {
+            HashMap::new()
+        } else {
+            stored_change_chunks(stored, &not_held)?
+        };
+        let chunks = chosen
+            .iter()
+            .map(|n| {
+                let node = &graph.nodes[*n];
+                match &node.bytes {
+                    Some(bytes) => Ok(Cow::Borrowed(bytes.as_slice())),
+                    None => from_stored
+                        .remove(&node.hash)
+                        .map(Cow::Owned)
+                        .ok_or_else(|| {
+                            CaseFileError::Corrupt(format!("change {} was not found", node.hash))
+                        }),
+                }
+            })
+            .collect::<Result<Vec<Cow<'_, [u8]>>>>()?;
+        Ok(if v2 {
             // One chunk: the changes one after another.
-            let mut joined = Vec::new();
-            for n in chosen {
-                joined.extend_from_slice(&graph.nodes[*n].bytes);
-            }
             Outgoing {
-                chunks: ChunkList::from(joined),
+                chunks: ChunkList::from(chunks.concat()),
                 hashes,
                 version: MessageVersion::V2,
             }
         } else {
-            let chunks: Vec<Vec<u8>> = chosen
-                .iter()
-                .map(|n| graph.nodes[*n].bytes.clone())
-                .collect();
             Outgoing {
-                chunks: ChunkList::from(chunks),
+                chunks: ChunkList::from(
+                    chunks.into_iter().map(Cow::into_owned).collect::<Vec<_>>(),
+                ),
                 hashes,
                 version: MessageVersion::V1,
             }
-        }
+        })
     }
 }
 

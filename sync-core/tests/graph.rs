@@ -25,6 +25,12 @@ enum Op {
     /// One exchange whose reply from the server is lost on the way; the session ends, and
     /// both sides keep only the persistent part of their sync state.
     LoseReply { phone: usize },
+    /// The server keeps its graph in a cache, which holds no change bytes: what it sends later
+    /// is read from the stored document.
+    ServerCachesGraph,
+    /// The server stores a full save of the document in place of its save and appended
+    /// changes (and caches the graph): what it sends later is read from inside the save.
+    ServerCompacts,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +40,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..PHONES).prop_map(|phone| Op::ReloadServerState { phone }),
         1 => (0..PHONES).prop_map(|phone| Op::RestartPhone { phone }),
         1 => (0..PHONES).prop_map(|phone| Op::LoseReply { phone }),
+        1 => Just(Op::ServerCachesGraph),
+        1 => Just(Op::ServerCompacts),
     ]
 }
 
@@ -58,13 +66,18 @@ struct World {
 }
 
 /// As the server builds it from its rows: every other change with the hash and dependencies
-/// stored beside it, the rest (rows stored before that column) read from their bytes.
+/// stored beside it, the rest (rows stored before that column) read from their bytes. It
+/// holds no change bytes: what it sends is read from the stored document.
 fn graph_of(file: &mut CaseFile) -> ChangeGraph {
     let changes = file.doc_mut().get_changes(&[]);
     ChangeGraph::from_graph_changes(changes.into_iter().enumerate().map(|(i, mut change)| {
-        GraphChange {
-            known: (i % 2 == 0).then(|| (change.hash(), change.deps().to_vec())),
-            bytes: change.bytes().to_vec(),
+        if i % 2 == 0 {
+            GraphChange::Known {
+                hash: change.hash(),
+                deps: change.deps().to_vec(),
+            }
+        } else {
+            GraphChange::Chunk(change.bytes().to_vec())
         }
     }))
     .unwrap()
@@ -143,6 +156,11 @@ impl World {
                 let state = &mut self.phones[phone].state;
                 *state = PeerState::decode(&state.encode()).unwrap();
             }
+            Op::ServerCachesGraph => self.graph.forget_change_bytes(),
+            Op::ServerCompacts => {
+                self.stored = self.document.save();
+                self.graph.forget_change_bytes();
+            }
         }
     }
 
@@ -186,7 +204,7 @@ impl World {
         let sent = if document.holds_back_changes() {
             document.generate_sync_message(state)
         } else {
-            self.graph.generate_sync_message(state, || stored.clone())
+            self.graph.generate_sync_message(state, stored).unwrap()
         };
         assert_eq!(self.graph_states[phone], self.reference_states[phone]);
         match (&expected, &sent) {
@@ -280,9 +298,9 @@ fn stored_changes_in_any_order_make_the_same_graph() {
         .get_changes(&[])
         .into_iter()
         .rev()
-        .map(|mut change| GraphChange {
-            known: Some((change.hash(), change.deps().to_vec())),
-            bytes: change.bytes().to_vec(),
+        .map(|change| GraphChange::Known {
+            hash: change.hash(),
+            deps: change.deps().to_vec(),
         });
     let from_known = ChangeGraph::from_graph_changes(known).unwrap();
     assert_eq!(from_known.heads(), file.heads());
@@ -345,7 +363,10 @@ fn a_graph_reads_each_change_as_automerge_does() {
         }
         let mut peer = PeerState::new();
         let mut reference = PeerState::new();
-        let first = graph.generate_sync_message(&mut peer, Vec::new).unwrap();
+        let first = graph
+            .generate_sync_message(&mut peer, &[])
+            .unwrap()
+            .unwrap();
         let expected = file.generate_sync_message(&mut reference).unwrap();
         assert_eq!(
             Message::decode(&first).unwrap().have[0].bloom.to_bytes(),
@@ -428,8 +449,9 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
             .receive_sync_message(&mut server_state, &first)
             .unwrap()
     );
-    let (answer, held) =
-        graph.generate_sync_message_asking_first(&mut server_state, || stored.clone());
+    let (answer, held) = graph
+        .generate_sync_message_asking_first(&mut server_state, &stored)
+        .unwrap();
     let answer = answer.unwrap();
     assert!(held, "the phone lacks six visits");
     assert!(Message::decode(&answer).unwrap().changes.is_empty());
@@ -449,8 +471,9 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
     assert_eq!(received, 3);
 
     // The server lacks nothing now: the next message carries every visit the phone lacks.
-    let (next, held) =
-        graph.generate_sync_message_asking_first(&mut server_state, || stored.clone());
+    let (next, held) = graph
+        .generate_sync_message_asking_first(&mut server_state, &stored)
+        .unwrap();
     assert!(!held);
     let next = next.unwrap();
     assert!(doorstep_sync_core::brings_changes(&next));
@@ -465,7 +488,9 @@ fn an_answer_asking_first_gets_the_phones_changes_and_the_next_carries_its_own()
         .generate_sync_message(&mut new_phone_state)
         .unwrap();
     graph.receive_sync_message(&mut state, &hello).unwrap();
-    let (whole, held) = graph.generate_sync_message_asking_first(&mut state, || stored.clone());
+    let (whole, held) = graph
+        .generate_sync_message_asking_first(&mut state, &stored)
+        .unwrap();
     assert!(!held);
     new_phone
         .receive_sync_message(&mut new_phone_state, &whole.unwrap())
@@ -490,7 +515,8 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
         .receive_sync_message(&mut server_state, &hello)
         .unwrap();
     let ask = graph
-        .generate_sync_message(&mut server_state, || stored.clone())
+        .generate_sync_message(&mut server_state, &stored)
+        .unwrap()
         .unwrap();
     phone.receive_sync_message(&mut phone_state, &ask).unwrap();
 
@@ -511,8 +537,9 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
         &upload,
     );
     assert_eq!(received, 3);
-    let (answer, held) =
-        graph.generate_sync_message_without_changes(&mut server_state, || stored.clone());
+    let (answer, held) = graph
+        .generate_sync_message_without_changes(&mut server_state, &stored)
+        .unwrap();
     assert!(held, "the phone lacks six visits");
     let answer = answer.unwrap();
     assert!(Message::decode(&answer).unwrap().changes.is_empty());
@@ -530,7 +557,8 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
             .unwrap()
     );
     let next = graph
-        .generate_sync_message(&mut server_state, || stored.clone())
+        .generate_sync_message(&mut server_state, &stored)
+        .unwrap()
         .unwrap();
     phone.receive_sync_message(&mut phone_state, &next).unwrap();
     assert_eq!(phone.heads(), server.heads());
@@ -582,4 +610,74 @@ fn receive_upload(
         graph.add(change.hash, &change.deps, change.bytes).unwrap();
     }
     count
+}
+
+/// A graph built from stored rows, or kept in a cache, holds no change bytes: the changes a
+/// message sends are read from the stored document, sliced out of the changes appended to its
+/// save or, for those inside the save, from the document loaded; a peer gets the same changes
+/// either way.
+#[test]
+fn a_graph_without_change_bytes_sends_changes_read_from_the_stored_document() {
+    let (mut server, mut phone, mut other) = a_case_and_two_phones();
+    // The phone has synced everything but the server's last two visits, which it stored
+    // appended to its save.
+    record_visits(&mut other, "u2", 1..=12);
+    server.doc_mut().merge(other.doc_mut()).unwrap();
+    phone.doc_mut().merge(other.doc_mut()).unwrap();
+    let saved = server.save();
+    let before = server.heads();
+    record_visits(&mut server, "u3", 20..=21);
+    let mut appended = saved.clone();
+    for mut change in server.doc_mut().get_changes(&before) {
+        appended.extend_from_slice(&change.bytes());
+    }
+    let compacted = server.save();
+
+    for (stored, what) in [(appended, "appended"), (compacted, "inside the save")] {
+        let mut graph = graph_of(&mut server);
+        assert!(!graph.holds_change_bytes());
+        let mut copy = CaseFile::load(
+            &phone.save(),
+            testing::author("u1", "d1"),
+            testing::actor(1),
+        )
+        .unwrap();
+        let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+        for _ in 0..4 {
+            let to_server = copy.generate_sync_message(&mut phone_state);
+            if let Some(message) = &to_server
+                && !graph
+                    .receive_sync_message(&mut server_state, message)
+                    .unwrap()
+            {
+                panic!("the phone sent changes");
+            }
+            let to_phone = graph
+                .generate_sync_message(&mut server_state, &stored)
+                .unwrap();
+            if let Some(message) = &to_phone {
+                assert!(
+                    message.len() < stored.len() / 2,
+                    "{what}: the two visits, not the whole case"
+                );
+                copy.receive_sync_message(&mut phone_state, message)
+                    .unwrap();
+            }
+            if to_server.is_none() && to_phone.is_none() {
+                break;
+            }
+        }
+        assert_eq!(copy.heads(), server.heads(), "{what}");
+        assert_eq!(visits(&copy), 14, "{what}");
+        graph.forget_change_bytes();
+    }
+
+    // Stored bytes that lack a change the graph names are an error, and change nothing.
+    let graph = graph_of(&mut server);
+    let mut state = PeerState::new();
+    let hello = phone.generate_sync_message(&mut PeerState::new()).unwrap();
+    graph.receive_sync_message(&mut state, &hello).unwrap();
+    let before = state.clone();
+    assert!(graph.generate_sync_message(&mut state, &saved).is_err());
+    assert_eq!(state, before);
 }

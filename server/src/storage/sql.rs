@@ -767,23 +767,31 @@ macro_rules! sql_storage {
 
             async fn graph_changes(&mut self, case_id: &str) -> StorageResult<Vec<GraphChange>> {
                 use futures_util::TryStreamExt;
-                // Each row is decoded as it arrives, so that a case's rows and their bytes
-                // are not both held at once.
-                let sql = $sql("SELECT hash, deps, bytes FROM changes WHERE case_id = $1");
+                // A change's bytes are read only where its dependencies were not stored
+                // beside it (rows from before that column): the graph keeps none.
+                let sql = $sql(
+                    "SELECT hash, deps, CASE WHEN deps IS NULL THEN bytes END AS bytes
+                     FROM changes WHERE case_id = $1",
+                );
                 let mut rows = sqlx::query(&sql).bind(case_id).fetch(&mut *self.tx);
                 let mut changes = Vec::new();
                 while let Some(row) = rows.try_next().await? {
                     let hash: String = row.try_get("hash")?;
-                    let deps: Option<Vec<u8>> = row.try_get("deps")?;
-                    let known = deps.and_then(|deps| {
-                        let hash = hash.parse().ok()?;
-                        let deps = doorstep_sync_core::hashes_from_bytes(&deps)?;
-                        Some((hash, deps))
-                    });
-                    changes.push(GraphChange {
-                        known,
-                        bytes: row.try_get("bytes")?,
-                    });
+                    let change = match row.try_get::<Option<Vec<u8>>, _>("deps")? {
+                        Some(deps) => {
+                            let known = hash.parse().ok().zip(
+                                doorstep_sync_core::hashes_from_bytes(&deps),
+                            );
+                            let (hash, deps) = known.ok_or_else(|| {
+                                StorageError::Corrupt(format!(
+                                    "case {case_id}: change {hash} has a malformed hash or dependencies"
+                                ))
+                            })?;
+                            GraphChange::Known { hash, deps }
+                        }
+                        None => GraphChange::Chunk(row.try_get("bytes")?),
+                    };
+                    changes.push(change);
                 }
                 Ok(changes)
             }

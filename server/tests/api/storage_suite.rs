@@ -5,7 +5,7 @@ use doorstep_server::storage::{
     Device, DocumentWrite, NewChange, Provenance, RefreshToken, Role, Rotation, School, Storage,
     StorageError, User,
 };
-use doorstep_sync_core::{ChangeHash, testing};
+use doorstep_sync_core::{ChangeGraph, ChangeHash, GraphChange, testing};
 
 use crate::helpers::{Backend, both_backends, test_storage};
 
@@ -17,6 +17,7 @@ both_backends!(
     cases_allocations_and_documents,
     sync_transaction_commits_idempotently_and_rolls_back_when_dropped,
     appended_changes_are_written_once_and_read_after_the_last_full_save,
+    a_change_graph_reads_a_changes_bytes_only_where_its_dependencies_were_not_stored,
 );
 
 fn user(id: &str, username: &str, role: Role) -> User {
@@ -408,15 +409,16 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
     let graph_changes = tx.graph_changes("c1").await.unwrap();
     drop(tx);
     assert_eq!(graph_changes.len(), before + 1);
-    assert!(graph_changes.iter().all(|c| c.known.is_some()));
-    let written = graph_changes.iter().find(|c| c.bytes == [9]).unwrap();
-    assert_eq!(
-        written.known,
-        Some((
-            ChangeHash([0xab; 32]),
-            vec![ChangeHash([7; 32]), ChangeHash([8; 32])]
-        ))
+    assert!(
+        graph_changes
+            .iter()
+            .all(|c| matches!(c, GraphChange::Known { .. })),
+        "no change's bytes are read"
     );
+    assert!(graph_changes.contains(&GraphChange::Known {
+        hash: ChangeHash([0xab; 32]),
+        deps: vec![ChangeHash([7; 32]), ChangeHash([8; 32])]
+    }));
 
     // A write over heads that are no longer stored (someone wrote meanwhile) is refused and
     // writes nothing, not even its changes.
@@ -491,6 +493,68 @@ async fn sync_transaction_commits_idempotently_and_rolls_back_when_dropped(backe
         Err(StorageError::NotFound)
     ));
     tx.commit().await.unwrap();
+}
+
+/// Runs one statement on the test database directly (to set up what old versions stored).
+async fn execute(url: &str, backend: Backend, sql: &str) {
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+    }
+}
+
+/// Change rows stored before their dependencies were (a NULL `deps`) give their bytes, from
+/// which the graph reads hash and dependencies; the others give only those. Malformed stored
+/// dependencies are reported as corrupt, not guessed at.
+async fn a_change_graph_reads_a_changes_bytes_only_where_its_dependencies_were_not_stored(
+    backend: Backend,
+) {
+    let test = test_storage(backend).await;
+    let storage = test.storage.as_ref();
+    seed_case_c1(storage).await;
+    let heads = storage.document("c1").await.unwrap().unwrap().heads;
+    let known = graph_changes(storage, "c1").await.unwrap();
+    assert!(known.iter().all(|c| matches!(c, GraphChange::Known { .. })));
+
+    execute(
+        &test.url,
+        backend,
+        "UPDATE changes SET deps = NULL WHERE case_id = 'c1'",
+    )
+    .await;
+    let chunks = graph_changes(storage, "c1").await.unwrap();
+    assert_eq!(chunks.len(), known.len());
+    assert!(
+        chunks
+            .iter()
+            .all(|c| matches!(c, GraphChange::Chunk(bytes) if !bytes.is_empty()))
+    );
+    let graph = ChangeGraph::from_graph_changes(chunks).unwrap();
+    assert_eq!(doorstep_server::storage::heads_key(&graph.heads()), heads);
+
+    let malformed = match backend {
+        Backend::Sqlite => "UPDATE changes SET deps = x'0102' WHERE case_id = 'c1'",
+        Backend::Postgres => "UPDATE changes SET deps = decode('0102', 'hex') WHERE case_id = 'c1'",
+    };
+    execute(&test.url, backend, malformed).await;
+    assert!(matches!(
+        graph_changes(storage, "c1").await,
+        Err(StorageError::Corrupt(_))
+    ));
+}
+
+async fn graph_changes(
+    storage: &dyn Storage,
+    case_id: &str,
+) -> Result<Vec<GraphChange>, StorageError> {
+    let mut tx = storage.begin_sync_read().await.unwrap();
+    tx.graph_changes(case_id).await
 }
 
 /// The `snapshot` column itself, as the database holds it (not the document's bytes).
