@@ -4,8 +4,7 @@
 //! Most sync messages bring no changes (heads, needs, bloom filters), and the server answers
 //! those from the change graph alone, without parsing the document. A kept graph holds no
 //! change bytes (what a message sends is read from the stored document), so it takes about
-//! 136 bytes a change: a fifth of the saved size of the changes, and a sixtieth of a parsed
-//! document. Like the document
+//! 136 bytes a change, a small fraction of a parsed document. Like the document
 //! cache, each graph is keyed by case id with the heads it stands at, and every use checks
 //! them against the heads just read from the database, so a stale graph is never used. Graphs
 //! are shared (`Arc`): concurrent syncs of one case read the same one.
