@@ -169,11 +169,15 @@ impl App {
     ) -> Result<(), StartupError> {
         // The staff web view shares the listener; the API router keeps the JSON fallback.
         let cleanup = crate::evidence::spawn_cleanup(self.state.clone());
+        let remote_pushes = tokio::spawn(crate::repo_ws::remote::push_other_instances_changes(
+            self.state.clone(),
+        ));
         let router = crate::api::router(self.state.clone()).merge(crate::web::router(self.state));
         let served = crate::http_listener::serve(self.listener, router, shutdown)
             .await
             .map_err(StartupError::Serve);
         cleanup.abort();
+        remote_pushes.abort();
         served
     }
 }

@@ -638,15 +638,18 @@ pub(crate) fn parse_document(
     if let Some(file) = cached {
         return Ok(file);
     }
-    // The server only reads here; its author and actor are never written.
-    let author = Author {
-        user_id: "server".into(),
-        device_id: crate::cases::SERVER_DEVICE.into(),
-    };
-    CaseFile::load(&document.snapshot, author, ActorId::random()).map_err(|e| {
+    CaseFile::load(&document.snapshot, server_reader(), ActorId::random()).map_err(|e| {
         tracing::error!(case = %document.case_id, error = %e, "stored case file does not load");
         DocumentError::Unavailable
     })
+}
+
+/// The author of a document the server loads only to read and send: never written.
+pub(crate) fn server_reader() -> Author {
+    Author {
+        user_id: "server".into(),
+        device_id: crate::cases::SERVER_DEVICE.into(),
+    }
 }
 
 /// The device's saved sync state for a document (a fresh one if it has none or it does not

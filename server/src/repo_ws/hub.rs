@@ -34,9 +34,9 @@
 //! given it all its changes (the heads its client last sent are all held): nothing more is
 //! coming for that case, so its clients can take it while the uploads of other cases go on.
 //!
-//! This reaches the connections of this process only. Several instances on one database would
-//! also need a notifier between them (PostgreSQL `LISTEN`/`NOTIFY` on the case id, say, after
-//! which each instance loads the document and calls [`RepoHub::document_changed`]).
+//! This reaches the connections of this process. Changes committed through other instances on
+//! the same database are announced by the database, and each instance reads the document and
+//! calls [`RepoHub::document_changed`] ([`super::remote`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

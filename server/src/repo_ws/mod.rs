@@ -71,6 +71,7 @@ pub(crate) mod connection;
 pub mod document_id;
 pub mod hub;
 pub mod protocol;
+pub(crate) mod remote;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};

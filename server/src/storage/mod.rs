@@ -445,7 +445,16 @@ pub trait Storage: Send + Sync + fmt::Debug + EvidenceStorage {
     /// [`Storage::begin_sync`] transaction afterwards, which refuses to overwrite a document
     /// that changed meanwhile.
     async fn begin_sync_read(&self) -> StorageResult<Box<dyn SyncTransaction>>;
+
+    /// The case ids of documents that other processes sharing the database change, as their
+    /// changes commit (a burst of changes to one document may come as one), for this process
+    /// to push to its WebSocket clients. None where no other process writes (SQLite). Changes
+    /// committed while the database connection is being re-established are not reported.
+    async fn watch_documents(&self) -> StorageResult<Option<DocumentChanges>>;
 }
+
+/// Case ids of documents changed by other processes (see [`Storage::watch_documents`]).
+pub type DocumentChanges = tokio::sync::mpsc::UnboundedReceiver<String>;
 
 /// Opens (creating if needed, for SQLite) and migrates the database at `url`.
 pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {

@@ -146,6 +146,10 @@ macro_rules! sql_storage {
 
         #[async_trait]
         impl Storage for $storage {
+            async fn watch_documents(&self) -> StorageResult<Option<crate::storage::DocumentChanges>> {
+                self.watch_other_writers().await
+            }
+
             async fn ping(&self) -> StorageResult<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())

@@ -112,6 +112,11 @@ impl SqliteStorage {
     async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
         Some(Arc::clone(&self.writer).lock_owned().await)
     }
+
+    /// One process owns an embedded database: no one else changes its documents.
+    async fn watch_other_writers(&self) -> StorageResult<Option<crate::storage::DocumentChanges>> {
+        Ok(None)
+    }
 }
 
 /// SQLite's numbered placeholders (`?1`) for the shared SQL's `$1`.

@@ -1298,6 +1298,51 @@ async fn changes_of_access_made_on_another_instance_reach_an_open_connection() {
     assert!(message.contains("revoked"), "{message}");
 }
 
+/// Two instances on one PostgreSQL database: a change committed through one, over WebSocket
+/// or HTTP, is pushed at once to the WebSocket clients that have the case open on the other
+/// (without them sending anything), as within one instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_committed_on_another_instance_reach_open_websocket_clients() {
+    let first = spawn_app(Backend::Postgres).await;
+    let second = spawn_second_instance(&first).await;
+    let officer = first.tokens("officer", &testing::actor(1)).await;
+    let worker = first.tokens("worker", &testing::actor(2)).await;
+    let case_id = new_case(&first, &["officer", "worker"]).await;
+    let mut a = Peer::connect(&first, &officer.access_token).await;
+    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&first, &mut a, &mut replica_a).await;
+    let mut b = Peer::connect(&second, &worker.access_token).await;
+    let mut replica_b = Replica::new(&case_id, &worker.user.id, &worker.device_id);
+    fetch(&second, &mut b, &mut replica_b).await;
+
+    // A writes through the first instance; B, on the second, is sent it without asking.
+    let record = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(&first, &mut a, &mut replica_a).await;
+    while !replica_b.contacts().contains(&record) {
+        b.exchange(&mut replica_b).await;
+    }
+
+    // A phone syncing over HTTP with the second instance: A, on the first, is sent its visit.
+    let mut phone = Phone::sign_in(&second, "worker", 9).await;
+    phone.sync_until_quiet(&second).await;
+    let visit = phone
+        .doc(&case_id)
+        .add(
+            &testing::visit("user-worker", testing::at(30), 80),
+            testing::at(30),
+        )
+        .unwrap();
+    phone.sync_until_quiet(&second).await;
+    while !replica_a
+        .file
+        .record_ids(Collection::Visits)
+        .unwrap_or_default()
+        .contains(&visit)
+    {
+        a.exchange(&mut replica_a).await;
+    }
+}
+
 /// Revokes the signed-in device through `app`'s API, as its user would.
 async fn revoke_own_device(app: &TestApp, signed_in: &TokenResponse) {
     let response = app
