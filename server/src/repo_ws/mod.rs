@@ -30,8 +30,9 @@
 //! receive, case-file validation, storage of every change with device, user and received-at,
 //! the per-(device, document) sync state (so a reconnect sends only what is missing) and the
 //! bounded document cache. The answer is sent only after the changes are committed. When a
-//! document changes (over WebSocket, HTTP sync or a staff edit), every connection of this
-//! process that has it open gets a `sync` at once ([`hub`]), or, while the client has not yet
+//! document changes (over WebSocket, HTTP sync or a staff edit, through this instance or, on
+//! PostgreSQL, another: [`remote`]), every connection of this process that has it open gets
+//! a `sync` at once ([`hub`]), or, while the client has not yet
 //! answered the last one that brought it changes, with the reply to that answer (all that
 //! changed meanwhile in one message).
 //!
