@@ -583,30 +583,12 @@ async fn changes_reach_open_websocket_clients_at_once(backend: Backend) {
     // WebSocket to WebSocket: B is sent A's record without asking.
     let record = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
     deliver(&app, &mut a, &mut replica_a).await;
-    while !replica_b.contacts().contains(&record) {
-        b.exchange(&mut replica_b).await;
-    }
+    exchange_until_holding(&mut b, &mut replica_b, Collection::Contacts, &record).await;
 
     // HTTP to WebSocket: a phone's visit reaches both open connections.
-    let mut phone = Phone::sign_in(&app, "worker", 9).await;
-    phone.sync_until_quiet(&app).await;
-    let visit = phone
-        .doc(&case_id)
-        .add(
-            &testing::visit("user-worker", testing::at(30), 80),
-            testing::at(30),
-        )
-        .unwrap();
-    phone.sync_until_quiet(&app).await;
+    let (mut phone, visit) = visit_over_http(&app, &case_id).await;
     for (peer, replica) in [(&mut a, &mut replica_a), (&mut b, &mut replica_b)] {
-        while !replica
-            .file
-            .record_ids(Collection::Visits)
-            .unwrap_or_default()
-            .contains(&visit)
-        {
-            peer.exchange(replica).await;
-        }
+        exchange_until_holding(peer, replica, Collection::Visits, &visit).await;
     }
 
     // A staff edit (a register import) reaches them too.
@@ -634,6 +616,40 @@ async fn changes_reach_open_websocket_clients_at_once(backend: Backend) {
         a.exchange(&mut replica_a).await;
     }
     assert_eq!(replica_a.file.marks(&child).unwrap().len(), 1);
+}
+
+/// Reads and answers sync messages until `replica` holds record `id` of `collection` (the
+/// read fails the test if nothing comes).
+async fn exchange_until_holding(
+    peer: &mut Peer,
+    replica: &mut Replica,
+    collection: Collection,
+    id: &str,
+) {
+    while !replica
+        .file
+        .record_ids(collection)
+        .unwrap_or_default()
+        .iter()
+        .any(|held| held == id)
+    {
+        peer.exchange(replica).await;
+    }
+}
+
+/// The worker's phone, over HTTP through `app`, records a visit in `case_id` and syncs it.
+async fn visit_over_http(app: &TestApp, case_id: &str) -> (Phone, String) {
+    let mut phone = Phone::sign_in(app, "worker", 9).await;
+    phone.sync_until_quiet(app).await;
+    let visit = phone
+        .doc(case_id)
+        .add(
+            &testing::visit("user-worker", testing::at(30), 80),
+            testing::at(30),
+        )
+        .unwrap();
+    phone.sync_until_quiet(app).await;
+    (phone, visit)
 }
 
 /// More documents than the server reads and computes at once (eight), sent in one burst:
@@ -1318,29 +1334,11 @@ async fn changes_committed_on_another_instance_reach_open_websocket_clients() {
     // A writes through the first instance; B, on the second, is sent it without asking.
     let record = replica_a.file.add(&contact(1), testing::at(1)).unwrap();
     deliver(&first, &mut a, &mut replica_a).await;
-    while !replica_b.contacts().contains(&record) {
-        b.exchange(&mut replica_b).await;
-    }
+    exchange_until_holding(&mut b, &mut replica_b, Collection::Contacts, &record).await;
 
     // A phone syncing over HTTP with the second instance: A, on the first, is sent its visit.
-    let mut phone = Phone::sign_in(&second, "worker", 9).await;
-    phone.sync_until_quiet(&second).await;
-    let visit = phone
-        .doc(&case_id)
-        .add(
-            &testing::visit("user-worker", testing::at(30), 80),
-            testing::at(30),
-        )
-        .unwrap();
-    phone.sync_until_quiet(&second).await;
-    while !replica_a
-        .file
-        .record_ids(Collection::Visits)
-        .unwrap_or_default()
-        .contains(&visit)
-    {
-        a.exchange(&mut replica_a).await;
-    }
+    let (_, visit) = visit_over_http(&second, &case_id).await;
+    exchange_until_holding(&mut a, &mut replica_a, Collection::Visits, &visit).await;
 }
 
 /// Revokes the signed-in device through `app`'s API, as its user would.
