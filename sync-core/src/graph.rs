@@ -93,7 +93,13 @@ impl ChangeGraph {
     fn from_pending(
         mut pending: Vec<(ChangeHash, Vec<ChangeHash>, Option<Vec<u8>>)>,
     ) -> Result<Self> {
-        let mut graph = ChangeGraph::new();
+        // Exactly the room the changes take: a graph built from storage goes to the cache as
+        // built, and its budget counts no room to grow (`NODE_MEMORY`).
+        let mut graph = ChangeGraph {
+            nodes: Vec::with_capacity(pending.len()),
+            index: HashMap::with_capacity(pending.len()),
+            ..ChangeGraph::default()
+        };
         // Adds every change whose dependencies are in, until none is left or none can be.
         while !pending.is_empty() {
             let before = pending.len();
