@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-/// The caches' default sizes. Measured with the interop benchmark (README "Interop benchmark"):
+/// The caches' default sizes. Measured with the interop benchmark (`BENCHMARKS.md`):
 /// a parsed case file takes about 0.4 MiB for 200 visits, so 16 of them; a kept change graph
 /// holds no change bytes, about 136 bytes a change, so 8 MiB holds every graph of the
 /// benchmark's 200 cases (the server's CPU over HTTP about a fifth less than with 4 MiB of
