@@ -389,6 +389,11 @@ impl RepoHub {
         lock(&self.subscriptions).contains_key(case_id)
     }
 
+    /// The cases some connection has open.
+    pub fn open_cases(&self) -> Vec<String> {
+        lock(&self.subscriptions).keys().cloned().collect()
+    }
+
     /// Generates and queues the next sync message of `subscription` from `replier`
     /// (committed state only). While `others_syncing`, a push waits, and so does an answer to
     /// messages that brought changes (the client has sent what it had, and waits); an answer

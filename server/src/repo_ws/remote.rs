@@ -1,7 +1,9 @@
 //! Changes committed through other instances on the same database
 //! ([`crate::storage::Storage::watch_documents`]: PostgreSQL `LISTEN`/`NOTIFY`) reach this
 //! process's WebSocket clients as its own commits do: the document is read as committed and
-//! pushed to every connection that has it open ([`RepoHub::document_changed`]).
+//! pushed to every connection that has it open ([`RepoHub::document_changed`]). When the
+//! watch has lost its connection and listens again, every open case is pushed as committed:
+//! announcements made meanwhile are lost.
 //!
 //! [`RepoHub::document_changed`]: super::RepoHub::document_changed
 
@@ -10,6 +12,7 @@ use std::collections::BTreeSet;
 use doorstep_sync_core::{ActorId, CaseFile};
 
 use crate::app::AppState;
+use crate::storage::DocumentChange;
 
 /// Runs until the storage stops reporting (never, while the server runs). Returns at once
 /// where no other process writes the database.
@@ -28,9 +31,21 @@ pub(crate) async fn push_other_instances_changes(state: AppState) {
     while let Some(first) = announced.recv().await {
         // Another instance's burst (a mass reconnect) announces each case many times: each is
         // read once for all the announcements that have come.
-        let mut changed = BTreeSet::from([first]);
-        while let Ok(more) = announced.try_recv() {
-            changed.insert(more);
+        let mut changed = BTreeSet::new();
+        let mut resumed = false;
+        for change in std::iter::once(first).chain(std::iter::from_fn(|| announced.try_recv().ok()))
+        {
+            match change {
+                DocumentChange::Changed(case_id) => {
+                    changed.insert(case_id);
+                }
+                DocumentChange::Resumed => resumed = true,
+            }
+        }
+        if resumed {
+            // Announcements were lost: any open case may have changed (a push finds nothing
+            // to send where it has not).
+            changed.extend(state.repo.open_cases());
         }
         for case_id in changed {
             if state.repo.has_subscribers(&case_id) {

@@ -21,7 +21,7 @@ mod sqlite;
 
 pub use doorstep_sync_core::GraphChange;
 pub use evidence::{EvidenceChunk, EvidenceStorage, EvidenceUpload, StoredReceipt};
-pub use postgres::PostgresStorage;
+pub use postgres::{LISTENER_APPLICATION_NAME, PostgresStorage};
 pub use sqlite::SqliteStorage;
 
 /// What can go wrong in storage. Detail stays in logs, never in response bodies.
@@ -449,12 +449,23 @@ pub trait Storage: Send + Sync + fmt::Debug + EvidenceStorage {
     /// The case ids of documents that other processes sharing the database change, as their
     /// changes commit (a burst of changes to one document may come as one), for this process
     /// to push to its WebSocket clients. None where no other process writes (SQLite). Changes
-    /// committed while the database connection is being re-established are not reported.
+    /// committed while the watch's connection was lost are not reported one by one: once it
+    /// listens again it reports [`DocumentChange::Resumed`].
     async fn watch_documents(&self) -> StorageResult<Option<DocumentChanges>>;
 }
 
-/// Case ids of documents changed by other processes (see [`Storage::watch_documents`]).
-pub type DocumentChanges = tokio::sync::mpsc::UnboundedReceiver<String>;
+/// What [`Storage::watch_documents`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentChange {
+    /// Another process committed a change to this case's document.
+    Changed(String),
+    /// The watch lost its connection and listens again: any document may have changed
+    /// meanwhile unannounced.
+    Resumed,
+}
+
+/// Documents changed by other processes (see [`Storage::watch_documents`]).
+pub type DocumentChanges = tokio::sync::mpsc::UnboundedReceiver<DocumentChange>;
 
 /// Opens (creating if needed, for SQLite) and migrates the database at `url`.
 pub async fn open(url: &str) -> StorageResult<Arc<dyn Storage>> {

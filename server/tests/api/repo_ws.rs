@@ -9,7 +9,7 @@ use std::time::Duration;
 use ciborium::Value;
 use doorstep_server::api::TokenResponse;
 use doorstep_server::repo_ws::document_id;
-use doorstep_server::storage::heads_key;
+use doorstep_server::storage::{LISTENER_APPLICATION_NAME, heads_key};
 use doorstep_sync_core::records::{Collection, ContactEntry};
 use doorstep_sync_core::{ActorId, CaseFile, PeerState, testing};
 use futures_util::{SinkExt, StreamExt};
@@ -1338,6 +1338,46 @@ async fn changes_committed_on_another_instance_reach_open_websocket_clients() {
 
     // A phone syncing over HTTP with the second instance: A, on the first, is sent its visit.
     let (_, visit) = visit_over_http(&second, &case_id).await;
+    exchange_until_holding(&mut a, &mut replica_a, Collection::Visits, &visit).await;
+}
+
+/// An announcement lost while an instance's listening connection was down: once it listens
+/// again, that instance pushes its open cases as committed, so its WebSocket clients still get
+/// what another instance committed meanwhile, without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_announcement_was_lost_reaches_websocket_clients_once_listening_again() {
+    let first = spawn_app(Backend::Postgres).await;
+    let second = spawn_second_instance(&first).await;
+    let officer = first.tokens("officer", &testing::actor(1)).await;
+    let case_id = new_case(&first, &["officer", "worker"]).await;
+    let mut a = Peer::connect(&first, &officer.access_token).await;
+    let mut replica_a = Replica::new(&case_id, &officer.user.id, &officer.device_id);
+    fetch(&first, &mut a, &mut replica_a).await;
+
+    // The second instance commits a visit unannounced (as if while the first's listener was
+    // reconnecting: the trigger that announces it is off).
+    let database = first.state.config.database_url();
+    let admin = sqlx::PgPool::connect(&database).await.unwrap();
+    sqlx::query("ALTER TABLE documents DISABLE TRIGGER documents_changed")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (_, visit) = visit_over_http(&second, &case_id).await;
+    sqlx::query("ALTER TABLE documents ENABLE TRIGGER documents_changed")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let unannounced = tokio::time::timeout(Duration::from_millis(500), a.next()).await;
+    assert!(unannounced.is_err(), "nothing is pushed unannounced");
+
+    // The instances' listening connections are lost; listening again, the first pushes.
+    sqlx::query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = '{LISTENER_APPLICATION_NAME}'"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
     exchange_until_holding(&mut a, &mut replica_a, Collection::Visits, &visit).await;
 }
 

@@ -1,9 +1,11 @@
 //! The one storage suite every backend must pass, run against SQLite and PostgreSQL.
 
 use doorstep_server::cases;
+use std::time::Duration;
+
 use doorstep_server::storage::{
-    Device, DocumentWrite, NewChange, Provenance, RefreshToken, Role, Rotation, School, Storage,
-    StorageError, User,
+    Device, DocumentChange, DocumentChanges, DocumentWrite, LISTENER_APPLICATION_NAME, NewChange,
+    Provenance, RefreshToken, Role, Rotation, School, Storage, StorageError, User,
 };
 use doorstep_sync_core::{ChangeGraph, ChangeHash, GraphChange, testing};
 
@@ -666,4 +668,76 @@ async fn appended_changes_are_written_once_and_read_after_the_last_full_save(bac
     ))
     .await;
     assert_eq!(read().await, [5, 5, 5, 0xa6]);
+}
+
+/// SQLite has one writer, this process: nothing to watch.
+#[tokio::test]
+async fn sqlite_has_no_other_writers_to_watch() {
+    let test = test_storage(Backend::Sqlite).await;
+    assert!(test.storage.watch_documents().await.unwrap().is_none());
+}
+
+/// PostgreSQL reports the documents other writers change, not this instance's own writes;
+/// after its listening connection is lost it listens again, says so, and reports again.
+#[tokio::test]
+async fn postgres_watch_reports_other_writers_and_resumes_after_a_lost_connection() {
+    let test = test_storage(Backend::Postgres).await;
+    let storage = test.storage.as_ref();
+    seed_case_c1(storage).await;
+    let mut changes = storage
+        .watch_documents()
+        .await
+        .unwrap()
+        .expect("PostgreSQL reports other writers");
+
+    // This instance's own write, then another writer's: only the second is reported
+    // (notifications arrive in commit order).
+    let loaded_heads = storage.document("c1").await.unwrap().unwrap().heads;
+    let own = DocumentWrite {
+        case_id: "c1".into(),
+        loaded_heads,
+        appended_changes: 0,
+        snapshot: Some((vec![1, 2, 3], "h-own".into())),
+        changes: Vec::new(),
+        sync_state: (vec![4, 5], "h-own".into()),
+    };
+    let provenance = Provenance {
+        device_id: "d1".into(),
+        user_id: "u1".into(),
+        received_at: 7_000,
+    };
+    let mut tx = storage.begin_sync().await.unwrap();
+    tx.write_documents(&provenance, std::slice::from_ref(&own))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let other_write = "UPDATE documents SET heads = heads || '-other' WHERE case_id = 'c1'";
+    execute(&test.url, Backend::Postgres, other_write).await;
+    assert_eq!(
+        next_change(&mut changes).await,
+        DocumentChange::Changed("c1".into())
+    );
+
+    execute(
+        &test.url,
+        Backend::Postgres,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = '{LISTENER_APPLICATION_NAME}'"
+        ),
+    )
+    .await;
+    assert_eq!(next_change(&mut changes).await, DocumentChange::Resumed);
+    execute(&test.url, Backend::Postgres, other_write).await;
+    assert_eq!(
+        next_change(&mut changes).await,
+        DocumentChange::Changed("c1".into())
+    );
+}
+
+async fn next_change(changes: &mut DocumentChanges) -> DocumentChange {
+    tokio::time::timeout(Duration::from_secs(20), changes.recv())
+        .await
+        .expect("a change reported within 20 s")
+        .expect("the watch still runs")
 }
