@@ -25,13 +25,7 @@ async fn assert_still_serving(app: &TestApp, phone: &Phone) {
 async fn phone_with_pending_change(app: &TestApp) -> (Phone, String) {
     let mut phone = Phone::sign_in(app, "officer", 1).await;
     phone.sync_until_quiet(app).await;
-    phone
-        .doc("case-demo-1")
-        .add(
-            &testing::visit("user-officer", testing::at(3), 80),
-            testing::at(3),
-        )
-        .unwrap();
+    phone.record_visit("case-demo-1", 3, 80);
     let heads = app
         .storage()
         .document("case-demo-1")
@@ -322,11 +316,7 @@ async fn a_sync_cut_off_by_the_time_limit_keeps_its_turn_until_its_work_ends() {
     let case_id = "case-demo-1";
     // Enough visits that checking them takes longer than the time limit.
     for k in 0..6000 {
-        let at = testing::at(k);
-        officer
-            .doc(case_id)
-            .add(&testing::visit("user-officer", at, 500), at)
-            .unwrap();
+        officer.record_visit(case_id, k, 500);
     }
     // The first round trades heads; the visits go in the next.
     let request = loop {

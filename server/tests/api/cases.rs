@@ -334,13 +334,7 @@ async fn a_conflict_is_shown_until_a_person_resolves_it(backend: Backend) {
     let mut officer = Phone::sign_in(&app, "officer", 1).await;
     let mut worker = Phone::sign_in(&app, "worker", 2).await;
     officer.sync_until_quiet(&app).await;
-    let visit_id = officer
-        .doc(case)
-        .add(
-            &testing::visit("user-officer", testing::at(0), 40),
-            testing::at(0),
-        )
-        .unwrap();
+    let visit_id = officer.record_visit(case, 0, 40);
     officer.sync_until_quiet(&app).await;
     worker.sync_until_quiet(&app).await;
 

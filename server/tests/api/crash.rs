@@ -8,7 +8,6 @@ use std::sync::Mutex;
 
 use doorstep_server::storage::heads_key;
 use doorstep_sync_core::records::HomeVisit;
-use doorstep_sync_core::testing;
 use reqwest::StatusCode;
 
 use crate::helpers::{Backend, Endpoint, Phone, both_backends, database_url};
@@ -92,16 +91,6 @@ impl Endpoint for ServerProcess {
     }
 }
 
-/// Records a visit in `case_id` and returns its id.
-fn record(phone: &mut Phone, case_id: &str, minute: i64, note: usize) -> String {
-    let user = phone.tokens.user.id.clone();
-    let at = testing::at(minute);
-    phone
-        .doc(case_id)
-        .add(&testing::visit(&user, at, note), at)
-        .unwrap()
-}
-
 async fn acknowledged_changes_survive_a_sigkill(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let (url, _database) = database_url(backend, &dir).await;
@@ -120,7 +109,7 @@ async fn acknowledged_changes_survive_a_sigkill(backend: Backend) {
     let officer_side = async {
         let mut pending = Vec::new();
         for i in 0..6 {
-            pending.push(record(&mut officer, "case-demo-1", i, 150));
+            pending.push(officer.record_visit("case-demo-1", i, 150));
             let (request, _) = officer.next_request();
             if i == 5 {
                 let (outcome, ()) =
@@ -139,7 +128,7 @@ async fn acknowledged_changes_survive_a_sigkill(backend: Backend) {
     };
     let worker_side = async {
         for i in 0..200 {
-            record(&mut worker, "case-demo-3", 1000 + i, 4000);
+            worker.record_visit("case-demo-3", 1000 + i, 4000);
             let (request, _) = worker.next_request();
             match worker.try_send(&server, &request).await {
                 Ok(reply) => worker.apply(&reply),

@@ -487,6 +487,16 @@ impl Phone {
             .get_mut(case_id)
             .unwrap_or_else(|| panic!("{} does not hold {case_id}", self.username))
     }
+
+    /// Records a visit by this phone's user in `case_id`, started and recorded at `minute`,
+    /// with a note of `note_chars` characters; returns its id.
+    pub fn record_visit(&mut self, case_id: &str, minute: i64, note_chars: usize) -> String {
+        let user = self.tokens.user.id.clone();
+        let at = testing::at(minute);
+        self.doc(case_id)
+            .add(&testing::visit(&user, at, note_chars), at)
+            .unwrap()
+    }
 }
 
 /// The Prometheus text at /metrics.

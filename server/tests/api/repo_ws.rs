@@ -641,13 +641,7 @@ async fn exchange_until_holding(
 async fn visit_over_http(app: &TestApp, case_id: &str) -> (Phone, String) {
     let mut phone = Phone::sign_in(app, "worker", 9).await;
     phone.sync_until_quiet(app).await;
-    let visit = phone
-        .doc(case_id)
-        .add(
-            &testing::visit("user-worker", testing::at(30), 80),
-            testing::at(30),
-        )
-        .unwrap();
+    let visit = phone.record_visit(case_id, 30, 80);
     phone.sync_until_quiet(app).await;
     (phone, visit)
 }

@@ -61,23 +61,9 @@ async fn two_phones_edit_offline_and_converge(backend: Backend) {
     // Offline, both record visits in the shared case.
     let case = "case-demo-2";
     let officer_visits: Vec<String> = (0..3)
-        .map(|i| {
-            officer
-                .doc(case)
-                .add(
-                    &testing::visit("user-officer", testing::at(60 * i), 200),
-                    testing::at(60 * i),
-                )
-                .unwrap()
-        })
+        .map(|i| officer.record_visit(case, 60 * i, 200))
         .collect();
-    let worker_visit = worker
-        .doc(case)
-        .add(
-            &testing::visit("user-worker", testing::at(30), 300),
-            testing::at(30),
-        )
-        .unwrap();
+    let worker_visit = worker.record_visit(case, 30, 300);
 
     // Interleaved rounds, then until quiet.
     officer.sync_round(&app).await;
@@ -273,13 +259,7 @@ async fn retrying_a_sync_is_harmless(backend: Backend) {
     let mut officer = Phone::sign_in(&app, "officer", 1).await;
     officer.sync_until_quiet(&app).await;
     let case = "case-demo-1";
-    officer
-        .doc(case)
-        .add(
-            &testing::visit("user-officer", testing::at(1), 100),
-            testing::at(1),
-        )
-        .unwrap();
+    officer.record_visit(case, 1, 100);
     let (request, _) = officer.next_request();
 
     // The same request three times, as a phone does when replies are lost.
@@ -365,13 +345,7 @@ async fn the_caches_serve_repeat_syncs_but_never_a_stale_document(backend: Backe
     // A repeat sync is answered from the change graph the last one left in the cache; the
     // document is parsed only for the message that brings the new visit.
     let record = async |officer: &mut Phone, minute| {
-        officer
-            .doc(case)
-            .add(
-                &testing::visit("user-officer", testing::at(minute), 100),
-                testing::at(minute),
-            )
-            .unwrap();
+        officer.record_visit(case, minute, 100);
         officer.sync_until_quiet(&app).await;
     };
     record(&mut officer, 5).await;
@@ -469,13 +443,7 @@ async fn staff_reads_use_the_document_cache_and_see_every_new_change(backend: Ba
     // A phone's visit arrives: the next read shows it (the cached parse is not reused stale).
     let mut officer = Phone::sign_in(&app, "officer", 1).await;
     officer.sync_until_quiet(&app).await;
-    officer
-        .doc(case)
-        .add(
-            &testing::visit("user-officer", testing::at(5), 100),
-            testing::at(5),
-        )
-        .unwrap();
+    officer.record_visit(case, 5, 100);
     officer.sync_until_quiet(&app).await;
     let second = read().await;
     assert_ne!(first["heads"], second["heads"]);
@@ -505,22 +473,14 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
     // of it): give it some history first.
     const HISTORY: i64 = 16;
     for n in 0..HISTORY {
-        let at = testing::at(1000 + n);
-        officer
-            .doc(case)
-            .add(&testing::visit("user-officer", at, 50), at)
-            .unwrap();
+        officer.record_visit(case, 1000 + n, 50);
     }
     officer.sync_until_quiet(&app).await;
     let full = stored().await;
     assert_eq!(full.appended_changes, 0);
 
     // One visit: the stored bytes are the old bytes with the new change after them.
-    let at = testing::at(5);
-    officer
-        .doc(case)
-        .add(&testing::visit("user-officer", at, 100), at)
-        .unwrap();
+    officer.record_visit(case, 5, 100);
     officer.sync_until_quiet(&app).await;
     let appended = stored().await;
     assert_eq!(appended.appended_changes, 1);
@@ -538,11 +498,7 @@ async fn new_changes_are_appended_to_the_stored_document_and_compacted_every_so_
 
     // Enough visits to pass the threshold: compacted into one full save, still the same file.
     for n in 0..COMPACT_AFTER_CHANGES {
-        let at = testing::at(10 + n);
-        officer
-            .doc(case)
-            .add(&testing::visit("user-officer", at, 50), at)
-            .unwrap();
+        officer.record_visit(case, 10 + n, 50);
         if n % 16 == 15 {
             officer.sync_until_quiet(&app).await;
         }
@@ -587,11 +543,7 @@ async fn an_idle_poll_parses_nothing_and_a_change_elsewhere_still_arrives(backen
 
     // The worker records a visit in the shared case: the officer's next poll gets it.
     let case = "case-demo-2";
-    let at = testing::at(9);
-    worker
-        .doc(case)
-        .add(&testing::visit("user-worker", at, 80), at)
-        .unwrap();
+    worker.record_visit(case, 9, 80);
     worker.sync_until_quiet(&app).await;
     officer.sync_until_quiet(&app).await;
     assert_eq!(
@@ -699,18 +651,10 @@ async fn an_uploads_answer_carries_no_changes_and_the_next_request_gets_them(bac
     officer.sync_until_quiet(&app).await;
     worker.sync_until_quiet(&app).await;
     let case = "case-demo-2";
-    let at = testing::at(30);
-    worker
-        .doc(case)
-        .add(&testing::visit("user-worker", at, 100), at)
-        .unwrap();
+    worker.record_visit(case, 30, 100);
     worker.sync_until_quiet(&app).await;
 
-    let at = testing::at(60);
-    officer
-        .doc(case)
-        .add(&testing::visit("user-officer", at, 100), at)
-        .unwrap();
+    officer.record_visit(case, 60, 100);
     let (request, _) = officer.next_request();
     let (reply, _) = officer.send(&app, &request).await;
     let answer = reply.documents.iter().find(|d| d.case_id == case).unwrap();
