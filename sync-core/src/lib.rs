@@ -30,5 +30,5 @@ pub use conflicts::{Conflict, ConflictKind, ConflictTarget, ConflictValue, Resol
 pub use error::{CaseFileError, FieldError, Problem, Result, ValidationErrors};
 pub use graph::{ChangeGraph, GraphChange, hashes_from_bytes};
 pub use records::{Collection, RecordBody};
-pub use sync::{AppliedChange, PeerState, RefusedSync, brings_changes, decode_message};
+pub use sync::{AppliedChange, PeerState, RefusedSync, Upload, brings_changes, decode_message};
 pub use view::CaseView;

@@ -112,6 +112,17 @@ impl Scope {
         Some(scope)
     }
 
+    /// Adds every part of `other`: what a check of both must look at.
+    pub fn extend(&mut self, other: &Scope) {
+        self.case |= other.case;
+        self.actors |= other.actors;
+        self.resolutions |= other.resolutions;
+        self.records.extend(other.records.iter().cloned());
+        self.attendance.extend(other.attendance.iter().cloned());
+        self.root.extend(other.root.iter().cloned());
+        self.may_hold_text |= other.may_hold_text;
+    }
+
     /// Adds the part that holds `place`, which changed; None when that part is one of the
     /// layout's maps itself or a list index where a record id belongs.
     fn add(&mut self, place: Place) -> Option<()> {
