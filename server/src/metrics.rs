@@ -22,6 +22,8 @@ pub struct Metrics {
     pub sync_changes_applied: AtomicU64,
     pub sync_documents_refused: AtomicU64,
     pub sync_retries: AtomicU64,
+    /// HTTP uploads received and committed by another upload of their case, together.
+    pub uploads_taken_along: AtomicU64,
     pub sync_busy: AtomicU64,
     pub sign_ins: AtomicU64,
     pub sign_in_failures: AtomicU64,
@@ -138,6 +140,11 @@ impl Metrics {
                 "doorstep_sync_retries_total",
                 "Sync attempts run again because a document changed after it was read.",
                 &self.sync_retries,
+            ),
+            (
+                "doorstep_sync_uploads_taken_along_total",
+                "HTTP uploads received and committed together with another upload of their case.",
+                &self.uploads_taken_along,
             ),
             (
                 "doorstep_sync_busy_total",

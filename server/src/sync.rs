@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use doorstep_sync_core::{
     ActorId, Author, CaseFile, CaseFileError, ChangeGraph, GraphChange, PeerState, RefusedSync,
-    brings_changes,
+    Upload, brings_changes,
 };
 
 use crate::app::AppState;
@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::storage::{
     DocumentWrite, LoadedDocument, NewChange, Provenance, StorageError, heads_key,
 };
+use crate::upload_queue::{Admission, TakenAlong};
 
 /// One document in a sync request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,28 @@ impl DocumentError {
             DocumentError::Unavailable => "the case file is unavailable; try again later".into(),
         }
     }
+}
+
+/// An HTTP sync's upload waiting in the upload queue: what another upload of its case needs
+/// to receive and commit it with its own (see [`crate::upload_queue::Admission`]).
+#[derive(Debug)]
+pub struct QueuedUpload {
+    pub provenance: Provenance,
+    pub sender: Author,
+    pub rule: ActorRule,
+    pub message: Vec<u8>,
+}
+
+/// What became of an upload taken along by another.
+#[derive(Debug)]
+pub enum JoinedOutcome {
+    /// Received and committed: its document's reply, and the changes it applied.
+    Done {
+        reply: DocumentReply,
+        applied: usize,
+    },
+    /// Not received: it goes through the queue on its own.
+    Alone,
 }
 
 /// The server's answer for one document.
@@ -268,7 +291,41 @@ async fn sync_attempt(
             if let Some(read) = tx.take() {
                 read.commit().await?;
             }
-            Some(state.uploads.enter(&group[0]).await)
+            let case_id = &group[0];
+            let job = messages
+                .get(case_id.as_str())
+                .copied()
+                .flatten()
+                .map(|message| QueuedUpload {
+                    provenance: provenance.clone(),
+                    sender: sender.clone(),
+                    rule: rule.clone(),
+                    message: message.to_vec(),
+                });
+            let received = match state.uploads.enter_with(case_id, job).await {
+                Admission::TakenAlong(outcome) => match outcome.await {
+                    Ok(JoinedOutcome::Done { reply, applied }) => Ok((reply, applied)),
+                    // Not received with the others: on its own, as any upload.
+                    Ok(JoinedOutcome::Alone) | Err(_) => Err(state.uploads.enter(case_id).await),
+                },
+                Admission::Lead {
+                    pass,
+                    own: Some(own),
+                    taken_along,
+                } if !taken_along.is_empty() => lead_uploads(state, case_id, *own, taken_along)
+                    .await?
+                    .ok_or(pass),
+                Admission::Lead { pass, .. } => Err(pass),
+            };
+            match received {
+                Ok((reply, applied_here)) => {
+                    messages.remove(case_id.as_str());
+                    applied += applied_here;
+                    replies.insert(case_id.clone(), reply);
+                    continue;
+                }
+                Err(pass) => Some(pass),
+            }
         } else {
             None
         };
@@ -481,6 +538,282 @@ async fn compute_group(
     })
     .await
     .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))
+}
+
+/// Receives this request's upload to `case_id` (`own`) together with the uploads of other
+/// requests to it that waited in the upload queue (`taken_along`), in one apply
+/// ([`CaseFile::receive_uploads_checked`]), and commits them in one transaction, each with its
+/// own device's sync state and provenance; then answers each taken along. In a mass
+/// reconnect a case's phones' uploads wait together, and one apply of all of them costs
+/// Automerge a third of one apply per upload (see the `apply_batching` example). Ok(None)
+/// (each taken along told to go alone) where they must be received one at a time: one would
+/// be refused, or the stored document could not be read; the caller then receives its own
+/// upload as any other. A document that moved before the commit fails the attempt, as it
+/// would for one upload (the others go alone).
+async fn lead_uploads(
+    state: &AppState,
+    case_id: &str,
+    own: QueuedUpload,
+    taken_along: Vec<TakenAlong>,
+) -> Result<Option<(DocumentReply, usize)>, AttemptError> {
+    let storage = state.storage.as_ref();
+    let (mut members, answers): (Vec<QueuedUpload>, Vec<_>) = taken_along
+        .into_iter()
+        .map(|taken| (taken.job, taken.outcome))
+        .unzip();
+    members.insert(0, own);
+    let go_alone = |answers: Vec<tokio::sync::oneshot::Sender<JoinedOutcome>>| {
+        for answer in answers {
+            drop(answer.send(JoinedOutcome::Alone));
+        }
+    };
+    let computing = compute_turn(state).await.ok_or_else(limiter_closed)?;
+    let mut reading = storage.begin_sync_read().await?;
+    let case_ids = [case_id.to_string()];
+    let mut documents = Vec::with_capacity(members.len());
+    for member in &members {
+        let loaded = reading
+            .load_documents(&member.provenance.device_id, &case_ids)
+            .await?;
+        match loaded.into_iter().next() {
+            // Only the first keeps its bytes: the rest are read for their device's sync state.
+            Some(mut document) if !documents.is_empty() => {
+                document.snapshot = Vec::new();
+                documents.push(document);
+            }
+            Some(document) => documents.push(document),
+            None => {
+                go_alone(answers);
+                return Ok(None);
+            }
+        }
+    }
+    let (cached, graph) = sources(state, reading.as_mut(), &documents[0], true).await?;
+    reading.commit().await?;
+
+    let (cache, graphs, pushing) = (
+        Arc::clone(&state.documents),
+        Arc::clone(&state.graphs),
+        Arc::clone(&state.repo),
+    );
+    let together = tokio::task::spawn_blocking(move || {
+        let _computing = computing;
+        let stored_heads = documents[0].heads.clone();
+        let case_id = documents[0].case_id.clone();
+        match receive_together(&documents, cached, graph, &members) {
+            Ok(together) => {
+                graphs.put(
+                    case_id.clone(),
+                    heads_key(&together.graph.heads()),
+                    Arc::clone(&together.graph),
+                );
+                Some((together, members))
+            }
+            Err(taken) => {
+                let TakenFromCaches { file, graph } = *taken;
+                // Back into the caches as stored, for the upload received alone next.
+                if let Some(graph) = graph {
+                    graphs.put(case_id.clone(), stored_heads.clone(), graph);
+                }
+                if let Some(file) = file {
+                    cache.put(case_id, stored_heads, file);
+                }
+                None
+            }
+        }
+    })
+    .await
+    .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))?;
+    let Some((together, members)) = together else {
+        go_alone(answers);
+        return Ok(None);
+    };
+    let Together {
+        writes,
+        mut replies,
+        file,
+        ..
+    } = together;
+
+    let mut writing = storage.begin_sync().await?;
+    for (member, write) in members.iter().zip(&writes) {
+        match writing
+            .write_documents(&member.provenance, std::slice::from_ref(write))
+            .await
+        {
+            Err(StorageError::DocumentChanged(_)) => return Err(AttemptError::DocumentChanged),
+            other => other?,
+        }
+    }
+    writing.commit().await?;
+    let mut file = file;
+    let heads = heads_key(&file.heads());
+    if pushing.has_subscribers(case_id) {
+        push_committed(state, vec![(case_id.to_string(), file)]);
+    } else {
+        state.documents.put(case_id.to_string(), heads, file);
+    }
+    Metrics::add(&state.metrics.uploads_taken_along, answers.len() as u64);
+    let mut applied: Vec<usize> = writes.iter().map(|w| w.changes.len()).collect();
+    for (answer, (reply, applied)) in answers
+        .into_iter()
+        .zip(replies.drain(1..).zip(applied.drain(1..)))
+    {
+        drop(answer.send(JoinedOutcome::Done { reply, applied }));
+    }
+    Ok(replies.pop().zip(applied.pop()))
+}
+
+/// What [`receive_together`] gives back when the uploads must go one at a time: the parsed
+/// document and change graph as stored, where they were read, for the caches.
+struct TakenFromCaches {
+    file: Option<CaseFile>,
+    graph: Option<Arc<ChangeGraph>>,
+}
+
+/// What uploads received together computed: a write and a reply for each, in order, and the
+/// document and its change graph as they now stand.
+struct Together {
+    writes: Vec<DocumentWrite>,
+    replies: Vec<DocumentReply>,
+    file: CaseFile,
+    graph: Arc<ChangeGraph>,
+}
+
+/// The blocking part of [`lead_uploads`]: every member's upload received together into the
+/// stored document (`documents`: as each member's device loaded it, the first with its
+/// bytes), each member's write chained on the one before (its changes appended after theirs;
+/// the last compacts if the whole would) and its reply without changes, as an upload's. On
+/// Err, the parsed document and graph as stored, for the caches, if they were read.
+fn receive_together(
+    documents: &[LoadedDocument],
+    cached: Option<CaseFile>,
+    graph: GraphSource,
+    members: &[QueuedUpload],
+) -> Result<Together, Box<TakenFromCaches>> {
+    let nothing = || {
+        Box::new(TakenFromCaches {
+            file: None,
+            graph: None,
+        })
+    };
+    let stored = &documents[0];
+    let mut graph = graph.graph(stored).map_err(|_| nothing())?;
+    let mut file = parse_document(stored, cached).map_err(|_| {
+        Box::new(TakenFromCaches {
+            file: None,
+            graph: Some(Arc::clone(&graph)),
+        })
+    })?;
+    let mut peers: Vec<PeerState> = documents.iter().map(saved_peer_state).collect();
+    type Allowed<'m> = Box<dyn Fn(&ActorId) -> bool + 'm>;
+    let allowed: Vec<Allowed<'_>> = members
+        .iter()
+        .map(|member| {
+            let bound = member.rule.bound();
+            Box::new(move |actor: &ActorId| bound.contains(&actor.to_hex_string())) as Allowed<'_>
+        })
+        .collect();
+    let mut uploads: Vec<Upload<'_>> = members
+        .iter()
+        .zip(peers.iter_mut())
+        .zip(&allowed)
+        .map(|((member, peer), allowed)| Upload {
+            peer,
+            message: &member.message,
+            sender: &member.sender,
+            actor_allowed: allowed.as_ref(),
+        })
+        .collect();
+    let Some(applied) = file.receive_uploads_checked(&mut uploads) else {
+        drop(uploads);
+        return Err(Box::new(TakenFromCaches {
+            file: Some(file),
+            graph: Some(graph),
+        }));
+    };
+    drop(uploads);
+    // Each member's changes into the graph, and its write chained on the one before.
+    let graph_mut = Arc::make_mut(&mut graph);
+    let mut changes: Vec<Vec<NewChange>> = Vec::with_capacity(applied.len());
+    let mut heads = Vec::with_capacity(applied.len());
+    for member_applied in applied {
+        let mut new = Vec::with_capacity(member_applied.len());
+        for change in member_applied {
+            if let Err(e) = graph_mut.add(change.hash, &change.deps, change.bytes.clone()) {
+                // Unreachable: the document applied the change, so it has its dependencies.
+                tracing::error!(error = %e, "an applied change does not fit the change graph");
+                return Err(nothing());
+            }
+            new.push(NewChange {
+                hash: change.hash.to_string(),
+                actor_id: change.actor.to_hex_string(),
+                deps: change.deps,
+                bytes: change.bytes,
+            });
+        }
+        changes.push(new);
+        heads.push(heads_key(&graph_mut.heads()));
+    }
+    let all: Vec<NewChange> = changes.iter().flatten().cloned().collect();
+    let last_heads = heads
+        .last()
+        .cloned()
+        .unwrap_or_else(|| stored.heads.clone());
+    let (snapshot, appended_total) =
+        stored_bytes(stored, &all, last_heads, graph.len(), || file.save());
+    drop(all);
+    // Uploads are answered without changes (the phone asks for them next), from the graph:
+    // nothing is held back after a receive together.
+    let bytes = snapshot
+        .as_ref()
+        .map_or(stored.snapshot.as_slice(), |(bytes, _)| bytes.as_slice());
+    let mut replier = Replier::Graph {
+        graph: &graph,
+        stored: bytes,
+    };
+    let replies: Vec<DocumentReply> = peers
+        .iter_mut()
+        .map(|peer| DocumentReply {
+            case_id: stored.case_id.clone(),
+            message: replier.generate_without_changes(peer),
+            error: None,
+        })
+        .collect();
+    let mut snapshot = snapshot;
+    let mut writes = Vec::with_capacity(members.len());
+    let (mut loaded_heads, mut appended) = (stored.heads.clone(), stored.appended_changes);
+    let last = members.len() - 1;
+    for (i, ((peer, member_changes), member_heads)) in
+        peers.iter().zip(changes).zip(heads).enumerate()
+    {
+        appended += member_changes.len() as i64;
+        // Each write but the last appends its changes' hashes after those before it (the
+        // bytes it would append are in the last write's); the last stores the whole as
+        // `stored_bytes` chose: appended, or compacted into a full save.
+        let (snapshot, appended_changes) = if i == last {
+            (snapshot.take(), appended_total)
+        } else if member_changes.is_empty() {
+            // Nothing of its own (another member brought the same): its sync state only.
+            (None, appended)
+        } else {
+            (Some((Vec::new(), member_heads.clone())), appended)
+        };
+        writes.push(DocumentWrite {
+            case_id: stored.case_id.clone(),
+            loaded_heads: std::mem::replace(&mut loaded_heads, member_heads),
+            appended_changes,
+            snapshot,
+            changes: member_changes,
+            sync_state: (peer.encode(), heads_key(peer.shared_heads())),
+        });
+    }
+    Ok(Together {
+        writes,
+        replies,
+        file,
+        graph,
+    })
 }
 
 /// What one sync needs of a loaded document: the parsed document from the cache, only if a

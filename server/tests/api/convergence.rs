@@ -9,12 +9,13 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::helpers::{
-    Backend, Phone, TestApp, both_backends, new_case, spawn_app, spawn_second_instance,
+    Backend, Phone, TestApp, both_backends, counter, new_case, spawn_app, spawn_second_instance,
 };
 
 both_backends!(
     several_phones_sync_at_once_and_in_random_orders_and_converge,
     two_phones_syncing_many_shared_cases_at_once_lose_nothing,
+    phones_uploading_to_one_case_at_once_are_received_together_and_lose_nothing,
 );
 
 /// Each phone records one visit in every case it holds.
@@ -184,6 +185,99 @@ async fn two_phones_syncing_many_shared_cases_at_once_lose_nothing(backend: Back
     let shared_recorded = 2 * CASES * ROUNDS as usize;
     assert_eq!(on_server, 2 * shared_recorded);
     assert!(recorded >= shared_recorded);
+}
+
+/// Eight phones record visits in one case offline and sync at the same moment: uploads of the
+/// case that wait in the upload queue together are received and committed together
+/// (`doorstep_sync_uploads_taken_along_total`), each change stored with the provenance of the
+/// device that sent it, and every phone ends with every visit. Whether uploads wait together
+/// depends on timing: the burst is tried up to three times until some are taken along.
+async fn phones_uploading_to_one_case_at_once_are_received_together_and_lose_nothing(
+    backend: Backend,
+) {
+    const CASE: &str = "case-demo-2";
+    const VISITS: i64 = 6;
+    let app = spawn_app(backend).await;
+    let mut phones = Vec::new();
+    for n in 1..=8 {
+        let user = if n % 2 == 0 { "officer" } else { "worker" };
+        phones.push(Phone::sign_in(&app, user, n).await);
+    }
+    for phone in &mut phones {
+        phone.sync_until_quiet(&app).await;
+    }
+    let mut recorded = phones[0].doc(CASE).list::<HomeVisit>().unwrap().len();
+    let mut bursts = 0;
+    for burst in 0..3 {
+        bursts += 1;
+        for (i, phone) in phones.iter_mut().enumerate() {
+            for v in 0..VISITS {
+                phone.record_visit(CASE, 1000 * burst + 100 * i as i64 + v, 300);
+                recorded += 1;
+            }
+        }
+        // All at once, round after round, until no phone has more to say.
+        for _ in 0..6 {
+            let requests: Vec<_> = phones.iter_mut().map(|p| p.next_request()).collect();
+            if requests.iter().all(|(_, sent_any)| !sent_any) {
+                break;
+            }
+            let app = &app;
+            let sends = phones
+                .iter_mut()
+                .zip(&requests)
+                .map(|(phone, (request, _))| async move {
+                    let reply = phone.try_send(app, request).await.unwrap();
+                    phone.apply(&reply);
+                    reply
+                });
+            for reply in futures_util::future::join_all(sends).await {
+                for document in &reply.documents {
+                    assert!(document.error.is_none(), "{:?}", document.error);
+                }
+            }
+        }
+        if counter(&app, "doorstep_sync_uploads_taken_along_total").await > 0 {
+            break;
+        }
+    }
+    assert!(
+        counter(&app, "doorstep_sync_uploads_taken_along_total").await > 0,
+        "no upload was taken along in three bursts of eight"
+    );
+    for phone in &mut phones {
+        phone.sync_until_quiet(&app).await;
+    }
+    assert_converged(&app, &mut phones).await;
+    for phone in &mut phones {
+        assert_eq!(
+            phone.doc(CASE).list::<HomeVisit>().unwrap().len(),
+            recorded,
+            "{} holds every visit",
+            phone.username
+        );
+    }
+    // Each change is stored with the device and user of the phone whose actor made it.
+    let changes = app.storage().changes(CASE).await.unwrap();
+    for (n, phone) in (1..=8).zip(&phones) {
+        let actor = testing::actor(n).to_hex_string();
+        let made: Vec<_> = changes.iter().filter(|c| c.actor_id == actor).collect();
+        assert!(
+            made.len() >= bursts * VISITS as usize,
+            "{} stored changes",
+            made.len()
+        );
+        for change in made {
+            assert_eq!(
+                change.device_id.as_deref(),
+                Some(phone.tokens.device_id.as_str())
+            );
+            assert_eq!(
+                change.user_id.as_deref(),
+                Some(phone.tokens.user.id.as_str())
+            );
+        }
+    }
 }
 
 /// Two stateless instances on one PostgreSQL database, sharing the signing key: phones sync
