@@ -567,7 +567,10 @@ async fn lead_uploads(
             drop(answer.send(JoinedOutcome::Alone));
         }
     };
+    // Held until the commit, as any upload's turn: the parsed document and the writes stay
+    // in memory until then.
     let computing = compute_turn(state).await.ok_or_else(limiter_closed)?;
+    let holding = Arc::clone(&computing);
     let mut reading = storage.begin_sync_read().await?;
     let case_ids = [case_id.to_string()];
     let mut documents = Vec::with_capacity(members.len());
@@ -646,6 +649,7 @@ async fn lead_uploads(
         }
     }
     writing.commit().await?;
+    drop(holding);
     let mut file = file;
     let heads = heads_key(&file.heads());
     if pushing.has_subscribers(case_id) {
