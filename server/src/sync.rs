@@ -10,13 +10,14 @@
 //! has heads it is not known to have), the server sends a message unasked, so that a phone
 //! learns of new cases and new changes in one round trip.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use doorstep_sync_core::{
-    ActorId, Author, CaseFile, CaseFileError, ChangeGraph, GraphChange, PeerState, RefusedSync,
-    Upload, brings_changes,
+    ActorId, AppliedChange, Author, CaseFile, CaseFileError, ChangeGraph, GraphChange, PeerState,
+    RefusedSync, Upload, brings_changes,
 };
 
 use crate::app::AppState;
@@ -710,13 +711,9 @@ fn receive_together(
         })
     })?;
     let mut peers: Vec<PeerState> = documents.iter().map(saved_peer_state).collect();
-    type Allowed<'m> = Box<dyn Fn(&ActorId) -> bool + 'm>;
-    let allowed: Vec<Allowed<'_>> = members
+    let allowed: Vec<_> = members
         .iter()
-        .map(|member| {
-            let bound = member.rule.bound();
-            Box::new(move |actor: &ActorId| bound.contains(&actor.to_hex_string())) as Allowed<'_>
-        })
+        .map(|member| |actor: &ActorId| member.rule.allows(actor))
         .collect();
     let mut uploads: Vec<Upload<'_>> = members
         .iter()
@@ -726,7 +723,7 @@ fn receive_together(
             peer,
             message: &member.message,
             sender: &member.sender,
-            actor_allowed: allowed.as_ref(),
+            actor_allowed: allowed,
         })
         .collect();
     let Some(applied) = file.receive_uploads_checked(&mut uploads) else {
@@ -742,24 +739,15 @@ fn receive_together(
     let mut changes: Vec<Vec<NewChange>> = Vec::with_capacity(applied.len());
     let mut heads = Vec::with_capacity(applied.len());
     for member_applied in applied {
-        let mut new = Vec::with_capacity(member_applied.len());
-        for change in member_applied {
-            if let Err(e) = graph_mut.add(change.hash, &change.deps, change.bytes.clone()) {
-                // Unreachable: the document applied the change, so it has its dependencies.
-                tracing::error!(error = %e, "an applied change does not fit the change graph");
-                return Err(nothing());
-            }
-            new.push(NewChange {
-                hash: change.hash.to_string(),
-                actor_id: change.actor.to_hex_string(),
-                deps: change.deps,
-                bytes: change.bytes,
-            });
-        }
+        let new = member_applied
+            .into_iter()
+            .map(|change| add_to_graph(graph_mut, change))
+            .collect::<Option<Vec<NewChange>>>()
+            .ok_or_else(nothing)?;
         changes.push(new);
         heads.push(heads_key(&graph_mut.heads()));
     }
-    let all: Vec<NewChange> = changes.iter().flatten().cloned().collect();
+    let all: Vec<&NewChange> = changes.iter().flatten().collect();
     let last_heads = heads
         .last()
         .cloned()
@@ -955,6 +943,36 @@ impl ActorRule {
             ActorRule::Bound(bound) | ActorRule::BoundOrUnclaimed(bound) => bound,
         }
     }
+
+    /// Whether a checked receive may take changes by `actor`. Under
+    /// [`ActorRule::BoundOrUnclaimed`] any actor passes here only to be claimed in storage,
+    /// which refuses one that is bound to, or wrote for, anyone else.
+    fn allows(&self, actor: &ActorId) -> bool {
+        matches!(self, ActorRule::BoundOrUnclaimed(_))
+            || self.bound().contains(&actor.to_hex_string())
+    }
+}
+
+impl From<AppliedChange> for NewChange {
+    fn from(change: AppliedChange) -> Self {
+        NewChange {
+            hash: change.hash.to_string(),
+            actor_id: change.actor.to_hex_string(),
+            deps: change.deps,
+            bytes: change.bytes,
+        }
+    }
+}
+
+/// An applied change added to the document's change graph, in storage form; None (logged)
+/// if it does not fit the graph, which cannot happen: the document applied it, so it has its
+/// dependencies.
+fn add_to_graph(graph: &mut ChangeGraph, change: AppliedChange) -> Option<NewChange> {
+    if let Err(e) = graph.add(change.hash, &change.deps, change.bytes.clone()) {
+        tracing::error!(error = %e, "an applied change does not fit the change graph");
+        return None;
+    }
+    Some(change.into())
 }
 
 /// What a checked receive accepted into one document.
@@ -1017,15 +1035,7 @@ pub(crate) fn receive_messages<'m>(
     let mut received = Received::default();
     for message in messages {
         let mut unclaimed = BTreeSet::new();
-        let allowed = |actor: &ActorId| {
-            let hex = actor.to_hex_string();
-            if rule.bound().contains(&hex) {
-                return true;
-            }
-            // Any other actor passes here only to be claimed in storage, which refuses one
-            // that is bound to, or wrote for, anyone else.
-            matches!(rule, ActorRule::BoundOrUnclaimed(_))
-        };
+        let allowed = |actor: &ActorId| rule.allows(actor);
         let applied = match file.receive_sync_message_checked(peer, message, sender, allowed) {
             Ok(applied) => applied,
             Err(RefusedSync::ForeignActor(actor)) => {
@@ -1050,23 +1060,17 @@ pub(crate) fn receive_messages<'m>(
             }
         };
         for change in applied {
-            if let Some(graph) = graph.as_deref_mut()
-                && let Err(e) = graph.add(change.hash, &change.deps, change.bytes.clone())
-            {
-                // Unreachable: the document applied the change, so it has its dependencies.
-                tracing::error!(error = %e, "an applied change does not fit the change graph");
-                return (received, Some(DocumentError::Unavailable));
+            let new = match graph.as_deref_mut() {
+                Some(graph) => match add_to_graph(graph, change) {
+                    Some(new) => new,
+                    None => return (received, Some(DocumentError::Unavailable)),
+                },
+                None => NewChange::from(change),
+            };
+            if !rule.bound().contains(&new.actor_id) {
+                unclaimed.insert(new.actor_id.clone());
             }
-            let hex = change.actor.to_hex_string();
-            if !rule.bound().contains(&hex) {
-                unclaimed.insert(hex.clone());
-            }
-            received.changes.push(NewChange {
-                hash: change.hash.to_string(),
-                actor_id: hex,
-                deps: change.deps,
-                bytes: change.bytes,
-            });
+            received.changes.push(new);
         }
         received.unclaimed_actors.extend(unclaimed);
     }
@@ -1089,9 +1093,9 @@ pub const COMPACT_SHARE: i64 = 8;
 /// concatenation), which costs no save of the whole document; after [`COMPACT_AFTER_CHANGES`]
 /// changes, or once they are a [`COMPACT_SHARE`] of the document, a full save (`full_save`)
 /// instead.
-pub(crate) fn stored_bytes(
+pub(crate) fn stored_bytes<C: Borrow<NewChange>>(
     document: &LoadedDocument,
-    changes: &[NewChange],
+    changes: &[C],
     heads: String,
     total_changes: usize,
     full_save: impl FnOnce() -> Vec<u8>,
@@ -1103,11 +1107,15 @@ pub(crate) fn stored_bytes(
     if appended >= COMPACT_AFTER_CHANGES || appended * COMPACT_SHARE >= total_changes as i64 {
         return (Some((full_save(), heads)), 0);
     }
-    let size = document.snapshot.len() + changes.iter().map(|c| c.bytes.len()).sum::<usize>();
+    let size = document.snapshot.len()
+        + changes
+            .iter()
+            .map(|c| c.borrow().bytes.len())
+            .sum::<usize>();
     let mut bytes = Vec::with_capacity(size);
     bytes.extend_from_slice(&document.snapshot);
     for change in changes {
-        bytes.extend_from_slice(&change.bytes);
+        bytes.extend_from_slice(&change.borrow().bytes);
     }
     (Some((bytes, heads)), appended)
 }

@@ -251,41 +251,20 @@ impl CaseFile {
             .iter()
             .map(|upload| decode_message(upload.message).ok())
             .collect::<Option<Vec<Message>>>()?;
-        // Each upload's changes that the document lacks, each change once, parsed as
-        // Automerge will parse them (a change keeps the compressed form it came in).
+        // Each upload's changes that the document lacks, each change once (a whole document,
+        // what a phone sends in place of more than a third of the changes, read as the changes
+        // of it that this one lacks).
         let before = self.doc.get_heads();
         let mut seen = BTreeSet::new();
         let mut brought: Vec<Vec<Change>> = Vec::with_capacity(messages.len());
         let mut chunks: Vec<Vec<u8>> = Vec::new();
         for message in &messages {
-            let mut changes = Vec::new();
-            let doc = &self.doc;
-            let mut add = |change: Change, chunk: &[u8]| {
-                if lacks(doc, &change.hash()) && seen.insert(change.hash()) {
-                    chunks.push(chunk.to_vec());
-                    changes.push(change);
-                }
-            };
-            for sent in message.changes.iter() {
-                for chunk in split_chunks(sent)? {
-                    if chunk[8] != DOCUMENT_CHUNK {
-                        add(Change::try_from(chunk).ok()?, chunk);
-                        continue;
-                    }
-                    // A whole document (what a phone sends in place of more than a third of
-                    // the document's changes): the changes of it that this one lacks.
-                    let document = Automerge::load(chunk).ok()?;
-                    let known: Vec<ChangeHash> = before
-                        .iter()
-                        .filter(|hash| !lacks(&document, hash))
-                        .copied()
-                        .collect();
-                    for change in document.get_changes(&known) {
-                        let raw = change.raw_bytes().to_vec();
-                        add(change, &raw);
-                    }
-                }
-            }
+            let lacked = Offer::read(&mut self.doc, &message.changes, true, true)?.lacked?;
+            let changes: Vec<Change> = lacked
+                .into_iter()
+                .filter(|change| seen.insert(change.hash()))
+                .collect();
+            chunks.extend(changes.iter().map(|change| change.raw_bytes().to_vec()));
             brought.push(causal_order(changes));
         }
         let changes_before = self.doc.stats().num_changes;
@@ -770,7 +749,7 @@ fn receive_in_steps(
     keep_offered: bool,
 ) -> std::result::Result<Option<Vec<Change>>, AutomergeError> {
     let sent = std::mem::replace(&mut message.changes, ChunkList::empty());
-    let Some(offer) = Offer::read(doc, &sent, keep_offered) else {
+    let Some(offer) = Offer::read(doc, &sent, keep_offered, false) else {
         message.changes = sent;
         doc.sync()
             .receive_sync_message_log_patches(peer, message, &mut PatchLog::inactive())?;
@@ -814,8 +793,14 @@ struct Offer<'m> {
 
 impl<'m> Offer<'m> {
     /// None when the bytes are not whole chunks, or a chunk does not parse or load (the
-    /// receive of the message as sent then says what is wrong).
-    fn read(doc: &mut AutoCommit, changes: &'m ChunkList, keep_lacked: bool) -> Option<Self> {
+    /// receive of the message as sent then says what is wrong). A whole document is read as
+    /// the changes it brings if it is large, or if `expand_every_document`.
+    fn read(
+        doc: &mut AutoCommit,
+        changes: &'m ChunkList,
+        keep_lacked: bool,
+        expand_every_document: bool,
+    ) -> Option<Self> {
         let sent: Vec<&[u8]> = changes
             .iter()
             .map(split_chunks)
@@ -828,7 +813,10 @@ impl<'m> Offer<'m> {
         };
         let mut seen = BTreeSet::new();
         for chunk in sent {
-            if chunk[8] == DOCUMENT_CHUNK && chunk.len() <= DOCUMENT_BYTES_TO_EXPAND {
+            if chunk[8] == DOCUMENT_CHUNK
+                && chunk.len() <= DOCUMENT_BYTES_TO_EXPAND
+                && !expand_every_document
+            {
                 offer.chunks.push(Cow::Borrowed(chunk));
                 offer.lacked = None;
                 continue;
