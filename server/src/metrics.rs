@@ -22,8 +22,12 @@ pub struct Metrics {
     pub sync_changes_applied: AtomicU64,
     pub sync_documents_refused: AtomicU64,
     pub sync_retries: AtomicU64,
-    /// HTTP uploads received and committed by another upload of their case, together.
+    /// Uploads (HTTP or WebSocket) received and committed by another upload of their case,
+    /// together.
     pub uploads_taken_along: AtomicU64,
+    /// Batches of uploads to be received together that went one at a time instead (one would
+    /// be refused, or the stored document could not be read).
+    pub upload_batches_declined: AtomicU64,
     pub sync_busy: AtomicU64,
     pub sign_ins: AtomicU64,
     pub sign_in_failures: AtomicU64,
@@ -143,8 +147,13 @@ impl Metrics {
             ),
             (
                 "doorstep_sync_uploads_taken_along_total",
-                "HTTP uploads received and committed together with another upload of their case.",
+                "Uploads received and committed together with another upload of their case.",
                 &self.uploads_taken_along,
+            ),
+            (
+                "doorstep_sync_upload_batches_declined_total",
+                "Batches of uploads to be received together that went one at a time instead (one would be refused, or the document was unreadable).",
+                &self.upload_batches_declined,
             ),
             (
                 "doorstep_sync_busy_total",

@@ -24,6 +24,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::repo_ws::hub::Subscription;
 use crate::storage::{
     DocumentWrite, LoadedDocument, NewChange, Provenance, StorageError, heads_key,
 };
@@ -76,20 +77,26 @@ impl DocumentError {
     }
 }
 
-/// An HTTP sync's upload waiting in the upload queue: what another upload of its case needs
-/// to receive and commit it with its own (see [`crate::upload_queue::Admission`]).
+/// An upload waiting in the upload queue (one document's message from an HTTP sync or a
+/// WebSocket batch): what another upload of its case needs to receive and commit it with its
+/// own (see [`crate::upload_queue::Admission`]).
 #[derive(Debug)]
-pub struct QueuedUpload {
+pub(crate) struct QueuedUpload {
     pub provenance: Provenance,
     pub sender: Author,
     pub rule: ActorRule,
     pub message: Vec<u8>,
+    /// Over WebSocket, the connection's open document: its sync state is the one in memory,
+    /// and its answer goes out through the hub once committed. None over HTTP: the sync state
+    /// is the stored one, and the answer goes back in [`JoinedOutcome::Done`].
+    pub subscription: Option<Arc<Subscription>>,
 }
 
 /// What became of an upload taken along by another.
 #[derive(Debug)]
-pub enum JoinedOutcome {
-    /// Received and committed: its document's reply, and the changes it applied.
+pub(crate) enum JoinedOutcome {
+    /// Received and committed: its document's reply (over WebSocket without a message: the
+    /// hub sent the answer), and the changes it applied.
     Done {
         reply: DocumentReply,
         applied: usize,
@@ -120,7 +127,7 @@ pub struct SyncReply {
 pub(crate) const OPTIMISTIC_ATTEMPTS: u32 = 2;
 
 /// Why one attempt of a sync did not complete.
-enum AttemptError {
+pub(crate) enum AttemptError {
     /// A document it changes was written by someone else after it was read: try again.
     DocumentChanged,
     Failed(ApiError),
@@ -302,6 +309,7 @@ async fn sync_attempt(
                     sender: sender.clone(),
                     rule: rule.clone(),
                     message: message.to_vec(),
+                    subscription: None,
                 });
             let received = match state.uploads.enter_with(case_id, job).await {
                 Admission::TakenAlong(outcome) => match outcome.await {
@@ -541,17 +549,20 @@ async fn compute_group(
     .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))
 }
 
-/// Receives this request's upload to `case_id` (`own`) together with the uploads of other
-/// requests to it that waited in the upload queue (`taken_along`), in one apply
-/// ([`CaseFile::receive_uploads_checked`]), and commits them in one transaction, each with its
-/// own device's sync state and provenance; then answers each taken along. In a mass
-/// reconnect a case's phones' uploads wait together, and one apply of all of them costs
-/// Automerge a third of one apply per upload (see the `apply_batching` example). Ok(None)
-/// (each taken along told to go alone) where they must be received one at a time: one would
-/// be refused, or the stored document could not be read; the caller then receives its own
-/// upload as any other. A document that moved before the commit fails the attempt, as it
-/// would for one upload (the others go alone).
-async fn lead_uploads(
+/// Receives an upload to `case_id` (`own`: this request's, or this WebSocket batch's)
+/// together with the uploads of other syncs to it that waited in the upload queue
+/// (`taken_along`), in one apply ([`CaseFile::receive_uploads_checked`]), and commits them in
+/// one transaction, each with its own device's sync state and provenance; then answers each:
+/// an HTTP upload through its outcome, a WebSocket one through the hub (answered as its own
+/// sync would answer it, the other connections that have the case open pushed the document).
+/// In a mass reconnect a case's phones' uploads wait together, and one apply of all of them
+/// costs Automerge a third of one apply per upload (see the `apply_batching` example).
+/// Ok(None) (each taken along told to go alone) where they must be received one at a time:
+/// one would be refused (a change by another device's actor among them), or the stored
+/// document could not be read; the caller then receives its own upload as any other. A
+/// document that moved before the commit fails the attempt, as it would for one upload (the
+/// others go alone).
+pub(crate) async fn lead_uploads(
     state: &AppState,
     case_id: &str,
     own: QueuedUpload,
@@ -564,6 +575,7 @@ async fn lead_uploads(
         .unzip();
     members.insert(0, own);
     let go_alone = |answers: Vec<tokio::sync::oneshot::Sender<JoinedOutcome>>| {
+        Metrics::add(&state.metrics.upload_batches_declined, 1);
         for answer in answers {
             drop(answer.send(JoinedOutcome::Alone));
         }
@@ -595,11 +607,7 @@ async fn lead_uploads(
     let (cached, graph) = sources(state, reading.as_mut(), &documents[0], true).await?;
     reading.commit().await?;
 
-    let (cache, graphs, pushing) = (
-        Arc::clone(&state.documents),
-        Arc::clone(&state.graphs),
-        Arc::clone(&state.repo),
-    );
+    let (cache, graphs) = (Arc::clone(&state.documents), Arc::clone(&state.graphs));
     let together = tokio::task::spawn_blocking(move || {
         let _computing = computing;
         let stored_heads = documents[0].heads.clone();
@@ -611,7 +619,8 @@ async fn lead_uploads(
                     heads_key(&together.graph.heads()),
                     Arc::clone(&together.graph),
                 );
-                Some((together, members))
+                let stored = std::mem::take(&mut documents[0].snapshot);
+                Some((together, members, stored))
             }
             Err(taken) => {
                 let TakenFromCaches { file, graph } = *taken;
@@ -628,19 +637,37 @@ async fn lead_uploads(
     })
     .await
     .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))?;
-    let Some((together, members)) = together else {
+    let Some((together, members, stored)) = together else {
         go_alone(answers);
         return Ok(None);
     };
     let Together {
-        writes,
+        mut writes,
         mut replies,
         file,
-        ..
+        graph,
     } = together;
 
     let mut writing = storage.begin_sync().await?;
     for (member, write) in members.iter().zip(&writes) {
+        // As one WebSocket upload would: actors nobody has used become its device's.
+        let unclaimed = unclaimed_actors(&member.rule, &write.changes);
+        if !unclaimed.is_empty() {
+            let foreign = writing
+                .claim_actors(
+                    &member.provenance.device_id,
+                    &unclaimed,
+                    member.provenance.received_at,
+                )
+                .await?;
+            if !foreign.is_empty() {
+                // Someone else's: received alone, that upload is refused (the transaction
+                // rolls back as it is dropped).
+                drop(writing);
+                go_alone(answers);
+                return Ok(None);
+            }
+        }
         match writing
             .write_documents(&member.provenance, std::slice::from_ref(write))
             .await
@@ -651,12 +678,41 @@ async fn lead_uploads(
     }
     writing.commit().await?;
     drop(holding);
+    let answering: Vec<u64> = members
+        .iter()
+        .filter_map(|member| member.subscription.as_ref().map(|s| s.connection))
+        .collect();
     let mut file = file;
-    let heads = heads_key(&file.heads());
-    if pushing.has_subscribers(case_id) {
-        push_committed(state, vec![(case_id.to_string(), file)]);
+    if answering.is_empty() {
+        let heads = heads_key(&file.heads());
+        if state.repo.has_subscribers(case_id) {
+            push_committed(state, vec![(case_id.to_string(), file)]);
+        } else {
+            state.documents.put(case_id.to_string(), heads, file);
+        }
     } else {
-        state.documents.put(case_id.to_string(), heads, file);
+        // The WebSocket members' answers go out before they are told they are done, as their
+        // own sync's would (from the change graph; the stored bytes are the last write's).
+        let (hub, cache, case) = (
+            Arc::clone(&state.repo),
+            Arc::clone(&state.documents),
+            case_id.to_string(),
+        );
+        let stored = writes
+            .last_mut()
+            .and_then(|write| write.snapshot.take())
+            .map_or(stored, |(bytes, _)| bytes);
+        tokio::task::spawn_blocking(move || {
+            let mut replier = Replier::Graph {
+                graph: &graph,
+                stored: &stored,
+            };
+            hub.fan_out(&case, &mut replier, &answering);
+            let heads = heads_key(&file.heads());
+            cache.put(case, heads, file);
+        })
+        .await
+        .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))?;
     }
     Metrics::add(&state.metrics.uploads_taken_along, answers.len() as u64);
     let mut applied: Vec<usize> = writes.iter().map(|w| w.changes.len()).collect();
@@ -667,6 +723,22 @@ async fn lead_uploads(
         drop(answer.send(JoinedOutcome::Done { reply, applied }));
     }
     Ok(replies.pop().zip(applied.pop()))
+}
+
+/// The actors of `changes` that `rule` lets a sync claim for its device (under
+/// [`ActorRule::BoundOrUnclaimed`], those not bound to it yet), each once.
+fn unclaimed_actors(rule: &ActorRule, changes: &[NewChange]) -> Vec<String> {
+    let ActorRule::BoundOrUnclaimed(bound) = rule else {
+        return Vec::new();
+    };
+    changes
+        .iter()
+        .map(|change| &change.actor_id)
+        .filter(|actor| !bound.contains(*actor))
+        .cloned()
+        .collect::<BTreeSet<String>>()
+        .into_iter()
+        .collect()
 }
 
 /// What [`receive_together`] gives back when the uploads must go one at a time: the parsed
@@ -685,10 +757,40 @@ struct Together {
     graph: Arc<ChangeGraph>,
 }
 
+/// A member's sync state while its upload is received: the stored one (HTTP), or the
+/// WebSocket connection's, locked as one upload's receive locks it.
+enum MemberPeer<'a> {
+    Stored(PeerState),
+    Open(std::sync::MutexGuard<'a, Option<PeerState>>),
+}
+
+impl MemberPeer<'_> {
+    fn of<'a>(member: &'a QueuedUpload, document: &LoadedDocument) -> MemberPeer<'a> {
+        match &member.subscription {
+            None => MemberPeer::Stored(saved_peer_state(document)),
+            Some(subscription) => {
+                let mut peer = subscription.peer();
+                peer.get_or_insert_with(|| saved_peer_state(document));
+                subscription.client_spoke();
+                MemberPeer::Open(peer)
+            }
+        }
+    }
+
+    fn state(&mut self) -> &mut PeerState {
+        match self {
+            MemberPeer::Stored(peer) => peer,
+            // Set in `of`.
+            MemberPeer::Open(peer) => peer.get_or_insert_with(PeerState::new),
+        }
+    }
+}
+
 /// The blocking part of [`lead_uploads`]: every member's upload received together into the
 /// stored document (`documents`: as each member's device loaded it, the first with its
 /// bytes), each member's write chained on the one before (its changes appended after theirs;
-/// the last compacts if the whole would) and its reply without changes, as an upload's. On
+/// the last compacts if the whole would) and, over HTTP, its reply without changes, as an
+/// upload's. A WebSocket member's sync state is locked throughout, as one upload's is. On
 /// Err, the parsed document and graph as stored, for the caches, if they were read.
 fn receive_together(
     documents: &[LoadedDocument],
@@ -710,7 +812,11 @@ fn receive_together(
             graph: Some(Arc::clone(&graph)),
         })
     })?;
-    let mut peers: Vec<PeerState> = documents.iter().map(saved_peer_state).collect();
+    let mut peers: Vec<MemberPeer<'_>> = members
+        .iter()
+        .zip(documents)
+        .map(|(member, document)| MemberPeer::of(member, document))
+        .collect();
     let allowed: Vec<_> = members
         .iter()
         .map(|member| |actor: &ActorId| member.rule.allows(actor))
@@ -720,7 +826,7 @@ fn receive_together(
         .zip(peers.iter_mut())
         .zip(&allowed)
         .map(|((member, peer), allowed)| Upload {
-            peer,
+            peer: peer.state(),
             message: &member.message,
             sender: &member.sender,
             actor_allowed: allowed,
@@ -755,8 +861,9 @@ fn receive_together(
     let (snapshot, appended_total) =
         stored_bytes(stored, &all, last_heads, graph.len(), || file.save());
     drop(all);
-    // Uploads are answered without changes (the phone asks for them next), from the graph:
-    // nothing is held back after a receive together.
+    // HTTP uploads are answered without changes (the phone asks for them next), from the
+    // graph: nothing is held back after a receive together. WebSocket ones are answered
+    // through the hub once committed.
     let bytes = snapshot
         .as_ref()
         .map_or(stored.snapshot.as_slice(), |(bytes, _)| bytes.as_slice());
@@ -768,7 +875,10 @@ fn receive_together(
         .iter_mut()
         .map(|peer| DocumentReply {
             case_id: stored.case_id.clone(),
-            message: replier.generate_without_changes(peer),
+            message: match peer {
+                MemberPeer::Stored(peer) => replier.generate_without_changes(peer),
+                MemberPeer::Open(_) => None,
+            },
             error: None,
         })
         .collect();
@@ -777,8 +887,9 @@ fn receive_together(
     let (mut loaded_heads, mut appended) = (stored.heads.clone(), stored.appended_changes);
     let last = members.len() - 1;
     for (i, ((peer, member_changes), member_heads)) in
-        peers.iter().zip(changes).zip(heads).enumerate()
+        peers.iter_mut().zip(changes).zip(heads).enumerate()
     {
+        let peer = peer.state();
         appended += member_changes.len() as i64;
         // Each write but the last appends its changes' hashes after those before it (the
         // bytes it would append are in the last write's); the last stores the whole as

@@ -62,7 +62,7 @@ struct Waiter {
 
 /// How an upload is let through.
 #[derive(Debug)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Its turn, with its own job back, and the waiting uploads of its case (those that could
     /// go along) it is to receive and commit with its own, each answered through its sender.
     Lead {
@@ -77,7 +77,7 @@ pub enum Admission {
 
 /// A waiting upload taken along by another (see [`Admission::Lead`]).
 #[derive(Debug)]
-pub struct TakenAlong {
+pub(crate) struct TakenAlong {
     pub job: QueuedUpload,
     pub outcome: oneshot::Sender<JoinedOutcome>,
 }
@@ -133,7 +133,7 @@ impl UploadQueue {
     /// Waits for an upload to `case_id` to be let through, or taken along by another upload
     /// of its case let through meanwhile (`job`: what that one needs to receive this one;
     /// None: this one is received alone). Dropping the future gives up the place.
-    pub async fn enter_with(
+    pub(crate) async fn enter_with(
         self: &Arc<Self>,
         case_id: &str,
         job: Option<QueuedUpload>,
@@ -267,6 +267,7 @@ mod tests {
             sender: doorstep_sync_core::testing::author("user-1", "device-1"),
             rule: crate::sync::ActorRule::Bound(Default::default()),
             message: Vec::new(),
+            subscription: None,
         });
         Box::pin(async move { queue.enter_in_round(&case_id, round, job).await })
     }

@@ -24,7 +24,11 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, Provenance, StorageError, heads_key};
-use crate::sync::{self, ActorRule, DocumentError, GraphSource, SyncTurn};
+use crate::sync::{
+    self, ActorRule, AttemptError, DocumentError, GraphSource, JoinedOutcome, QueuedUpload,
+    SyncTurn,
+};
+use crate::upload_queue::{Admission, UploadPass};
 
 /// Frames queued for one client before it counts as not reading.
 const OUTBOX_CAPACITY: usize = 4096;
@@ -689,7 +693,10 @@ impl Connection {
         }
         drop(permit);
         for upload in uploads.chunks(1) {
-            let _place = self.state.uploads.enter(&upload[0].0.case_id).await;
+            let Some(_place) = self.upload_place(&upload[0], &rule).await? else {
+                // Received and answered with other uploads of its case.
+                continue;
+            };
             let permit = compute_turn(&self.state).await?;
             self.sync_and_answer(upload, true, &rule, &permit, &mut refused)
                 .await?;
@@ -705,6 +712,61 @@ impl Connection {
             return Err(Close::refused(code, &document, &error));
         }
         Ok(())
+    }
+
+    /// Waits for an upload's place in the upload queue, where an upload of one message may
+    /// be taken along by another upload of its case, or take along the others waiting (see
+    /// [`sync::lead_uploads`]). None: received, committed and answered with them. Some: the
+    /// place to receive it alone in (as any upload that could not go with others).
+    async fn upload_place(
+        &self,
+        (subscription, messages): &OpenDocument,
+        rule: &ActorRule,
+    ) -> Result<Option<UploadPass>, Close> {
+        let state = &self.state;
+        let case_id = subscription.case_id.as_str();
+        let job = match &messages[..] {
+            [message] => Some(QueuedUpload {
+                provenance: Provenance {
+                    device_id: self.caller.device.id.clone(),
+                    user_id: self.caller.user.id.clone(),
+                    received_at: chrono::Utc::now().timestamp_millis(),
+                },
+                sender: self.caller.author(),
+                rule: rule.clone(),
+                message: message.clone(),
+                subscription: Some(Arc::clone(subscription)),
+            }),
+            _ => None,
+        };
+        let applied = match state.uploads.enter_with(case_id, job).await {
+            Admission::TakenAlong(outcome) => match outcome.await {
+                Ok(JoinedOutcome::Done { applied, .. }) => applied,
+                Ok(JoinedOutcome::Alone) | Err(_) => {
+                    return Ok(Some(state.uploads.enter(case_id).await));
+                }
+            },
+            Admission::Lead {
+                pass,
+                own: Some(own),
+                taken_along,
+            } if !taken_along.is_empty() => {
+                match sync::lead_uploads(state, case_id, *own, taken_along).await {
+                    Ok(Some((_, applied))) => applied,
+                    // One of them would be refused, or the document moved meanwhile: alone.
+                    Ok(None) | Err(AttemptError::DocumentChanged) => return Ok(Some(pass)),
+                    Err(AttemptError::Failed(error)) => {
+                        tracing::error!(connection = self.id, error = %error, "uploads received together failed");
+                        return Err(Close::server());
+                    }
+                }
+            }
+            Admission::Lead { pass, .. } => return Ok(Some(pass)),
+        };
+        let metrics = &state.metrics;
+        Metrics::add(&metrics.sync_documents, 1);
+        Metrics::add(&metrics.sync_changes_applied, applied as u64);
+        Ok(None)
     }
 
     /// Syncs one group of a batch's documents (an upload, or documents whose messages bring
@@ -880,7 +942,7 @@ impl Connection {
                 let stored = outcome.stored.as_deref().unwrap_or_default();
                 let mut replier = sync::replier(&mut outcome.file, &graph, stored);
                 if outcome.changed {
-                    hub.fan_out(&outcome.case_id, &mut replier, Some(connection));
+                    hub.fan_out(&outcome.case_id, &mut replier, &[connection]);
                 } else {
                     // No messages: a push or answer that waited goes out.
                     let sending = if outcome.answers_client {

@@ -486,28 +486,29 @@ impl RepoHub {
         }
     }
 
-    /// Whether WebSocket syncs other than the caller's `own` (0 or 1) wait for or hold a
-    /// turn.
+    /// Whether WebSocket syncs other than the caller's `own` (those whose messages it
+    /// answers) wait for or hold a turn.
     pub(crate) fn others_syncing(&self, own: usize) -> bool {
         self.syncing.load(Ordering::SeqCst) > own
     }
 
     /// Sends the committed document (`replier`) to every connection that has it open: the
-    /// answer to connection `answering`'s message (a WebSocket sync, which holds a turn and is
-    /// counted), pushes to the others. CPU work: call it off the async workers.
+    /// answer to the messages of the `answering` connections (WebSocket syncs, each holding a
+    /// turn or waiting for one, and counted), pushes to the others. CPU work: call it off the
+    /// async workers.
     pub(crate) fn fan_out(
         self: &Arc<Self>,
         case_id: &str,
         replier: &mut Replier<'_>,
-        answering: Option<u64>,
+        answering: &[u64],
     ) {
         let subscribers = self.subscribers(case_id);
         // Once every connection that has the case open has given it all its changes, nothing
         // more is coming for it from the syncs that run: it goes out now.
-        let others_syncing = self.others_syncing(usize::from(answering.is_some()))
-            && !all_changes_given(&subscribers, replier);
+        let others_syncing =
+            self.others_syncing(answering.len()) && !all_changes_given(&subscribers, replier);
         for subscription in subscribers {
-            let sending = if Some(subscription.connection) == answering {
+            let sending = if answering.contains(&subscription.connection) {
                 Sending::Answer {
                     brought_changes: true,
                 }
@@ -564,7 +565,7 @@ impl RepoHub {
         let hub = Arc::clone(self);
         let documents = Arc::clone(documents);
         let pushed = tokio::task::spawn_blocking(move || {
-            hub.fan_out(&case_id, &mut Replier::Document(&mut file), None);
+            hub.fan_out(&case_id, &mut Replier::Document(&mut file), &[]);
             let heads = heads_key(&file.heads());
             documents.put(case_id, heads, file);
         })
@@ -664,7 +665,7 @@ mod tests {
 
         let first = hub.syncing();
         let second = hub.syncing();
-        hub.fan_out(case_id, &mut Replier::Document(&mut file), None);
+        hub.fan_out(case_id, &mut Replier::Document(&mut file), &[]);
         assert!(outbox.try_recv().is_err(), "pushed while other syncs ran");
 
         drop(first);
@@ -681,7 +682,7 @@ mod tests {
         );
 
         // With nothing else running, a push goes out at once (and carries what waited).
-        hub.fan_out(case_id, &mut Replier::Document(&mut file), None);
+        hub.fan_out(case_id, &mut Replier::Document(&mut file), &[]);
         assert!(matches!(outbox.try_recv(), Ok(Outgoing::Frame(_))));
         assert!(controls.try_recv().is_err());
     }
@@ -694,7 +695,7 @@ mod tests {
 
         // The committing WebSocket sync is counted; it answers connection 999 (not this one).
         let own = hub.syncing();
-        hub.fan_out(case_id, &mut Replier::Document(&mut file), Some(999));
+        hub.fan_out(case_id, &mut Replier::Document(&mut file), &[999]);
         assert!(matches!(outbox.try_recv(), Ok(Outgoing::Frame(_))));
         drop(own);
     }
@@ -751,12 +752,12 @@ mod tests {
 
         // The first has said what it holds; the second has not spoken: the push waits.
         hello(&first, &hellos[0]);
-        hub.fan_out(case_id, &mut replier, None);
+        hub.fan_out(case_id, &mut replier, &[]);
         assert!(outbox.try_recv().is_err(), "pushed before all had given");
 
         // Both have: it goes out though another sync still runs.
         hello(&second, &hellos[1]);
-        hub.fan_out(case_id, &mut replier, None);
+        hub.fan_out(case_id, &mut replier, &[]);
         let pushed = sync_data(outbox.try_recv().expect("pushed once all had given"));
         assert!(doorstep_sync_core::brings_changes(&pushed));
     }
@@ -837,7 +838,7 @@ mod tests {
             graph: &graph,
             stored: &stored,
         };
-        hub.fan_out(case_id, &mut replier, Some(subscription.connection));
+        hub.fan_out(case_id, &mut replier, &[subscription.connection]);
         assert!(outbox.try_recv().is_err(), "answered while a sync ran");
         drop(own);
         assert!(controls.try_recv().is_err(), "released while a sync ran");

@@ -31,6 +31,8 @@ both_backends!(
     changes_reach_open_websocket_clients_at_once,
     changes_to_many_documents_sent_together_are_all_stored_and_answered,
     two_clients_writing_the_same_cases_at_once_both_land,
+    clients_uploading_to_one_case_at_once_are_received_together_and_lose_nothing,
+    another_devices_actor_among_uploads_received_together_is_refused_alone,
     pushes_wait_for_the_answer_to_the_last_and_go_out_together,
     actors_stay_bound_to_one_device,
     bad_frames_close_the_connection_and_change_nothing,
@@ -771,6 +773,182 @@ async fn two_clients_writing_the_same_cases_at_once_both_land(backend: Backend) 
                 .count();
             assert_eq!(written, ROUNDS as usize, "changes stored for {device}");
         }
+    }
+}
+
+/// `n` devices of the officer and the worker, each connected with a replica of `case_id`
+/// (a random actor, as automerge-repo clients have) that holds what the server holds.
+async fn clients_on_one_case(
+    app: &TestApp,
+    case_id: &str,
+    n: u32,
+) -> Vec<(TokenResponse, Peer, Replica)> {
+    let mut clients = Vec::new();
+    for i in 1..=n {
+        let user = if i % 2 == 0 { "officer" } else { "worker" };
+        let tokens = app.tokens(user, &testing::actor(i)).await;
+        let mut peer = Peer::connect(app, &tokens.access_token).await;
+        let mut replica = Replica::new(case_id, &tokens.user.id, &tokens.device_id);
+        fetch(app, &mut peer, &mut replica).await;
+        clients.push((tokens, peer, replica));
+    }
+    clients
+}
+
+/// Each client records a contact and sends it; all frames go out at the same moment.
+async fn burst(
+    clients: &mut [(TokenResponse, Peer, Replica)],
+    minutes: i64,
+    records: &mut Vec<String>,
+) {
+    let mut sends = Vec::new();
+    for (i, (_, peer, replica)) in clients.iter_mut().enumerate() {
+        let at = minutes + i as i64;
+        records.push(replica.file.add(&contact(at), testing::at(at)).unwrap());
+        let message = replica
+            .file
+            .generate_sync_message(&mut replica.state)
+            .expect("a new record to send");
+        let frame = peer.sync_frame("sync", &replica.document_id, message);
+        sends.push(async move { send_all(peer, vec![frame]).await });
+    }
+    futures_util::future::join_all(sends).await;
+}
+
+/// Every client answers until its replica holds `records` and what the server holds.
+async fn all_answer_until_held(
+    app: &TestApp,
+    clients: &mut [(TokenResponse, Peer, Replica)],
+    records: &[String],
+) {
+    let answering = clients.iter_mut().map(|(_, peer, replica)| async move {
+        answer_until_all_held(app, peer, std::slice::from_mut(replica), records).await;
+    });
+    futures_util::future::join_all(answering).await;
+}
+
+/// Eight automerge-repo clients send a new record to one case at the same moment: uploads
+/// that wait in the upload queue together are received and committed together
+/// (`doorstep_sync_uploads_taken_along_total`), each client is answered as its own sync
+/// would answer it and pushed the others' records, and each change is stored with its
+/// device's provenance and its actor claimed for that device. Whether uploads wait together
+/// depends on timing: the burst is tried up to five times until some are taken along.
+async fn clients_uploading_to_one_case_at_once_are_received_together_and_lose_nothing(
+    backend: Backend,
+) {
+    let app = spawn_app(backend).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+    let mut clients = clients_on_one_case(&app, &case_id, 8).await;
+    let mut records = Vec::new();
+    for round in 0..5 {
+        burst(&mut clients, round * 100, &mut records).await;
+        all_answer_until_held(&app, &mut clients, &records).await;
+        if counter(&app, "doorstep_sync_uploads_taken_along_total").await > 0 {
+            break;
+        }
+    }
+    assert!(
+        counter(&app, "doorstep_sync_uploads_taken_along_total").await > 0,
+        "no upload was taken along in five bursts of eight"
+    );
+    assert_eq!(
+        counter(&app, "doorstep_sync_upload_batches_declined_total").await,
+        0
+    );
+    let (heads, _) = stored(&app, &case_id).await;
+    let changes = app.storage().changes(&case_id).await.unwrap();
+    for (tokens, _, replica) in &mut clients {
+        assert_eq!(replica.heads(), heads);
+        let mut contacts = replica.contacts();
+        contacts.sort();
+        let mut expected = records.clone();
+        expected.sort();
+        assert_eq!(contacts, expected);
+        let actor = replica.file.doc().get_actor().to_hex_string();
+        let bound = app
+            .storage()
+            .device_by_actor(&actor)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(bound.id, tokens.device_id);
+        let made: Vec<_> = changes.iter().filter(|c| c.actor_id == actor).collect();
+        assert!(!made.is_empty());
+        for change in made {
+            assert_eq!(change.device_id.as_deref(), Some(tokens.device_id.as_str()));
+            assert_eq!(change.user_id.as_deref(), Some(tokens.user.id.as_str()));
+        }
+    }
+}
+
+/// A client writing with an actor bound to another device sends its change at the same moment
+/// as six honest clients: received together, the actor's claim fails, so the uploads go one at
+/// a time (`doorstep_sync_upload_batches_declined_total`), where only the forger's is refused
+/// (its connection closed with `foreign_actor`); the honest records all land, and the actor
+/// stays its owner's. The forger joins the honest clients' bursts, a new one each time, until
+/// its upload was among those received together.
+async fn another_devices_actor_among_uploads_received_together_is_refused_alone(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+    let mut clients = clients_on_one_case(&app, &case_id, 6).await;
+    let mut records = Vec::new();
+    // An actor that became another device's by writing to another case.
+    let owner = app.tokens("worker", &testing::actor(8)).await;
+    let other_case = new_case(&app, &["worker"]).await;
+    let mut owner_peer = Peer::connect(&app, &owner.access_token).await;
+    let mut owned = Replica::new(&other_case, &owner.user.id, &owner.device_id);
+    fetch(&app, &mut owner_peer, &mut owned).await;
+    owned.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(&app, &mut owner_peer, &mut owned).await;
+    let stolen = owned.file.doc().get_actor().clone();
+    let owner = owner.device_id;
+    let forger_tokens = app.tokens("officer", &testing::actor(7)).await;
+    for round in 1..=12 {
+        let mut forger = Peer::connect(&app, &forger_tokens.access_token).await;
+        let mut forged = Replica::with_actor(
+            &case_id,
+            &forger_tokens.user.id,
+            &forger_tokens.device_id,
+            stolen.clone(),
+        );
+        fetch(&app, &mut forger, &mut forged).await;
+        forged
+            .file
+            .add(&contact(10_000 + round), testing::at(10_000 + round))
+            .unwrap();
+        // Right behind the honest uploads: the first of them is let through alone, and the
+        // rest, the forger's with them, wait for it and are taken along together.
+        burst(&mut clients, round * 100, &mut records).await;
+        let (_, refusal) = tokio::join!(
+            all_answer_until_held(&app, &mut clients, &records),
+            push_until_refused(&mut forger, &mut forged, 1008)
+        );
+        assert!(refusal.contains("foreign_actor"), "{refusal}");
+        if counter(&app, "doorstep_sync_upload_batches_declined_total").await > 0 {
+            break;
+        }
+    }
+    assert!(
+        counter(&app, "doorstep_sync_upload_batches_declined_total").await > 0,
+        "the forged upload was never among uploads received together"
+    );
+    let changes = app.storage().changes(&case_id).await.unwrap();
+    assert!(
+        changes
+            .iter()
+            .all(|c| c.device_id.as_deref() != Some(forger_tokens.device_id.as_str())),
+        "nothing of the forger's is stored"
+    );
+    let bound = app
+        .storage()
+        .device_by_actor(&stolen.to_hex_string())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bound.id, owner);
+    let (heads, _) = stored(&app, &case_id).await;
+    for (_, _, replica) in &mut clients {
+        assert_eq!(replica.heads(), heads);
     }
 }
 
