@@ -8,11 +8,14 @@ use std::time::Duration;
 use clap::Parser;
 
 /// The caches' default sizes. Measured with the interop benchmark (`BENCHMARKS.md`):
-/// a parsed case file takes about 0.4 MiB for 200 visits, so 16 of them; a kept change graph
-/// holds no change bytes, about 136 bytes a change, so 8 MiB holds every graph of the
+/// a parsed case file takes about 0.4 MiB for 200 visits and about 1 MiB once ten phones
+/// have added theirs; with a case's uploads received together each case is parsed about once
+/// in a mass reconnect, so 8 of them (16 converged no faster, 30.6 / 34.9 s against 26.8 /
+/// 35.5 s over WebSocket, with 8-9 MiB more at the peak: 93 against 84 MiB). A kept change
+/// graph holds no change bytes, about 136 bytes a change, so 8 MiB holds every graph of the
 /// benchmark's 200 cases (the server's CPU over HTTP about a fifth less than with 4 MiB of
 /// graphs that held their bytes, peak memory 1-3 MiB more).
-pub const DEFAULT_DOCUMENT_CACHE_SIZE: usize = 16;
+pub const DEFAULT_DOCUMENT_CACHE_SIZE: usize = 8;
 pub const DEFAULT_GRAPH_CACHE_MIB: usize = 8;
 
 /// A client that has the changes of a push already has nothing to answer; one that does not

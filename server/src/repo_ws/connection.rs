@@ -622,7 +622,8 @@ impl Connection {
     /// the replies, and pushes to the other connections that have a changed document open.
     /// The documents whose messages bring no changes are synced in `turn`; each upload then
     /// waits for its place in the upload queue and a turn of its own (each turn also held by
-    /// a group's computation while it runs, should the connection drop meanwhile). The batch
+    /// a group's computation while it runs, should the connection drop meanwhile), or is
+    /// received with other uploads of its case (see [`Connection::upload_place`]). The batch
     /// counts as a sync running, for the hub's held pushes, until its last commit.
     async fn sync_documents(&mut self, work: Vec<DocumentWork>, turn: Turn) -> Result<(), Close> {
         self.check_caller().await?;
