@@ -651,7 +651,9 @@ pub(crate) async fn lead_uploads(
     let mut writing = storage.begin_sync().await?;
     for (member, write) in members.iter().zip(&writes) {
         // As one WebSocket upload would: actors nobody has used become its device's.
-        let unclaimed = unclaimed_actors(&member.rule, &write.changes);
+        let unclaimed: Vec<String> = unclaimed_actors(&member.rule, &write.changes)
+            .into_iter()
+            .collect();
         if !unclaimed.is_empty() {
             let foreign = writing
                 .claim_actors(
@@ -727,17 +729,15 @@ pub(crate) async fn lead_uploads(
 
 /// The actors of `changes` that `rule` lets a sync claim for its device (under
 /// [`ActorRule::BoundOrUnclaimed`], those not bound to it yet), each once.
-fn unclaimed_actors(rule: &ActorRule, changes: &[NewChange]) -> Vec<String> {
+fn unclaimed_actors(rule: &ActorRule, changes: &[NewChange]) -> BTreeSet<String> {
     let ActorRule::BoundOrUnclaimed(bound) = rule else {
-        return Vec::new();
+        return BTreeSet::new();
     };
     changes
         .iter()
         .map(|change| &change.actor_id)
         .filter(|actor| !bound.contains(*actor))
         .cloned()
-        .collect::<BTreeSet<String>>()
-        .into_iter()
         .collect()
 }
 
@@ -1145,7 +1145,6 @@ pub(crate) fn receive_messages<'m>(
 ) -> (Received, Option<DocumentError>) {
     let mut received = Received::default();
     for message in messages {
-        let mut unclaimed = BTreeSet::new();
         let allowed = |actor: &ActorId| rule.allows(actor);
         let applied = match file.receive_sync_message_checked(peer, message, sender, allowed) {
             Ok(applied) => applied,
@@ -1178,13 +1177,10 @@ pub(crate) fn receive_messages<'m>(
                 },
                 None => NewChange::from(change),
             };
-            if !rule.bound().contains(&new.actor_id) {
-                unclaimed.insert(new.actor_id.clone());
-            }
             received.changes.push(new);
         }
-        received.unclaimed_actors.extend(unclaimed);
     }
+    received.unclaimed_actors = unclaimed_actors(rule, &received.changes);
     (received, None)
 }
 

@@ -365,6 +365,21 @@ async fn two_clients_on_one_case(app: &TestApp) -> (String, (Peer, Replica), (Pe
     (case_id, (a, replica_a), (b, replica_b))
 }
 
+/// Connects `tokens`' device, fetches `case_id` into a replica with a fresh actor and delivers
+/// a new contact by it: the actor is then bound to that device.
+async fn deliver_with_fresh_actor(
+    app: &TestApp,
+    tokens: &TokenResponse,
+    case_id: &str,
+) -> (Peer, Replica) {
+    let mut peer = Peer::connect(app, &tokens.access_token).await;
+    let mut replica = Replica::new(case_id, &tokens.user.id, &tokens.device_id);
+    fetch(app, &mut peer, &mut replica).await;
+    replica.file.add(&contact(1), testing::at(1)).unwrap();
+    deliver(app, &mut peer, &mut replica).await;
+    (peer, replica)
+}
+
 fn contact(minutes: i64) -> ContactEntry {
     testing::letter(1, testing::at(minutes))
 }
@@ -895,11 +910,7 @@ async fn another_devices_actor_among_uploads_received_together_is_refused_alone(
     // An actor that became another device's by writing to another case.
     let owner = app.tokens("worker", &testing::actor(8)).await;
     let other_case = new_case(&app, &["worker"]).await;
-    let mut owner_peer = Peer::connect(&app, &owner.access_token).await;
-    let mut owned = Replica::new(&other_case, &owner.user.id, &owner.device_id);
-    fetch(&app, &mut owner_peer, &mut owned).await;
-    owned.file.add(&contact(1), testing::at(1)).unwrap();
-    deliver(&app, &mut owner_peer, &mut owned).await;
+    let (_, owned) = deliver_with_fresh_actor(&app, &owner, &other_case).await;
     let stolen = owned.file.doc().get_actor().clone();
     let owner = owner.device_id;
     let forger_tokens = app.tokens("officer", &testing::actor(7)).await;
@@ -1049,11 +1060,7 @@ async fn actors_stay_bound_to_one_device(backend: Backend) {
     assert_ne!(officer.device_id, tablet.device_id);
 
     // A fresh actor is bound to the first device that delivers a change by it.
-    let mut peer = Peer::connect(&app, &officer.access_token).await;
-    let mut replica = Replica::new(&case_id, &officer.user.id, &officer.device_id);
-    fetch(&app, &mut peer, &mut replica).await;
-    replica.file.add(&contact(1), testing::at(1)).unwrap();
-    deliver(&app, &mut peer, &mut replica).await;
+    let (peer, mut replica) = deliver_with_fresh_actor(&app, &officer, &case_id).await;
     let actor = replica.file.doc().get_actor().clone();
     let bound = app
         .storage()
