@@ -380,6 +380,12 @@ async fn deliver_with_fresh_actor(
     (peer, replica)
 }
 
+/// The device an actor (hex) is bound to.
+async fn bound_device(app: &TestApp, actor: &str) -> String {
+    let device = app.storage().device_by_actor(actor).await.unwrap();
+    device.expect("the actor is bound to a device").id
+}
+
 fn contact(minutes: i64) -> ContactEntry {
     testing::letter(1, testing::at(minutes))
 }
@@ -880,13 +886,7 @@ async fn clients_uploading_to_one_case_at_once_are_received_together_and_lose_no
         expected.sort();
         assert_eq!(contacts, expected);
         let actor = replica.file.doc().get_actor().to_hex_string();
-        let bound = app
-            .storage()
-            .device_by_actor(&actor)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(bound.id, tokens.device_id);
+        assert_eq!(bound_device(&app, &actor).await, tokens.device_id);
         let made: Vec<_> = changes.iter().filter(|c| c.actor_id == actor).collect();
         assert!(!made.is_empty());
         for change in made {
@@ -950,13 +950,7 @@ async fn another_devices_actor_among_uploads_received_together_is_refused_alone(
             .all(|c| c.device_id.as_deref() != Some(forger_tokens.device_id.as_str())),
         "nothing of the forger's is stored"
     );
-    let bound = app
-        .storage()
-        .device_by_actor(&stolen.to_hex_string())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(bound.id, owner);
+    assert_eq!(bound_device(&app, &stolen.to_hex_string()).await, owner);
     let (heads, _) = stored(&app, &case_id).await;
     for (_, _, replica) in &mut clients {
         assert_eq!(replica.heads(), heads);
@@ -1062,13 +1056,10 @@ async fn actors_stay_bound_to_one_device(backend: Backend) {
     // A fresh actor is bound to the first device that delivers a change by it.
     let (peer, mut replica) = deliver_with_fresh_actor(&app, &officer, &case_id).await;
     let actor = replica.file.doc().get_actor().clone();
-    let bound = app
-        .storage()
-        .device_by_actor(&actor.to_hex_string())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(bound.id, officer.device_id);
+    assert_eq!(
+        bound_device(&app, &actor.to_hex_string()).await,
+        officer.device_id
+    );
     // The same device may go on writing with it, on a new connection too.
     drop(peer);
     let mut peer = Peer::connect(&app, &officer.access_token).await;
@@ -1103,13 +1094,10 @@ async fn actors_stay_bound_to_one_device(backend: Backend) {
         assert_eq!(stored(&app, &case_id).await, before, "nothing stored");
     }
     // The binding did not move.
-    let still = app
-        .storage()
-        .device_by_actor(&actor.to_hex_string())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(still.id, officer.device_id);
+    assert_eq!(
+        bound_device(&app, &actor.to_hex_string()).await,
+        officer.device_id
+    );
 }
 
 async fn bad_frames_close_the_connection_and_change_nothing(backend: Backend) {
