@@ -957,6 +957,77 @@ async fn another_devices_actor_among_uploads_received_together_is_refused_alone(
     }
 }
 
+/// A known stall, kept to reproduce it (`cargo test -p doorstep-server --test api --
+/// --ignored http_and_websocket`): about 1 run in 40-120, one automerge-repo client waits over
+/// 20 s for a frame while its replica differs from what the server holds (with WebSocket
+/// uploads received together or not, and with a 2 s answer wait: not a held push). Not yet
+/// understood; until it is, it does not run with the suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known stall, about 1 run in 40-120: a WebSocket client is not sent the server's changes"]
+async fn http_and_websocket_uploads_to_one_case_at_once_all_land_sqlite() {
+    http_and_websocket_uploads_to_one_case_at_once_all_land(Backend::Sqlite).await;
+}
+
+/// Four automerge-repo clients and four phones syncing over HTTP upload to one case at the
+/// same moment, round after round: uploads taken along by another of either transport are
+/// answered each its own way (a WebSocket client through the hub, a phone in its reply), and
+/// every client and phone ends with what the server holds.
+async fn http_and_websocket_uploads_to_one_case_at_once_all_land(backend: Backend) {
+    let app = spawn_app_with(backend, |config| config.ws_answer_wait_ms = 2_000).await;
+    let case_id = new_case(&app, &["officer", "worker"]).await;
+    let mut clients = clients_on_one_case(&app, &case_id, 4).await;
+    let mut phones = Vec::new();
+    for n in 11..=14 {
+        let user = if n % 2 == 0 { "officer" } else { "worker" };
+        let mut phone = Phone::sign_in(&app, user, n).await;
+        phone.sync_until_quiet(&app).await;
+        phones.push(phone);
+    }
+    let (mut records, mut visits) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        for (i, phone) in phones.iter_mut().enumerate() {
+            visits.push(phone.record_visit(&case_id, 5_000 + round * 100 + i as i64, 200));
+        }
+        let app = &app;
+        let requests: Vec<_> = phones.iter_mut().map(|p| p.next_request().0).collect();
+        let sends = phones
+            .iter_mut()
+            .zip(requests)
+            .map(|(phone, request)| async move {
+                let reply = phone.try_send(app, &request).await.unwrap();
+                phone.apply(&reply);
+            });
+        tokio::join!(
+            burst(&mut clients, round * 100, &mut records),
+            futures_util::future::join_all(sends)
+        );
+        let quiet = phones.iter_mut().map(|phone| phone.sync_until_quiet(app));
+        tokio::join!(
+            all_answer_until_held(app, &mut clients, &records),
+            futures_util::future::join_all(quiet)
+        );
+    }
+    assert!(counter(&app, "doorstep_sync_uploads_taken_along_total").await > 0);
+    // The phones' last uploads may have landed after a client last answered: each client
+    // answers until it holds what the server now holds.
+    all_answer_until_held(&app, &mut clients, &records).await;
+    let (heads, _) = stored(&app, &case_id).await;
+    for (_, _, replica) in &mut clients {
+        assert_eq!(replica.heads(), heads);
+    }
+    for phone in &mut phones {
+        phone.sync_until_quiet(&app).await;
+        assert_eq!(heads_key(&phone.doc(&case_id).heads()), heads);
+        let held = phone.doc(&case_id).record_ids(Collection::Visits).unwrap();
+        assert!(visits.iter().all(|visit| held.contains(visit)));
+        let contacts = phone
+            .doc(&case_id)
+            .record_ids(Collection::Contacts)
+            .unwrap();
+        assert!(records.iter().all(|record| contacts.contains(record)));
+    }
+}
+
 async fn send_all(peer: &mut Peer, frames: Vec<Vec<u8>>) {
     for frame in frames {
         peer.socket
