@@ -28,7 +28,7 @@ use crate::repo_ws::hub::Subscription;
 use crate::storage::{
     DocumentWrite, LoadedDocument, NewChange, Provenance, StorageError, heads_key,
 };
-use crate::upload_queue::{Admission, TakenAlong};
+use crate::upload_queue::{Admission, TakenAlong, UploadPass};
 
 /// One document in a sync request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub struct SyncReply {
 pub(crate) const OPTIMISTIC_ATTEMPTS: u32 = 2;
 
 /// Why one attempt of a sync did not complete.
-pub(crate) enum AttemptError {
+enum AttemptError {
     /// A document it changes was written by someone else after it was read: try again.
     DocumentChanged,
     Failed(ApiError),
@@ -311,29 +311,17 @@ async fn sync_attempt(
                     message: message.to_vec(),
                     subscription: None,
                 });
-            let received = match state.uploads.enter_with(case_id, job).await {
-                Admission::TakenAlong(outcome) => match outcome.await {
-                    Ok(JoinedOutcome::Done { reply, applied }) => Ok((reply, applied)),
-                    // Not received with the others: on its own, as any upload.
-                    Ok(JoinedOutcome::Alone) | Err(_) => Err(state.uploads.enter(case_id).await),
-                },
-                Admission::Lead {
-                    pass,
-                    own: Some(own),
-                    taken_along,
-                } if !taken_along.is_empty() => lead_uploads(state, case_id, *own, taken_along)
-                    .await?
-                    .ok_or(pass),
-                Admission::Lead { pass, .. } => Err(pass),
-            };
-            match received {
-                Ok((reply, applied_here)) => {
+            match enter_upload(state, case_id, job).await? {
+                UploadAdmitted::Received {
+                    reply,
+                    applied: applied_here,
+                } => {
                     messages.remove(case_id.as_str());
                     applied += applied_here;
                     replies.insert(case_id.clone(), reply);
                     continue;
                 }
-                Err(pass) => Some(pass),
+                UploadAdmitted::Alone(pass) => Some(pass),
             }
         } else {
             None
@@ -549,6 +537,50 @@ async fn compute_group(
     .map_err(|e| AttemptError::Failed(ApiError::Internal(format!("sync task failed: {e}"))))
 }
 
+/// How an upload went through the upload queue (see [`enter_upload`]).
+pub(crate) enum UploadAdmitted {
+    /// Received and committed with other uploads of its case: its reply (over WebSocket
+    /// without a message: the hub sent the answer) and the changes it applied.
+    Received {
+        reply: DocumentReply,
+        applied: usize,
+    },
+    /// To be received alone, in this place.
+    Alone(UploadPass),
+}
+
+/// Waits for an upload's place in the upload queue, where one with a `job` may be taken
+/// along by another upload of its case let through meanwhile, or take along the others of
+/// its case waiting then ([`lead_uploads`]). Any that could not go together (one would be
+/// refused, the document moved meanwhile, its leader gave up) is received alone, as any
+/// upload.
+pub(crate) async fn enter_upload(
+    state: &AppState,
+    case_id: &str,
+    job: Option<QueuedUpload>,
+) -> Result<UploadAdmitted, ApiError> {
+    let received = |(reply, applied)| UploadAdmitted::Received { reply, applied };
+    Ok(match state.uploads.enter_with(case_id, job).await {
+        Admission::TakenAlong(outcome) => match outcome.await {
+            Ok(JoinedOutcome::Done { reply, applied }) => received((reply, applied)),
+            Ok(JoinedOutcome::Alone) | Err(_) => {
+                UploadAdmitted::Alone(state.uploads.enter(case_id).await)
+            }
+        },
+        Admission::Lead {
+            pass,
+            own: Some(own),
+            taken_along,
+        } if !taken_along.is_empty() => match lead_uploads(state, case_id, *own, taken_along).await
+        {
+            Ok(Some(together)) => received(together),
+            Ok(None) | Err(AttemptError::DocumentChanged) => UploadAdmitted::Alone(pass),
+            Err(AttemptError::Failed(error)) => return Err(error),
+        },
+        Admission::Lead { pass, .. } => UploadAdmitted::Alone(pass),
+    })
+}
+
 /// Receives an upload to `case_id` (`own`: this request's, or this WebSocket batch's)
 /// together with the uploads of other syncs to it that waited in the upload queue
 /// (`taken_along`), in one apply ([`CaseFile::receive_uploads_checked`]), and commits them in
@@ -559,10 +591,10 @@ async fn compute_group(
 /// costs Automerge a third of one apply per upload (see the `apply_batching` example).
 /// Ok(None) (each taken along told to go alone) where they must be received one at a time:
 /// one would be refused (a change by another device's actor among them), or the stored
-/// document could not be read; the caller then receives its own upload as any other. A
-/// document that moved before the commit fails the attempt, as it would for one upload (the
-/// others go alone).
-pub(crate) async fn lead_uploads(
+/// document could not be read; the caller then receives its own upload as any other.
+/// Err(DocumentChanged) if the document moved before the commit (the others go alone, and so
+/// does the caller's, on the newer document).
+async fn lead_uploads(
     state: &AppState,
     case_id: &str,
     own: QueuedUpload,

@@ -25,10 +25,9 @@ use crate::auth::Caller;
 use crate::metrics::Metrics;
 use crate::storage::{DocumentWrite, LoadedDocument, Provenance, StorageError, heads_key};
 use crate::sync::{
-    self, ActorRule, AttemptError, DocumentError, GraphSource, JoinedOutcome, QueuedUpload,
-    SyncTurn,
+    self, ActorRule, DocumentError, GraphSource, QueuedUpload, SyncTurn, UploadAdmitted,
 };
-use crate::upload_queue::{Admission, UploadPass};
+use crate::upload_queue::UploadPass;
 
 /// Frames queued for one client before it counts as not reading.
 const OUTBOX_CAPACITY: usize = 4096;
@@ -716,9 +715,8 @@ impl Connection {
     }
 
     /// Waits for an upload's place in the upload queue, where an upload of one message may
-    /// be taken along by another upload of its case, or take along the others waiting (see
-    /// [`sync::lead_uploads`]). None: received, committed and answered with them. Some: the
-    /// place to receive it alone in (as any upload that could not go with others).
+    /// be received with others of its case (see [`sync::enter_upload`]). None: received,
+    /// committed and answered with them. Some: the place to receive it alone in.
     async fn upload_place(
         &self,
         (subscription, messages): &OpenDocument,
@@ -740,29 +738,13 @@ impl Connection {
             }),
             _ => None,
         };
-        let applied = match state.uploads.enter_with(case_id, job).await {
-            Admission::TakenAlong(outcome) => match outcome.await {
-                Ok(JoinedOutcome::Done { applied, .. }) => applied,
-                Ok(JoinedOutcome::Alone) | Err(_) => {
-                    return Ok(Some(state.uploads.enter(case_id).await));
-                }
-            },
-            Admission::Lead {
-                pass,
-                own: Some(own),
-                taken_along,
-            } if !taken_along.is_empty() => {
-                match sync::lead_uploads(state, case_id, *own, taken_along).await {
-                    Ok(Some((_, applied))) => applied,
-                    // One of them would be refused, or the document moved meanwhile: alone.
-                    Ok(None) | Err(AttemptError::DocumentChanged) => return Ok(Some(pass)),
-                    Err(AttemptError::Failed(error)) => {
-                        tracing::error!(connection = self.id, error = %error, "uploads received together failed");
-                        return Err(Close::server());
-                    }
-                }
+        let applied = match sync::enter_upload(state, case_id, job).await {
+            Ok(UploadAdmitted::Received { applied, .. }) => applied,
+            Ok(UploadAdmitted::Alone(pass)) => return Ok(Some(pass)),
+            Err(error) => {
+                tracing::error!(connection = self.id, error = %error, "uploads received together failed");
+                return Err(Close::server());
             }
-            Admission::Lead { pass, .. } => return Ok(Some(pass)),
         };
         let metrics = &state.metrics;
         Metrics::add(&metrics.sync_documents, 1);
