@@ -279,8 +279,9 @@ impl ChangeGraph {
         chosen
     }
 
-    /// Applies a message from the peer that brings no changes, exactly as Automerge's
-    /// `receive_sync_message` would. Returns false, changing nothing, for a message that brings
+    /// Applies a message from the peer that brings no changes, exactly as
+    /// [`crate::CaseFile::receive_sync_message_checked`] would (Automerge's receive, which
+    /// keeps an acknowledgement owed: see `PeerState::received`). Returns false, changing nothing, for a message that brings
     /// changes: those need the document ([`crate::CaseFile::receive_sync_message_checked`]).
     /// Corrupted bytes give an error and change nothing.
     pub fn receive_sync_message(&self, peer: &mut PeerState, message: &[u8]) -> Result<bool> {
@@ -288,7 +289,8 @@ impl ChangeGraph {
         if !message.changes.is_empty() {
             return Ok(false);
         }
-        let state = &mut peer.0;
+        let acknowledgement_owed = peer.acknowledgement_owed();
+        let state = &mut peer.state;
         state.in_flight = false;
         let Message {
             heads,
@@ -314,7 +316,7 @@ impl ChangeGraph {
             .sent_hashes
             .retain(|hash| !self.index.get(hash).is_some_and(|n| has[*n]));
         let our_heads = self.heads();
-        if heads == our_heads {
+        if heads == our_heads && !acknowledgement_owed {
             state.last_sent_heads.clone_from(&heads);
         }
         let known: Vec<ChangeHash> = heads.iter().filter(|h| self.contains(h)).copied().collect();
@@ -384,7 +386,20 @@ impl ChangeGraph {
         stored: &[u8],
         hold: Hold,
     ) -> Result<(Option<Vec<u8>>, bool)> {
-        let state = &mut peer.0;
+        let generated = self.generate_message(peer, stored, hold)?;
+        if generated.0.is_some() {
+            peer.sent();
+        }
+        Ok(generated)
+    }
+
+    fn generate_message(
+        &self,
+        peer: &mut PeerState,
+        stored: &[u8],
+        hold: Hold,
+    ) -> Result<(Option<Vec<u8>>, bool)> {
+        let state = &mut peer.state;
         let our_heads = self.heads();
         let their_heads: Vec<ChangeHash> = state.their_heads.clone().unwrap_or_default();
         let our_need: Vec<ChangeHash> = if state.read_only {

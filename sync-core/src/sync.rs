@@ -41,43 +41,80 @@ use crate::value::{map_at_version, str_at, str_at_version};
 
 /// What one side knows of the other's document, kept between sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerState(pub(crate) State);
+pub struct PeerState {
+    pub(crate) state: State,
+    /// Changes from the peer were applied since this side last sent a message: the next
+    /// message must go, to tell the peer they arrived (see [`PeerState::received`]). Not
+    /// persisted: a session that ends owes nothing.
+    acknowledgement_owed: bool,
+}
 
 impl PeerState {
     pub fn new() -> Self {
-        PeerState(State::new())
+        PeerState::default()
     }
 
     /// The persistent part of the state (what the peer is known to have).
     pub fn encode(&self) -> Vec<u8> {
-        self.0.encode()
+        self.state.encode()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         State::decode(bytes)
-            .map(PeerState)
+            .map(|state| PeerState {
+                state,
+                acknowledgement_owed: false,
+            })
             .map_err(|e| CaseFileError::CorruptSyncState(e.to_string()))
+    }
+
+    /// Call after each receive of one message (`last_sent_before`: the heads last sent, read
+    /// before it), with whether it applied changes. Automerge takes a message without
+    /// changes at this side's heads as the peer holding everything, and records those heads
+    /// as sent, so that nothing more goes out. That holds when each message is answered
+    /// before the next is read. Read several in a row (a batch of frames, an answer held
+    /// back), a message with changes and then one without at the new heads would leave the
+    /// peer never told that its changes arrived (its sync state keeps them in flight, and
+    /// it waits): while an acknowledgement is owed, the heads last sent stay as they were, so
+    /// that the next message goes.
+    pub(crate) fn received(&mut self, last_sent_before: Vec<ChangeHash>, applied_changes: bool) {
+        if applied_changes {
+            self.acknowledgement_owed = true;
+        } else if self.acknowledgement_owed {
+            self.state.last_sent_heads = last_sent_before;
+        }
+    }
+
+    /// Call when a message to the peer was generated: it carries this side's heads, which
+    /// acknowledges whatever the peer sent before.
+    pub(crate) fn sent(&mut self) {
+        self.acknowledgement_owed = false;
+    }
+
+    /// Whether changes from the peer were applied since the last message to it.
+    pub(crate) fn acknowledgement_owed(&self) -> bool {
+        self.acknowledgement_owed
     }
 
     /// The heads the peer is known to have, as far as this side knows.
     pub fn shared_heads(&self) -> &[ChangeHash] {
-        &self.0.shared_heads
+        &self.state.shared_heads
     }
 
     /// The heads the peer last said it has (None before its first message).
     pub fn their_heads(&self) -> Option<&[ChangeHash]> {
-        self.0.their_heads.as_deref()
+        self.state.their_heads.as_deref()
     }
 
     /// The heads of the document this side last generated a message from.
     pub fn last_sent_heads(&self) -> &[ChangeHash] {
-        &self.0.last_sent_heads
+        &self.state.last_sent_heads
     }
 
     /// How many changes this side has sent that the peer has not yet been seen to hold: it
     /// grows exactly when a generated message carries changes.
     pub fn changes_in_flight(&self) -> usize {
-        self.0.sent_hashes.len()
+        self.state.sent_hashes.len()
     }
 }
 
@@ -143,11 +180,12 @@ impl CaseFile {
     /// session already carries the few changes made since the last one (see
     /// [`send_unasked`]).
     pub fn generate_sync_message(&mut self, peer: &mut PeerState) -> Option<Vec<u8>> {
-        let unheard = unheard(&peer.0);
-        let mut message = self.doc.sync().generate_sync_message(&mut peer.0)?;
+        let unheard = unheard(&peer.state);
+        let mut message = self.doc.sync().generate_sync_message(&mut peer.state)?;
         if unheard {
-            send_unasked(&mut self.doc, &mut peer.0, &mut message);
+            send_unasked(&mut self.doc, &mut peer.state, &mut message);
         }
+        peer.sent();
         compress_changes(&mut message.changes);
         Some(message.encode())
     }
@@ -158,11 +196,15 @@ impl CaseFile {
         let corrupt = |e: AutomergeError| CaseFileError::CorruptSyncMessage(e.to_string());
         let message = decode_message(message)?;
         let brings_document = starts_with_document(&message);
+        let last_sent = peer.last_sent_heads().to_vec();
+        let changes_before = self.doc.stats().num_changes;
         let message = if brings_document {
-            match take_whole_document(&mut self.doc, &mut peer.0, message) {
+            match take_whole_document(&mut self.doc, &mut peer.state, message) {
                 Ok(()) => {
                     // Loaded with changes applied after the save: see `take_whole_document`.
                     self.shrink_to_fit();
+                    let applied = self.doc.stats().num_changes > changes_before;
+                    peer.received(last_sent, applied);
                     return Ok(());
                 }
                 Err(message) => message,
@@ -170,9 +212,9 @@ impl CaseFile {
         } else {
             message
         };
-        let changes_before = self.doc.stats().num_changes;
-        receive_in_steps(&mut self.doc, &mut peer.0, message, false).map_err(corrupt)?;
+        receive_in_steps(&mut self.doc, &mut peer.state, message, false).map_err(corrupt)?;
         let changes_after = self.doc.stats().num_changes;
+        peer.received(last_sent, changes_after > changes_before);
         if (changes_after - changes_before) * SHRINK_AFTER_SHARE >= changes_after {
             self.shrink_to_fit();
         }
@@ -201,7 +243,7 @@ impl CaseFile {
             // Heads, needs and haves only: the document cannot change.
             self.doc
                 .sync()
-                .receive_sync_message(&mut trial_peer.0, message)
+                .receive_sync_message(&mut trial_peer.state, message)
                 .map_err(corrupt)?;
             Vec::new()
         } else {
@@ -210,8 +252,8 @@ impl CaseFile {
             // copy would cost as much as the whole document on every message.)
             let before = self.doc.get_heads();
             let changes_before = self.doc.stats().num_changes;
-            let received =
-                receive_in_steps(&mut self.doc, &mut trial_peer.0, message, true).map_err(corrupt);
+            let received = receive_in_steps(&mut self.doc, &mut trial_peer.state, message, true)
+                .map_err(corrupt);
             let outcome = received.and_then(|offered| {
                 let applied = offered
                     .and_then(|offered| applied_from_offer(&self.doc, offered, changes_before));
@@ -226,6 +268,7 @@ impl CaseFile {
             }
         };
         hold_back_nothing_unasked(self, &mut trial_peer);
+        trial_peer.received(peer.last_sent_heads().to_vec(), !applied.is_empty());
         *peer = trial_peer;
         Ok(applied)
     }
@@ -283,7 +326,8 @@ impl CaseFile {
             self.roll_back(&before);
             return None;
         };
-        for (upload, peer) in uploads.iter_mut().zip(peers) {
+        for ((upload, mut peer), applied) in uploads.iter_mut().zip(peers).zip(&applied) {
+            peer.received(upload.peer.last_sent_heads().to_vec(), !applied.is_empty());
             *upload.peer = peer;
         }
         Some(applied)
@@ -329,7 +373,11 @@ impl CaseFile {
             let mut peer = upload.peer.clone();
             self.doc
                 .sync()
-                .receive_sync_message_log_patches(&mut peer.0, message, &mut PatchLog::inactive())
+                .receive_sync_message_log_patches(
+                    &mut peer.state,
+                    message,
+                    &mut PatchLog::inactive(),
+                )
                 .ok()?;
             peers.push(peer);
         }
@@ -928,7 +976,7 @@ fn causal_order(changes: Vec<Change>) -> Vec<Change> {
 /// sender to forget what it sent (Automerge's sync reset) and send whatever is still missing.
 fn hold_back_nothing_unasked(file: &mut CaseFile, peer: &mut PeerState) {
     if file.holds_back_changes() {
-        peer.0.needs_reset = true;
+        peer.state.needs_reset = true;
     }
 }
 

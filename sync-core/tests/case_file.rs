@@ -1540,6 +1540,7 @@ fn a_phone_takes_its_case_sent_whole_as_automerge_would_merge_it() {
 /// A phone's receive of `message` leaves its document and its sync state as Automerge's
 /// receive leaves a copy of both.
 fn assert_merged_as_automerge_merges(worker: &mut CaseFile, message: &[u8]) {
+    use automerge::ReadDoc;
     use automerge::sync::{Message, State, SyncDoc};
 
     let mut state = PeerState::new();
@@ -1555,16 +1556,19 @@ fn assert_merged_as_automerge_merges(worker: &mut CaseFile, message: &[u8]) {
         .receive_sync_message(&mut reference_state, Message::decode(message).unwrap())
         .unwrap();
 
+    let changes_before = worker.doc_mut().stats().num_changes;
     worker.receive_sync_message(&mut state, message).unwrap();
+    let applied = worker.doc_mut().stats().num_changes > changes_before;
     assert_eq!(worker.heads(), reference.get_heads());
     assert_eq!(
         worker.doc_mut().get_missing_deps(&[]),
         reference.get_missing_deps(&[])
     );
-    // Every field of the sync state (PeerState wraps Automerge's State).
+    // Every field of the sync state (PeerState wraps Automerge's State, and owes the peer
+    // an acknowledgement of the changes it applied).
     assert_eq!(
         format!("{state:?}"),
-        format!("PeerState({reference_state:?})")
+        format!("PeerState {{ state: {reference_state:?}, acknowledgement_owed: {applied} }}")
     );
 }
 

@@ -565,6 +565,89 @@ fn an_answer_without_changes_makes_the_phone_ask_and_the_next_carries_them() {
     assert_eq!(visits(&phone), 9);
 }
 
+/// A server that reads a phone's messages several at a time (a WebSocket batch of frames, or
+/// an answer held back while others sync) may read the phone's changes and then, before it
+/// answers, the phone's answer to a push, at the heads those changes gave the server.
+/// Automerge takes such a message as the phone holding everything and records those heads as
+/// sent; the server must still answer, or the phone never learns that its changes arrived
+/// (they stay in flight in its sync state, and a client waiting for the server to hold them
+/// waits for ever). Read from the document and from the change graph alike.
+#[test]
+fn changes_read_before_a_message_at_their_new_heads_are_still_acknowledged() {
+    for graph_reads_the_answer in [false, true] {
+        let (mut server, mut phone, _) = a_case_and_two_phones();
+        let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
+        sync_until_quiet(&mut server, &mut server_state, &mut phone, &mut phone_state);
+
+        // The server pushes a change of its own while the phone sends one.
+        record_visits(&mut server, "u2", 1..=1);
+        let push = server.generate_sync_message(&mut server_state).unwrap();
+        record_visits(&mut phone, "u1", 10..=10);
+        let upload = phone.generate_sync_message(&mut phone_state).unwrap();
+        assert!(doorstep_sync_core::brings_changes(&upload));
+        phone.receive_sync_message(&mut phone_state, &push).unwrap();
+        let answer = phone.generate_sync_message(&mut phone_state).unwrap();
+        assert!(!doorstep_sync_core::brings_changes(&answer));
+        assert_eq!(phone_state.changes_in_flight(), 1);
+
+        // The server reads both before it answers.
+        let sender = testing::author("u1", "d1");
+        let applied = server
+            .receive_sync_message_checked(&mut server_state, &upload, &sender, |_: &ActorId| true)
+            .unwrap();
+        assert_eq!(applied.len(), 1);
+        assert_eq!(server.heads(), phone.heads());
+        let reply = if graph_reads_the_answer {
+            let graph = graph_of(&mut server);
+            assert!(
+                graph
+                    .receive_sync_message(&mut server_state, &answer)
+                    .unwrap()
+            );
+            graph
+                .generate_sync_message(&mut server_state, &server.save())
+                .unwrap()
+        } else {
+            server
+                .receive_sync_message_checked(&mut server_state, &answer, &sender, |_: &ActorId| {
+                    true
+                })
+                .unwrap();
+            server.generate_sync_message(&mut server_state)
+        };
+        let reply = reply.expect("the server tells the phone it holds its change");
+        phone
+            .receive_sync_message(&mut phone_state, &reply)
+            .unwrap();
+        assert_eq!(phone_state.changes_in_flight(), 0);
+        assert_eq!(phone_state.their_heads(), Some(&phone.heads()[..]));
+        // And that is the end of it: neither side has more to say.
+        assert_eq!(phone.generate_sync_message(&mut phone_state), None);
+    }
+}
+
+/// Exchanges messages between `server` and `phone` until neither has anything to say.
+fn sync_until_quiet(
+    server: &mut CaseFile,
+    server_state: &mut PeerState,
+    phone: &mut CaseFile,
+    phone_state: &mut PeerState,
+) {
+    loop {
+        let to_phone = server.generate_sync_message(server_state);
+        if let Some(message) = &to_phone {
+            phone.receive_sync_message(phone_state, message).unwrap();
+        }
+        let to_server = phone.generate_sync_message(phone_state);
+        if let Some(message) = &to_server {
+            server.receive_sync_message(server_state, message).unwrap();
+        }
+        if to_phone.is_none() && to_server.is_none() {
+            return;
+        }
+    }
+}
+
 /// The server's copy of a case, and two phones' replicas of it (users u1 and u2).
 fn a_case_and_two_phones() -> (CaseFile, CaseFile, CaseFile) {
     let mut server = testing::new_case("case-held");
