@@ -280,10 +280,10 @@ impl ChangeGraph {
     }
 
     /// Applies a message from the peer that brings no changes, exactly as
-    /// [`crate::CaseFile::receive_sync_message_checked`] would (Automerge's receive, which
-    /// keeps an acknowledgement owed: see `PeerState::received`). Returns false, changing nothing, for a message that brings
-    /// changes: those need the document ([`crate::CaseFile::receive_sync_message_checked`]).
-    /// Corrupted bytes give an error and change nothing.
+    /// [`crate::CaseFile::receive_sync_message_checked`] would (Automerge's receive, keeping
+    /// an acknowledgement owed: see `PeerState::received`). Returns false, changing nothing,
+    /// for a message that brings changes: those need the document. Corrupted bytes give an
+    /// error and change nothing.
     pub fn receive_sync_message(&self, peer: &mut PeerState, message: &[u8]) -> Result<bool> {
         let message = decode_message(message)?;
         if !message.changes.is_empty() {

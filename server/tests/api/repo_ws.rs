@@ -1010,8 +1010,9 @@ async fn a_change_read_with_the_clients_next_message_is_still_acknowledged(backe
 /// answered each its own way (a WebSocket client through the hub, a phone in its reply), and
 /// every client and phone ends with what the server holds. Each client is told that its own
 /// change arrived even when the server read its answer to a push, at the heads that change
-/// gave the server, before answering it (a batch of frames): about 1 run in 120 of this test
-/// waited for ever before that was kept (`PeerState::received` in sync-core).
+/// gave the server, before answering it (a batch of frames): before the server kept that
+/// acknowledgement owed (`PeerState::received` in sync-core), about 1 run in 120 of this test
+/// left a client waiting for ever.
 async fn http_and_websocket_uploads_to_one_case_at_once_all_land(backend: Backend) {
     let app = spawn_app_with(backend, |config| config.ws_answer_wait_ms = 2_000).await;
     let case_id = new_case(&app, &["officer", "worker"]).await;
