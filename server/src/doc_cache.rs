@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
-use doorstep_sync_core::CaseFile;
+use doorstep_sync_core::{CaseFile, ChangeHash};
 
 #[derive(Debug)]
 pub struct DocumentCache {
@@ -42,13 +42,22 @@ impl DocumentCache {
         }
     }
 
-    /// Takes out the document parsed at `heads`, if the cache has it. A document parsed at
-    /// other heads is stale and dropped. Taking (not borrowing) lets concurrent requests for
-    /// one case each work on their own copy; the second simply parses from the database.
+    /// Takes out the document parsed at `heads`, if the cache has it. Taking (not borrowing)
+    /// lets concurrent requests for one case each work on their own copy; the second simply
+    /// parses from the database. A document parsed at other heads stays if it is a later
+    /// version (the caller read the stored document just before another sync committed, and
+    /// reads the later one next should its own commit find the document moved), and is
+    /// dropped if it is not (stale).
     pub fn take(&self, case_id: &str, heads: &str) -> Option<CaseFile> {
         let mut entries = self.lock();
-        let entry = entries.by_case.remove(case_id)?;
-        (entry.heads == heads).then_some(entry.file)
+        let entry = entries.by_case.get_mut(case_id)?;
+        if entry.heads == heads {
+            return entries.by_case.remove(case_id).map(|entry| entry.file);
+        }
+        if !holds_version(&mut entry.file, heads) {
+            entries.by_case.remove(case_id);
+        }
+        None
     }
 
     /// Puts a document back, as it stands at `heads` (committed), evicting the least recently
@@ -102,6 +111,17 @@ impl DocumentCache {
     }
 }
 
+/// Whether `file` holds every change of the version whose heads key is `heads` (it is that
+/// version or a later one). An unreadable key is no version of it.
+fn holds_version(file: &mut CaseFile, heads: &str) -> bool {
+    let parsed: Result<Vec<ChangeHash>, _> = heads
+        .split(',')
+        .filter(|hash| !hash.is_empty())
+        .map(str::parse)
+        .collect();
+    parsed.is_ok_and(|heads| file.contains_heads(&heads))
+}
+
 #[cfg(test)]
 mod tests {
     use doorstep_sync_core::testing;
@@ -121,6 +141,21 @@ mod tests {
         cache.put("a".into(), heads.clone(), file);
         assert!(cache.take("a", "other-heads").is_none(), "stale: dropped");
         assert!(cache.take("a", &heads).is_none(), "the stale entry is gone");
+        // A later version than the one asked for stays; an earlier one goes.
+        let (mut file, earlier) = case("a");
+        file.add(
+            &testing::visit("user-1", testing::at(1), 30),
+            testing::at(1),
+        )
+        .unwrap();
+        let later = crate::storage::heads_key(&file.heads());
+        cache.put("a".into(), later.clone(), file);
+        assert!(cache.take("a", &earlier).is_none());
+        assert_eq!(cache.len(), 1, "a later version stays");
+        let (older, _) = case("a");
+        cache.put("a".into(), earlier.clone(), older);
+        assert!(cache.take("a", &later).is_none());
+        assert!(cache.is_empty(), "an earlier version goes");
         let (file, heads) = case("a");
         cache.put("a".into(), heads.clone(), file);
         let mut taken = cache.take("a", &heads).unwrap();
