@@ -966,25 +966,7 @@ async fn another_devices_actor_among_uploads_received_together_is_refused_alone(
 /// nothing: the client would wait for ever.)
 async fn a_change_read_with_the_clients_next_message_is_still_acknowledged(backend: Backend) {
     let app = spawn_app(backend).await;
-    let (case_id, (mut a, mut replica_a), (mut b, mut replica_b)) =
-        two_clients_on_one_case(&app).await;
-    // B's contact is pushed to A, which records one of its own and sends it before it reads
-    // the push; its answer to the push then names both.
-    replica_b.file.add(&contact(1), testing::at(1)).unwrap();
-    deliver(&app, &mut b, &mut replica_b).await;
-    let push = a.next().await.message();
-    replica_a.file.add(&contact(2), testing::at(2)).unwrap();
-    let upload = replica_a
-        .file
-        .generate_sync_message(&mut replica_a.state)
-        .unwrap();
-    replica_a.apply(&push);
-    let answer = replica_a
-        .file
-        .generate_sync_message(&mut replica_a.state)
-        .unwrap();
-    assert!(doorstep_sync_core::brings_changes(&upload));
-    assert!(!doorstep_sync_core::brings_changes(&answer));
+    let (case_id, mut a, mut replica_a, upload, answer) = change_and_answer_to_a_push(&app).await;
     let document_id = replica_a.document_id.clone();
     let frames = vec![
         a.sync_frame("sync", &document_id, upload),
@@ -1003,6 +985,37 @@ async fn a_change_read_with_the_clients_next_message_is_still_acknowledged(backe
     let (heads, _) = stored(&app, &case_id).await;
     assert_eq!(replica_a.heads(), heads);
     assert_eq!(replica_a.contacts().len(), 2);
+}
+
+/// On a new case, client B's contact is pushed to client A, which records one of its own and
+/// generates its upload before it reads the push, and its answer to the push (naming both)
+/// after: A's connection and replica, the upload and the answer, neither sent yet. The upload
+/// leaves out A's change about 1 time in 100 (the server's bloom filter falsely claims it:
+/// the change follows once the server asks): then it starts again on another case.
+async fn change_and_answer_to_a_push(app: &TestApp) -> (String, Peer, Replica, Vec<u8>, Vec<u8>) {
+    for _ in 0..5 {
+        let (case_id, (mut a, mut replica_a), (mut b, mut replica_b)) =
+            two_clients_on_one_case(app).await;
+        replica_b.file.add(&contact(1), testing::at(1)).unwrap();
+        deliver(app, &mut b, &mut replica_b).await;
+        let push = a.next().await.message();
+        replica_a.file.add(&contact(2), testing::at(2)).unwrap();
+        let upload = replica_a
+            .file
+            .generate_sync_message(&mut replica_a.state)
+            .unwrap();
+        replica_a.apply(&push);
+        let answer = replica_a
+            .file
+            .generate_sync_message(&mut replica_a.state)
+            .unwrap();
+        if doorstep_sync_core::brings_changes(&upload)
+            && !doorstep_sync_core::brings_changes(&answer)
+        {
+            return (case_id, a, replica_a, upload, answer);
+        }
+    }
+    panic!("in five tries, no upload carried its change");
 }
 
 /// Four automerge-repo clients and four phones syncing over HTTP upload to one case at the
