@@ -990,7 +990,7 @@ async fn a_change_read_with_the_clients_next_message_is_still_acknowledged(backe
 /// On a new case, client B's contact is pushed to client A, which records one of its own and
 /// generates its upload before it reads the push, and its answer to the push (naming both)
 /// after: A's connection and replica, the upload and the answer, neither sent yet. The upload
-/// leaves out A's change about 1 time in 100 (the server's bloom filter falsely claims it:
+/// leaves out A's change about 1 time in 150 (the server's bloom filter falsely claims it:
 /// the change follows once the server asks): then it starts again on another case.
 async fn change_and_answer_to_a_push(app: &TestApp) -> (String, Peer, Replica, Vec<u8>, Vec<u8>) {
     for _ in 0..5 {
