@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 
 use crate::case_file::{Author, CaseFile};
 use crate::records::*;
-use crate::{ActorId, Result};
+use crate::{ActorId, PeerState, Result};
 
 /// A fixed instant for reproducible tests: 2026-01-05 09:00 UTC plus `minutes`.
 pub fn at(minutes: i64) -> DateTime<Utc> {
@@ -60,6 +60,31 @@ pub fn new_case(case_id: &str) -> CaseFile {
 /// A copy of `source` opened by another author (a phone that has synced it).
 pub fn replica(source: &mut CaseFile, author: Author, actor: ActorId) -> Result<CaseFile> {
     CaseFile::load(&source.save(), author, actor)
+}
+
+/// Runs the sync protocol between `a` and `b` (each with its sync state of the other), `a`
+/// first, until neither has anything to send. An error if either refuses a message; a panic
+/// if they still talk after 20 rounds (a test's failure, not a fixture's).
+pub fn sync_until_quiet(
+    a: &mut CaseFile,
+    a_state: &mut PeerState,
+    b: &mut CaseFile,
+    b_state: &mut PeerState,
+) -> Result<()> {
+    for _round in 0..20 {
+        let to_b = a.generate_sync_message(a_state);
+        if let Some(message) = &to_b {
+            b.receive_sync_message(b_state, message)?;
+        }
+        let to_a = b.generate_sync_message(b_state);
+        if let Some(message) = &to_a {
+            a.receive_sync_message(a_state, message)?;
+        }
+        if to_a.is_none() && to_b.is_none() {
+            return Ok(());
+        }
+    }
+    panic!("sync did not finish in 20 rounds");
 }
 
 pub fn child(name: &str) -> Child {

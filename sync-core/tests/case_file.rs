@@ -19,23 +19,11 @@ fn phone(server: &mut CaseFile, n: u32) -> CaseFile {
     .unwrap()
 }
 
-/// Runs the sync protocol between two documents until neither has anything to send.
+/// Runs the sync protocol between two documents, with new sync states, until neither has
+/// anything to send.
 fn sync_pair(a: &mut CaseFile, b: &mut CaseFile) {
     let (mut a_state, mut b_state) = (PeerState::new(), PeerState::new());
-    for _ in 0..20 {
-        let to_b = a.generate_sync_message(&mut a_state);
-        if let Some(m) = &to_b {
-            b.receive_sync_message(&mut b_state, m).unwrap();
-        }
-        let to_a = b.generate_sync_message(&mut b_state);
-        if let Some(m) = &to_a {
-            a.receive_sync_message(&mut a_state, m).unwrap();
-        }
-        if to_a.is_none() && to_b.is_none() {
-            return;
-        }
-    }
-    panic!("sync did not finish in 20 rounds");
+    testing::sync_until_quiet(a, &mut a_state, b, &mut b_state).unwrap();
 }
 
 #[test]

@@ -577,7 +577,8 @@ fn changes_read_before_a_message_at_their_new_heads_are_still_acknowledged() {
     for graph_reads_the_answer in [false, true] {
         let (mut server, mut phone, _) = a_case_and_two_phones();
         let (mut server_state, mut phone_state) = (PeerState::new(), PeerState::new());
-        sync_until_quiet(&mut server, &mut server_state, &mut phone, &mut phone_state);
+        testing::sync_until_quiet(&mut server, &mut server_state, &mut phone, &mut phone_state)
+            .unwrap();
 
         // The server pushes a change of its own while the phone sends one.
         record_visits(&mut server, "u2", 1..=1);
@@ -623,28 +624,6 @@ fn changes_read_before_a_message_at_their_new_heads_are_still_acknowledged() {
         assert_eq!(phone_state.their_heads(), Some(&phone.heads()[..]));
         // And that is the end of it: neither side has more to say.
         assert_eq!(phone.generate_sync_message(&mut phone_state), None);
-    }
-}
-
-/// Exchanges messages between `server` and `phone` until neither has anything to say.
-fn sync_until_quiet(
-    server: &mut CaseFile,
-    server_state: &mut PeerState,
-    phone: &mut CaseFile,
-    phone_state: &mut PeerState,
-) {
-    loop {
-        let to_phone = server.generate_sync_message(server_state);
-        if let Some(message) = &to_phone {
-            phone.receive_sync_message(phone_state, message).unwrap();
-        }
-        let to_server = phone.generate_sync_message(phone_state);
-        if let Some(message) = &to_server {
-            server.receive_sync_message(server_state, message).unwrap();
-        }
-        if to_phone.is_none() && to_server.is_none() {
-            return;
-        }
     }
 }
 

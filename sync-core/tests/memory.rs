@@ -71,23 +71,7 @@ fn a_document_that_kept_receiving_is_no_bigger_than_the_same_document_loaded() {
                 .expect("a valid visit");
         }
         let (mut theirs, mut ours) = (PeerState::new(), PeerState::new());
-        for _round in 0..20 {
-            let sent = other.generate_sync_message(&mut theirs);
-            if let Some(message) = &sent {
-                phone
-                    .receive_sync_message(&mut ours, message)
-                    .expect("applies");
-            }
-            let answer = phone.generate_sync_message(&mut ours);
-            if let Some(message) = &answer {
-                other
-                    .receive_sync_message(&mut theirs, message)
-                    .expect("applies");
-            }
-            if sent.is_none() && answer.is_none() {
-                break;
-            }
-        }
+        testing::sync_until_quiet(&mut other, &mut theirs, &mut phone, &mut ours).expect("applies");
     }
     let reloaded = CaseFile::load(
         &phone.save(),
