@@ -77,11 +77,11 @@ impl PeerState {
     /// peer never told that its changes arrived (its sync state keeps them in flight, and
     /// it waits): while an acknowledgement is owed, the heads last sent stay as they were, so
     /// that the next message goes.
-    pub(crate) fn received(&mut self, last_sent_before: Vec<ChangeHash>, applied_changes: bool) {
+    pub(crate) fn received(&mut self, last_sent_before: &[ChangeHash], applied_changes: bool) {
         if applied_changes {
             self.acknowledgement_owed = true;
         } else if self.acknowledgement_owed {
-            self.state.last_sent_heads = last_sent_before;
+            self.state.last_sent_heads = last_sent_before.to_vec();
         }
     }
 
@@ -204,7 +204,7 @@ impl CaseFile {
                     // Loaded with changes applied after the save: see `take_whole_document`.
                     self.shrink_to_fit();
                     let applied = self.doc.stats().num_changes > changes_before;
-                    peer.received(last_sent, applied);
+                    peer.received(&last_sent, applied);
                     return Ok(());
                 }
                 Err(message) => message,
@@ -214,7 +214,7 @@ impl CaseFile {
         };
         receive_in_steps(&mut self.doc, &mut peer.state, message, false).map_err(corrupt)?;
         let changes_after = self.doc.stats().num_changes;
-        peer.received(last_sent, changes_after > changes_before);
+        peer.received(&last_sent, changes_after > changes_before);
         if (changes_after - changes_before) * SHRINK_AFTER_SHARE >= changes_after {
             self.shrink_to_fit();
         }
@@ -268,7 +268,7 @@ impl CaseFile {
             }
         };
         hold_back_nothing_unasked(self, &mut trial_peer);
-        trial_peer.received(peer.last_sent_heads().to_vec(), !applied.is_empty());
+        trial_peer.received(peer.last_sent_heads(), !applied.is_empty());
         *peer = trial_peer;
         Ok(applied)
     }
@@ -327,7 +327,7 @@ impl CaseFile {
             return None;
         };
         for ((upload, mut peer), applied) in uploads.iter_mut().zip(peers).zip(&applied) {
-            peer.received(upload.peer.last_sent_heads().to_vec(), !applied.is_empty());
+            peer.received(upload.peer.last_sent_heads(), !applied.is_empty());
             *upload.peer = peer;
         }
         Some(applied)
